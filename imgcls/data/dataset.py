@@ -1,0 +1,108 @@
+"""Dataset, sampler and loader with randomness drawn per sample from (seed, epoch, index).
+
+The shuffling order of an epoch depends only on (seed, epoch); the augmentation of a sample
+only on (seed, epoch, index). So results do not depend on the number of workers, and a
+resumed run (even mid-epoch) sees exactly the batches an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .decode import load_image
+
+_ORDER, _AUGMENT = 0, 1  # stream ids, so the order and the augmentation never share a seed
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class ImageDataset(Dataset):
+    """Items are keyed by (epoch, index); returns (uint8 image [C,H,W], label, index)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], channels: int,
+                 transform: Optional[Callable] = None, seed: int = 0):
+        self.paths = list(paths)
+        self.labels = list(labels)
+        self.channels = channels
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        img = load_image(self.paths[index], channels=self.channels)
+        if self.transform is not None:
+            # fork_rng: the main process's RNG (dropout, init) is untouched when num_workers=0.
+            with torch.random.fork_rng(devices=[]):
+                s = derive_seed(self.seed, _AUGMENT, epoch, index)
+                torch.manual_seed(s)
+                random.seed(s)
+                img = self.transform(img)
+        return img, self.labels[index], index
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of (epoch, index) keys; the order is a function of (seed, epoch) alone.
+
+    ``weights`` (one per sample) switches to sampling with replacement, e.g. class-balanced.
+    ``start_batch`` skips the first batches of the current epoch (mid-epoch resume).
+    A final batch of a single sample is merged into the previous one: batch norm cannot
+    train on one sample.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True,
+                 weights: Optional[Sequence[float]] = None):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, _ORDER, epoch))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        if self.shuffle:
+            return torch.randperm(self.n, generator=g)
+        return torch.arange(self.n)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        idx = self.order(epoch).tolist()
+        out = [idx[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if len(out) > 1 and len(out[-1]) == 1:
+            out[-2].extend(out.pop())
+        return out
+
+    def __len__(self) -> int:
+        full = math.ceil(self.n / self.batch_size)
+        if full > 1 and self.n % self.batch_size == 1:
+            full -= 1
+        return full
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for b in self.batches(self.epoch)[self.start_batch:]:
+            yield [(self.epoch, i) for i in b]
+
+
+def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """Per-sample weights so that every class is drawn equally often in expectation."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return [1.0 / counts[y] for y in labels]
+
+
+def make_loader(dataset: ImageDataset, sampler: EpochBatchSampler, num_workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)

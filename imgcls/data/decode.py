@@ -1,0 +1,228 @@
+"""Decode one image file into a uint8 [C, H, W] tensor, whatever real folders throw at us.
+
+JPEG and PNG go through torchvision.io (libjpeg-turbo / libpng, no PIL object in between);
+everything else, and the few JPEG/PNG variants torchvision decodes differently from what a
+person sees (CMYK JPEG, PNG with a transparent colour key), goes through PIL. Either way the
+result follows one convention:
+
+* 1 channel for grayscale sources, 3 for everything else (palette, CMYK, YCbCr -> RGB);
+* transparency is composited on WHITE (a transparent pixel of a logo is paper, not ink);
+* 16-bit samples are scaled to 8 bits as round(v * 255 / 65535), never clipped;
+* EXIF orientation is applied, and the format is found from the bytes, not the extension.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from imgcls.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE = 3  # IHDR colour type of an indexed-colour PNG
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "F")  # PIL modes we decode to one channel (plus "I;16*")
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded (missing, empty, truncated, not an image)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:
+            # DataLoader workers re-raise an exception as `type(exc)(message)`; keep that message.
+            super().__init__(str(path))
+            self.path, self.reason = None, None
+            return
+        super().__init__(f"cannot read image '{path}': {reason}; remove it or set data.on_bad_image=skip")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason) if self.reason is not None else (str(self),))
+
+
+def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
+    """Decode `path` to a uint8 tensor [C, H, W]; `channels` None keeps 1 or 3, 1 makes gray, 3 makes RGB."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    data = _read_bytes(path)
+    head = bytes(data[:64].tolist())
+    img = None
+    if _fast_path_ok(head):
+        try:
+            img = decode_image(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+            if head.startswith(_JPEG_MAGIC) and img.shape[0] == 4:
+                # 4 channels from a JPEG are CMYK (often Adobe-inverted); torchvision's RGB mode converts it.
+                img = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except RuntimeError:
+            img = None  # let PIL try and, if it fails too, word the reason
+    if img is None:
+        img = _decode_pil(path, data)
+    img = _to_uint8(img)
+    if img.shape[0] in (2, 4):
+        img = _composite_on_white(img)
+    return _convert_channels(img, channels)
+
+
+def image_channels(path: str | os.PathLike) -> int:
+    """Channels `load_image(path)` returns (1 or 3), read from the header only (no pixel decode)."""
+    _read_bytes(path, header_only=True)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(path, _pil_reason(exc)) from None
+    return 1 if mode in _GRAY_MODES or mode.startswith("I;16") else 3
+
+
+def check_image(path: str | os.PathLike, min_size: int = 8) -> str | None:
+    """Describe what is wrong with an image file (empty, not an image, truncated, too small or too large), or None."""
+    try:
+        _read_bytes(path, header_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported below instead
+            with Image.open(path) as im:
+                width, height = im.size
+    except BadImageError as exc:
+        return exc.reason
+    except Image.DecompressionBombError:
+        return f"larger than PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return _pil_reason(exc)
+    # Read the limit now, not at import, so a user who raised Image.MAX_IMAGE_PIXELS is obeyed.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return f"too large: {width}x{height} pixels is over PIL's decompression-bomb limit of {limit} pixels"
+    if min(width, height) < min_size:
+        return f"too small: {width}x{height} pixels (minimum side {min_size})"
+    # Decode fully with the loader training uses, so "check passes" means "training can read it".
+    try:
+        load_image(path)
+    except BadImageError as exc:
+        return exc.reason
+    return None
+
+
+def _read_bytes(path: str | os.PathLike, header_only: bool = False) -> torch.Tensor | None:
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except OSError as exc:
+        raise BadImageError(path, exc.strerror or str(exc)) from None
+    if Path(path).is_dir():
+        raise BadImageError(path, "it is a folder, not a file")
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    if header_only:
+        return None
+    try:
+        return read_file(str(path))
+    except RuntimeError as exc:
+        raise BadImageError(path, f"cannot open the file ({exc})") from None
+
+
+def _fast_path_ok(head: bytes) -> bool:
+    """True for JPEG and for PNGs torchvision decodes the way PIL would (no palette, no colour key)."""
+    if head.startswith(_JPEG_MAGIC):
+        return True
+    if not head.startswith(_PNG_MAGIC):
+        return False
+    colour_type = head[25]  # 8-byte signature, 4-byte length, "IHDR", w, h, bit depth, colour type
+    return colour_type != _PNG_PALETTE and not _png_has_colour_key(head)
+
+
+def _png_has_colour_key(head: bytes) -> bool:
+    # A tRNS chunk on a gray/RGB PNG marks one colour as transparent; torchvision's UNCHANGED mode
+    # ignores it. Chunks before IDAT are small, but `head` is only 64 bytes, so a tRNS after a
+    # long chunk (iCCP, text) is missed; such files are rare and still decode (opaque).
+    pos = 8
+    while pos + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[pos : pos + 8])
+        if kind == b"tRNS":
+            return True
+        if kind == b"IDAT":
+            return False
+        pos += 12 + length
+    return False
+
+
+def _decode_pil(path: str | os.PathLike, data: torch.Tensor) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _pil_to_tensor(im, path)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImageError(path, _pil_reason(exc)) from None
+
+
+def _pil_to_tensor(im: Image.Image, path: str | os.PathLike) -> torch.Tensor:
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit gray (PIL says "I" for some 16-bit files): keep the full range for _to_uint8.
+        arr = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+        return torch.from_numpy(arr)[None]
+    if mode == "F":
+        raise BadImageError(path, "32-bit float pixels are not supported; convert the file to 8 or 16 bits")
+    transparent = "transparency" in im.info
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "L":
+        im = im.convert("LA") if transparent else im
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode in ("P", "PA", "RGB", "RGBa"):
+        im = im.convert("RGBA") if transparent or mode in ("PA", "RGBa") else im.convert("RGB")
+    elif mode not in ("LA", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    arr = np.asarray(im)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _pil_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (or a format PIL cannot read)"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "larger than PIL's decompression-bomb limit"
+    if "truncat" in text.lower():
+        return "truncated file"
+    return f"corrupt file ({text})" if text else "corrupt file"
+
+
+def _to_uint8(img: torch.Tensor) -> torch.Tensor:
+    if img.dtype == torch.uint8:
+        return img
+    if img.dtype != torch.uint16:
+        raise TypeError(f"unexpected decoded dtype {img.dtype}")
+    # round(v * 255 / 65535) in integers; 65535 is odd, so there are no ties to break.
+    wide = img.to(torch.int64)
+    return ((wide * 255 + 32767) // 65535).to(torch.uint8)
+
+
+def _composite_on_white(img: torch.Tensor) -> torch.Tensor:
+    """[C+1, H, W] uint8 with alpha last -> [C, H, W] on a white background, rounded to nearest."""
+    colour, alpha = img[:-1].to(torch.int32), img[-1:].to(torch.int32)
+    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).to(torch.uint8)
+
+
+def _convert_channels(img: torch.Tensor, channels: int | None) -> torch.Tensor:
+    if channels is None or channels == img.shape[0]:
+        return img
+    if channels == 3:
+        return img.expand(3, -1, -1).contiguous()
+    # ITU-R 601-2 luma with PIL's fixed-point weights (convert("L")), so both give the same bytes.
+    r, g, b = img.to(torch.int32)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[None]

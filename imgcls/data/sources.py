@@ -1,0 +1,138 @@
+"""Where the samples come from: a folder with one subfolder per class, or a CSV of path,label[,group].
+
+Both return parallel lists (paths, labels) with labels as strings; `resolve_classes` then fixes the
+class order, which is what maps a label to the model's output index.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+
+from imgcls.data.decode import IMAGE_EXTENSIONS
+from imgcls.errors import UserError
+
+_SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
+
+
+def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Image paths under `root/<class>/...` (any depth) and, for each, its class folder name.
+
+    Paths are `root` joined with the relative path, sorted by class then path so the order is the
+    same on every machine. Hidden files and folders (".name") and non-image files are skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder '{root}' does not exist; check the path (it should hold one subfolder per class).")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"image folder '{root}' has no class subfolders; put the images of each class in their own subfolder.")
+    names = {d.name for d in class_dirs}
+    if "train" in names and names <= _SPLIT_NAMES:
+        raise UserError(
+            f"image folder '{root}' holds split folders ({', '.join(sorted(names))}), not classes; "
+            f"point the training data at '{root / 'train'}' and the validation data at its sibling."
+        )
+    paths: list[str] = []
+    labels: list[str] = []
+    for class_dir in class_dirs:
+        found = _images_under(class_dir)
+        if not found:
+            warnings.warn(f"class folder '{class_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)}); it is ignored.", stacklevel=2)
+        paths += [str(class_dir / rel) for rel in found]
+        labels += [class_dir.name] * len(found)
+    if not paths:
+        raise UserError(f"image folder '{root}' has class subfolders but no images with extension {', '.join(IMAGE_EXTENSIONS)}.")
+    return paths, labels
+
+
+def _images_under(folder: Path) -> list[str]:
+    """Relative POSIX paths of the image files below `folder`, sorted, hidden entries skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prunes the walk in place
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+def read_csv(
+    csv_path: str | os.PathLike,
+    path_column: str = "path",
+    label_column: str = "label",
+    group_column: str | None = None,
+) -> tuple[list[str], list[str], list[str] | None]:
+    """Read (paths, labels, groups) from a CSV with a header row; groups is None without `group_column`.
+
+    Relative paths are taken relative to the CSV's own folder (so the CSV and its images can move
+    together); absolute paths are kept. Cells are read as strings with surrounding spaces removed.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"CSV file '{csv_path}' does not exist; check the path.")
+    # utf-8-sig: spreadsheet programs often start the file with a byte-order mark.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [cell.strip() for cell in next(reader, [])]
+        if not header:
+            raise UserError(f"CSV file '{csv_path}' is empty; it needs a header row such as 'path,label'.")
+        wanted = {"data.path_column": path_column, "data.label_column": label_column}
+        if group_column is not None:
+            wanted["data.group_column"] = group_column
+        for key, column in wanted.items():
+            if column not in header:
+                raise UserError(
+                    f"CSV file '{csv_path}' has no column '{column}' (columns: {', '.join(header)}); "
+                    f"set {key} to one of them."
+                )
+        index = {key: header.index(column) for key, column in wanted.items()}
+        base = csv_path.parent
+        paths, labels, groups = [], [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            cells = {}
+            for key, i in index.items():
+                value = row[i].strip() if i < len(row) else ""
+                if not value:
+                    raise UserError(f"CSV file '{csv_path}' line {line_no} has an empty '{wanted[key]}' cell; fill it or remove the line.")
+                cells[key] = value
+            paths.append(str(base / cells["data.path_column"]))  # an absolute path replaces `base`
+            labels.append(cells["data.label_column"])
+            if group_column is not None:
+                groups.append(cells["data.group_column"])
+    if not paths:
+        raise UserError(f"CSV file '{csv_path}' has a header but no rows; add one row per image.")
+    return paths, labels, (groups if group_column is not None else None)
+
+
+def resolve_classes(labels: list[str], explicit: list[str] | None = None) -> list[str]:
+    """The class order: `explicit` if given, else numeric order when every label is an integer, else alphabetical."""
+    present = set(labels)
+    if explicit is not None:
+        explicit = [str(c) for c in explicit]
+        duplicates = sorted({c for c in explicit if explicit.count(c) > 1})
+        if duplicates:
+            raise UserError(f"class list repeats {', '.join(repr(c) for c in duplicates)}; list each class once.")
+        unknown = sorted(present - set(explicit))
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            noun = "label {} is" if len(unknown) == 1 else "labels {} are"
+            raise UserError(
+                f"{noun.format(shown)} not in the class list ({', '.join(explicit)}); add to data.classes or fix the labels."
+            )
+        return explicit
+    if all(_is_int(c) for c in present):
+        return sorted(present, key=lambda c: (int(c), c))  # "2" before "10"; "2" and "02" stay distinct
+    return sorted(present)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True

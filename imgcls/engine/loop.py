@@ -1,0 +1,143 @@
+"""The training process, explicit: one function trains an epoch, one validates."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data.transforms import normalize
+from ..errors import UserError
+
+
+@dataclass
+class EpochState:
+    """Progress inside one epoch; saved in mid-epoch checkpoints so a resume continues exactly."""
+    batches_done: int = 0                 # micro-batches consumed this epoch
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    samples: int = 0
+    skipped_steps: int = 0                # optimizer steps skipped for a non-finite loss
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def autocast_context(device: torch.device, precision: str):
+    """One precision context for the whole step: fp32 (no-op), bf16 or fp16 autocast."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def window_sizes(batch_sizes: Sequence[int], accumulate: int) -> list[int]:
+    """Samples in the accumulation window of each micro-batch (the last window may be partial)."""
+    out = []
+    for start in range(0, len(batch_sizes), accumulate):
+        w = batch_sizes[start:start + accumulate]
+        out += [sum(w)] * len(w)
+    return out
+
+
+def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler, *, device: torch.device, mean: Sequence[float], std: Sequence[float],
+                batch_sizes: Sequence[int], accumulate: int = 1, precision: str = "32",
+                scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None,
+                mix: Optional[Callable] = None, state: Optional[EpochState] = None,
+                global_step: int = 0, skip_nonfinite: bool = False, epoch: int = 0,
+                after_step: Optional[Callable[[int, EpochState], bool]] = None,
+                progress: bool = True) -> tuple[EpochState, int]:
+    """Train one epoch (or its remainder, from ``state.batches_done``); returns (state, global_step).
+
+    ``batch_sizes`` are the sizes of the remaining micro-batches, so each micro-batch's loss
+    can be weighted by its share of its window's samples: every window, including a partial
+    last one, then equals one large batch of its actual size.
+    ``after_step(global_step, state)`` runs after each optimizer step; returning True stops early.
+    """
+    state = state or EpochState()
+    state.loss_sum = state.loss_sum.to(device)
+    windows = window_sizes(batch_sizes, accumulate)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # checked without a per-step sync
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, total=len(batch_sizes), desc=f"epoch {epoch + 1}", leave=False,
+               disable=not progress, dynamic_ncols=True)
+    for i, (images, labels, _) in enumerate(bar):
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        y = labels.to(device, non_blocking=True)
+        if mix is not None:
+            x, y = mix(x, y)  # MixUp/CutMix: y becomes class probabilities
+        with autocast_context(device, precision):
+            output = model(x)
+            loss = criterion(output.float(), y)
+        n = images.shape[0]
+        # Weight by share of the window: the sum over the window is the mean over its samples.
+        scaled = loss * (n / windows[i])
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        state.loss_sum += loss.detach().double() * n
+        state.samples += n
+        state.batches_done += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                torch.tensor(global_step, device=device), first_bad)
+
+        if (i + 1) % accumulate and i + 1 != len(batch_sizes):
+            continue  # still inside the accumulation window
+        if skip_nonfinite and int(first_bad) >= 0:  # a host sync per step, only when asked for
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped_steps += 1
+            first_bad.fill_(-1)
+        else:
+            if clip_grad:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        scheduler.step_update(global_step)  # the LR for the next optimizer step
+        if progress and global_step % 10 == 0:
+            bar.set_postfix(loss=f"{(state.loss_sum / max(state.samples, 1)).item():.4f}")
+        if not skip_nonfinite and (global_step % 50 == 0 or i + 1 == len(batch_sizes)):
+            _raise_if_nonfinite(first_bad, epoch)
+        if after_step is not None and after_step(global_step, state):
+            break
+    bar.close()
+    if not skip_nonfinite:
+        _raise_if_nonfinite(first_bad, epoch)
+    return state, global_step
+
+
+def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise NonFiniteLoss(f"the loss became NaN or infinite at epoch {epoch + 1}, optimizer step {step + 1}; "
+                            "lower optim.lr, set optim.clip_grad, or set train.skip_nonfinite=true.")
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, loader, criterion: nn.Module, metrics, *, device: torch.device,
+             mean: Sequence[float], std: Sequence[float], precision: str = "32",
+             progress: bool = False) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Inference on held-out data: returns (scalars, details, probabilities [N,K], dataset indices [N])."""
+    model.eval()
+    metrics.reset()
+    probs, indices = [], []
+    for images, labels, idx in tqdm(loader, desc="validate", leave=False, disable=not progress):
+        x = normalize(images.to(device, non_blocking=True), mean, std)
+        y = labels.to(device, non_blocking=True)
+        with autocast_context(device, precision):
+            logits = model(x).float()
+        loss = criterion(logits, y) if criterion is not None else None
+        metrics.update(logits, y, None if loss is None else float(loss) * len(y))
+        probs.append(logits.softmax(dim=1).cpu())
+        indices.append(idx)
+    return metrics.compute(), metrics.details(), torch.cat(probs), torch.cat(indices)

@@ -1,0 +1,316 @@
+"""Losses by name: cross-entropy, focal, label smoothing, soft macro-F1; `create_loss`, `list_losses`.
+
+Every loss is an `nn.Module` called as `loss(logits, target)` with logits [N, K] and a target that is
+either int64 class indices [N] or float class probabilities [N, K] (soft targets from MixUp/CutMix).
+It returns a scalar.
+
+Reduction (cross_entropy, focal, label_smoothing): the batch loss is sum_i l_i / sum_i v_i, where
+v_i = sum_k w_k q_ik is the class weight of sample i's (unsmoothed) target q_i. Without class weights
+v_i = 1, so this is the plain mean over the batch. On index targets it is exactly torch's weighted mean
+sum(w_y * l) / sum(w_y). On soft targets it deliberately differs from torch's weighted
+probability-target mean (which divides by N): this way a one-hot soft target gives the same loss as its
+class index, and switching MixUp on does not rescale a class-weighted loss.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imgcls.errors import UserError, unknown_name
+
+__all__ = [
+    "create_loss",
+    "list_losses",
+    "class_weights_from_counts",
+    "soft_f1_per_class",
+    "CrossEntropyLoss",
+    "FocalLoss",
+    "SoftF1Loss",
+    "F1_EPS",
+]
+
+# Added to each F1 denominator (units: samples, i.e. probability mass summed over the batch). It keeps
+# 0/0 finite and changes a present class's F1 by a relative amount below eps / (P_k + Y_k) <= 1e-7.
+F1_EPS = 1e-7
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _compute_dtype(logits: Tensor) -> Tensor:
+    # Softmax/log in fp16/bf16 loses the small probabilities the losses depend on; fp64 stays fp64.
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def _is_index_target(logits: Tensor, target: Tensor) -> bool:
+    """True for class indices [N], False for probabilities [N, K]; any other shape is a bug upstream."""
+    n, k = logits.shape
+    if target.is_floating_point():
+        if target.shape != (n, k):
+            raise ValueError(f"probability target must have shape {(n, k)}, got {tuple(target.shape)}")
+        return False
+    if target.shape != (n,):
+        raise ValueError(f"index target must have shape {(n,)}, got {tuple(target.shape)}")
+    return True
+
+
+def _check_logits(logits: Tensor, num_classes: int) -> None:
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must have shape [N, {num_classes}], got {tuple(logits.shape)}")
+
+
+class _ClassLoss(nn.Module):
+    """Holds K and the optional class weights (a buffer, so `.to(device)` moves them)."""
+
+    class_weights: Tensor | None
+
+    def __init__(self, num_classes: int, class_weights: Tensor | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("class_weights", class_weights)
+
+    def _weights(self, like: Tensor) -> Tensor | None:
+        return None if self.class_weights is None else self.class_weights.to(like.dtype)
+
+    def _reduce(self, per_sample: Tensor, target: Tensor, index: bool, w: Tensor | None) -> Tensor:
+        """sum_i l_i / sum_i v_i with v_i the class weight of sample i's target (see module docstring)."""
+        if w is None:
+            return per_sample.mean()
+        v = w[target] if index else target.to(w.dtype) @ w
+        # Only a batch made entirely of weight-0 classes has v.sum() == 0; its loss sum is 0 too (except
+        # for label smoothing), and 0 beats torch's NaN for e.g. a validation batch of an unseen class.
+        return per_sample.sum() / v.sum().clamp_min(torch.finfo(v.dtype).tiny)
+
+    def extra_repr(self) -> str:
+        weighted = self.class_weights is not None
+        return f"num_classes={self.num_classes}, class_weights={'yes' if weighted else 'no'}"
+
+
+# ---------------------------------------------------------------- the losses
+
+
+class CrossEntropyLoss(_ClassLoss):
+    """Cross-entropy via `F.cross_entropy`, optionally class-weighted and label-smoothed.
+
+    Label smoothing follows torch's convention: eps is spread over ALL K classes, so the target becomes
+    (1 - eps) * q + eps / K (the true class keeps 1 - eps + eps/K), and with class weights the result
+    equals `F.cross_entropy(..., weight=w, label_smoothing=eps)` on index targets.
+    """
+
+    def __init__(self, num_classes: int, class_weights: Tensor | None = None, smoothing: float = 0.0) -> None:
+        super().__init__(num_classes, class_weights)
+        self.smoothing = smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check_logits(logits, self.num_classes)
+        index = _is_index_target(logits, target)
+        x = _compute_dtype(logits)
+        target = target.long() if index else target.to(x.dtype)
+        w = self._weights(x)
+        per_sample = F.cross_entropy(x, target, weight=w, reduction="none", label_smoothing=self.smoothing)
+        return self._reduce(per_sample, target, index, w)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, smoothing={self.smoothing}"
+
+
+class FocalLoss(_ClassLoss):
+    """Softmax focal loss (Lin et al. 2017): FL = -alpha * w_y * (1 - p_y)^gamma * log p_y.
+
+    Soft targets q: sum_k q_k * alpha * w_k * (1 - p_k)^gamma * (-log p_k). With gamma=0 and alpha=None
+    this is cross-entropy exactly, class weights and weighted mean included. In the multi-class softmax
+    form there is no "negative" class, so a scalar alpha scales the loss uniformly; per-class balancing
+    is what `class_weights` are for.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: Tensor | None = None,
+        gamma: float = 2.0,
+        alpha: float | None = None,
+    ) -> None:
+        super().__init__(num_classes, class_weights)
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check_logits(logits, self.num_classes)
+        index = _is_index_target(logits, target)
+        x = _compute_dtype(logits)
+        log_p = F.log_softmax(x, dim=1)
+        per_class = -log_p  # [N, K]
+        if self.gamma != 0:
+            # 1 - p = -expm1(log p) is accurate near p = 1; the clamp keeps the gradient of x^gamma finite
+            # for gamma < 1 when p rounds to exactly 1 (the loss term is 0 there anyway).
+            one_minus_p = (-torch.expm1(log_p)).clamp_min(torch.finfo(x.dtype).tiny)
+            per_class = one_minus_p.pow(self.gamma) * per_class
+        w = self._weights(x)
+        if w is not None:
+            per_class = per_class * w
+        if index:
+            target = target.long()
+            per_sample = per_class.gather(1, target[:, None]).squeeze(1)
+        else:
+            per_sample = (target.to(x.dtype) * per_class).sum(1)
+        if self.alpha is not None:
+            per_sample = self.alpha * per_sample
+        return self._reduce(per_sample, target, index, w)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}, alpha={self.alpha}"
+
+
+def soft_f1_per_class(probs: Tensor, target_probs: Tensor, eps: float = F1_EPS) -> Tensor:
+    """Soft F1 per class [K] from predicted and true class probabilities [N, K], summed over the batch.
+
+    F1_k = 2 tp_k / (2 tp_k + fp_k + fn_k + eps). A class absent from the targets and given no predicted
+    mass gets F1 = 0, as scikit-learn's f1_score(labels=range(K), zero_division=0); on one-hot inputs
+    this matches that function to within eps.
+    """
+    tp = (probs * target_probs).sum(0)
+    fp = (probs * (1 - target_probs)).sum(0)
+    fn = ((1 - probs) * target_probs).sum(0)
+    return 2 * tp / (2 * tp + fp + fn + eps)
+
+
+class SoftF1Loss(_ClassLoss):
+    """Soft macro-F1 loss: 1 - mean_k F1_k, with F1_k from softmax probabilities (`soft_f1_per_class`).
+
+    A batch-level loss: it is not a mean of per-sample terms, so it depends on the batch composition.
+    Classes absent from the batch (and, with softmax, always given some mass) score F1_k = 0 and carry no
+    gradient, so the loss cannot reach 0 on a batch that misses a class; with class weights the mean
+    over classes becomes sum_k w_k F1_k / sum_k w_k.
+    """
+
+    def __init__(self, num_classes: int, class_weights: Tensor | None = None, eps: float = F1_EPS) -> None:
+        super().__init__(num_classes, class_weights)
+        self.eps = eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check_logits(logits, self.num_classes)
+        x = _compute_dtype(logits)
+        if _is_index_target(logits, target):
+            target_probs = F.one_hot(target.long(), self.num_classes).to(x.dtype)
+        else:
+            target_probs = target.to(x.dtype)
+        f1 = soft_f1_per_class(torch.softmax(x, dim=1), target_probs, self.eps)
+        w = self._weights(x)
+        mean_f1 = f1.mean() if w is None else (w * f1).sum() / w.sum()
+        return 1 - mean_f1
+
+
+# ---------------------------------------------------------------- registry and factory
+
+
+def _validated_weights(class_weights: Tensor | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    if class_weights is None:
+        return None
+    w = torch.as_tensor(class_weights, dtype=torch.float32).detach().clone()
+    if w.shape != (num_classes,):
+        raise UserError(
+            f"class_weights has shape {tuple(w.shape)} but there are {num_classes} classes; "
+            f"give one weight per class."
+        )
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+        raise UserError(
+            "class_weights must be finite and non-negative with at least one positive; fix the weights."
+        )
+    return w
+
+
+def _check_gamma(gamma: float) -> float:
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise UserError(f"focal gamma is {gamma}; use a number >= 0 (2.0 is the usual choice).")
+    return float(gamma)
+
+
+def _check_alpha(alpha: float | None) -> float | None:
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise UserError(f"focal alpha is {alpha}; use a positive number (e.g. 0.25) or leave it unset.")
+    return None if alpha is None else float(alpha)
+
+
+def _check_smoothing(smoothing: float) -> float:
+    if not (0 <= smoothing < 1):
+        raise UserError(f"label smoothing is {smoothing}; use a number in [0, 1) such as 0.1.")
+    return float(smoothing)
+
+
+# Each builder gets (num_classes, class_weights, gamma, alpha, smoothing) and uses only what it needs.
+_Builder = Callable[[int, "Tensor | None", float, "float | None", float], nn.Module]
+_LOSSES: dict[str, _Builder] = {
+    "cross_entropy": lambda k, w, gamma, alpha, smoothing: CrossEntropyLoss(k, w),
+    "focal": lambda k, w, gamma, alpha, smoothing: FocalLoss(
+        k, w, _check_gamma(gamma), _check_alpha(alpha)
+    ),
+    "label_smoothing": lambda k, w, gamma, alpha, smoothing: CrossEntropyLoss(
+        k, w, _check_smoothing(smoothing)
+    ),
+    "f1": lambda k, w, gamma, alpha, smoothing: SoftF1Loss(k, w),
+}
+
+
+def list_losses() -> list[str]:
+    """Names accepted by `create_loss`, sorted."""
+    return sorted(_LOSSES)
+
+
+def create_loss(
+    name: str,
+    num_classes: int,
+    *,
+    class_weights: Tensor | None = None,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    smoothing: float = 0.1,
+) -> nn.Module:
+    """Build a loss by name. `gamma`/`alpha` are used by focal only, `smoothing` by label_smoothing only."""
+    if name not in _LOSSES:
+        raise unknown_name("loss", name, list_losses())
+    if num_classes < 2:
+        raise UserError(f"num_classes is {num_classes}; a classification loss needs at least 2 classes.")
+    weights = _validated_weights(class_weights, num_classes)
+    return _LOSSES[name](num_classes, weights, gamma, alpha, smoothing)
+
+
+def class_weights_from_counts(counts: Sequence[int], mode: str | Sequence[float] | None) -> Tensor | None:
+    """Per-class loss weights [K] from per-class training counts, or None for mode 'none'/None.
+
+    'balanced': w_k proportional to 1 / count_k, scaled to mean 1 over the classes that have samples.
+    A class with count 0 gets weight 0: it has no training samples to weigh, and adding empty classes
+    does not rescale the others. An explicit list must hold one positive weight per class.
+    """
+    if mode is None or (isinstance(mode, str) and mode == "none"):
+        return None
+    counts_t = torch.as_tensor(list(counts), dtype=torch.float64)
+    if counts_t.ndim != 1 or bool((counts_t < 0).any()):
+        raise ValueError(f"counts must be a flat list of non-negative integers, got {list(counts)}")
+    if isinstance(mode, str):
+        if mode != "balanced":
+            raise unknown_name("class-weight mode", mode, ["balanced", "none"])
+        present = counts_t > 0
+        if not bool(present.any()):
+            raise UserError(
+                "class counts are all zero, so balanced class weights are undefined; check the training data."
+            )
+        inv = torch.where(present, 1.0 / counts_t.clamp_min(1), torch.zeros_like(counts_t))
+        return (inv / inv[present].mean()).float()
+    try:
+        weights = [float(v) for v in mode]
+    except (TypeError, ValueError):
+        raise UserError(
+            f"class_weights {mode!r} must be 'balanced', 'none' or a list of numbers; fix it."
+        ) from None
+    if len(weights) != len(counts_t):
+        raise UserError(
+            f"class_weights lists {len(weights)} values but there are {len(counts_t)} classes; "
+            f"give one per class."
+        )
+    if not all(math.isfinite(v) and v > 0 for v in weights):
+        raise UserError(f"class_weights {weights} must all be positive numbers; fix the list.")
+    return torch.tensor(weights, dtype=torch.float32)

@@ -1,0 +1,231 @@
+"""Classification metrics: names, directions and one accumulator for a validation pass.
+
+The metric names are fixed project-wide (config ``monitor``, CSV columns, TensorBoard tags, report):
+``train/loss``, ``val/loss``, ``val/acc``, ``val/f1_macro``, ``val/precision_macro``,
+``val/recall_macro``, ``val/balanced_acc``, ``val/auroc``.
+
+Conventions (K = ``num_classes``; tested against scikit-learn with the arguments named here):
+
+* **Macro averages are over all K classes**, present or not, as in sklearn
+  ``precision_recall_fscore_support(labels=range(K), zero_division=0, average='macro')``.
+  Where a class has no true samples (recall undefined), no predictions (precision undefined)
+  or neither (F1 undefined), the undefined value is **0** (``zero_division=0``).
+* **val/balanced_acc** is the mean recall over the classes **present in the targets**, as sklearn
+  ``balanced_accuracy_score``; so it differs from ``val/recall_macro`` only when a class is absent.
+  (torchmetrics' macro accuracy instead counts a predicted-but-absent class as recall 0.)
+* **val/auroc** is one-vs-rest AUROC on the softmax probabilities, averaged over the classes
+  **present in the targets** (sklearn ``roc_auc_score`` per class on ``y == c``). It is NaN when
+  fewer than two classes are present, since no class then has both positives and negatives.
+  (torchmetrics' macro AUROC instead counts an absent class as 0.)
+* **top5_acc** is top-k accuracy with k = min(5, K) (so 1.0 when K <= 5).
+* **ece** is the expected calibration error of Guo et al. (2017): confidences (max softmax
+  probability) fall into 15 equal-width bins (i/15, (i+1)/15]; ECE = sum over bins of
+  (bin size / N) * |bin accuracy - bin mean confidence|. (torchmetrics bins [lo, hi) and puts
+  confidence exactly 1.0 in a 16th bin of its own, which hides over-confidence of saturated outputs.)
+* Predictions are ``argmax`` of the logits (the first class on ties, like torch and numpy).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix
+
+from imgcls.errors import UserError, unknown_name
+
+METRIC_NAMES: tuple[str, ...] = (
+    "train/loss",
+    "val/loss",
+    "val/acc",
+    "val/f1_macro",
+    "val/precision_macro",
+    "val/recall_macro",
+    "val/balanced_acc",
+    "val/auroc",
+)
+
+ECE_BINS = 15  # equal-width bins over confidence in (0, 1]
+TOP_K = 5
+
+
+def list_metrics() -> list[str]:
+    """All metric names, in the project's fixed order."""
+    return list(METRIC_NAMES)
+
+
+def check_monitor(name: str) -> str:
+    """Return ``name`` if it is a known metric, else raise a UserError with a did-you-mean."""
+    if name not in METRIC_NAMES:
+        raise unknown_name("monitor metric", name, list_metrics())
+    return name
+
+
+def metric_direction(name: str) -> str:
+    """'min' for losses (lower is better), 'max' for every other metric."""
+    check_monitor(name)
+    return "min" if name.endswith("loss") else "max"
+
+
+class ClassificationMetrics:
+    """Accumulates logits and targets over a whole validation pass, then summarises them.
+
+    State stays on the logits' device and ``update`` never waits for it: the confusion matrix,
+    top-k counts and ECE bins are small tensors, while AUROC keeps every probability row
+    (N x K float32, exact thresholds), as torchmetrics does.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str]) -> None:
+        if num_classes < 2:
+            raise UserError(f"classification needs at least 2 classes, got {num_classes}; add images of another class.")
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.class_names = [str(c) for c in class_names]
+        # validate_args=False: torchmetrics' argument checks read tensor values, a host sync per batch.
+        self._confmat = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self._topk = MulticlassAccuracy(
+            num_classes, top_k=min(TOP_K, num_classes), average="micro", validate_args=False
+        )
+        self._auroc = MulticlassAUROC(num_classes, average=None, thresholds=None, validate_args=False)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen so far (call before each validation pass)."""
+        for metric in (self._confmat, self._topk, self._auroc):
+            metric.reset()
+        self._ece_count = torch.zeros(ECE_BINS, dtype=torch.float64)
+        self._ece_conf = torch.zeros(ECE_BINS, dtype=torch.float64)
+        self._ece_correct = torch.zeros(ECE_BINS, dtype=torch.float64)
+        self._loss_sum: Tensor | float = 0.0
+        self._loss_samples = 0
+        self._num_samples = 0
+        self._cache: tuple[dict, dict] | None = None
+
+    def _to(self, device: torch.device) -> None:
+        for metric in (self._confmat, self._topk, self._auroc):
+            metric.to(device)
+        self._ece_count = self._ece_count.to(device)
+        self._ece_conf = self._ece_conf.to(device)
+        self._ece_correct = self._ece_correct.to(device)
+
+    def update(self, logits: Tensor, target: Tensor, loss_sum: float | Tensor | None = None) -> None:
+        """Add a batch: ``logits`` [N, K], integer ``target`` [N] in [0, K), and optionally the
+        batch's summed (not mean) loss, as a float or a 0-d tensor (kept lazy, no sync)."""
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be [N, {self.num_classes}], got {tuple(logits.shape)}")
+        if target.shape != logits.shape[:1] or target.is_floating_point():
+            raise ValueError(f"target must be integer [N={logits.shape[0]}], got {target.dtype} {tuple(target.shape)}")
+        n = logits.shape[0]
+        if n == 0:
+            return
+        if self._ece_count.device != logits.device:
+            self._to(logits.device)
+        self._cache = None
+        target = target.to(device=logits.device, dtype=torch.long)
+        # float32 even under autocast: fp16 softmax saturates confidences and creates AUROC ties.
+        logits = logits.detach().float()
+        probs = logits.softmax(dim=1)
+        # Argmax and top-k on logits, not probabilities: probabilities that underflow to 0 tie.
+        self._confmat.update(logits, target)
+        self._topk.update(logits, target)
+        # Probabilities, not logits: torchmetrics would take a batch of logits that all lie in [0, 1]
+        # for probabilities and skip the softmax.
+        self._auroc.update(probs, target)
+
+        confidence = probs.max(dim=1).values
+        correct = (logits.argmax(dim=1) == target).double()
+        # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
+        inner_edges = torch.linspace(0, 1, ECE_BINS + 1, device=logits.device)[1:]
+        bins = torch.bucketize(confidence, inner_edges).clamp_(max=ECE_BINS - 1)
+        self._ece_count.index_add_(0, bins, torch.ones_like(correct))
+        self._ece_conf.index_add_(0, bins, confidence.double())
+        self._ece_correct.index_add_(0, bins, correct)
+
+        self._num_samples += n
+        if loss_sum is not None:
+            self._loss_sum = self._loss_sum + (loss_sum.detach() if isinstance(loss_sum, Tensor) else loss_sum)
+            self._loss_samples += n
+
+    def _summary(self) -> tuple[dict, dict]:
+        if self._cache is not None:
+            return self._cache
+        if self._num_samples == 0:
+            raise RuntimeError("ClassificationMetrics.compute() called before any update()")
+        cm = self._confmat.compute().cpu().to(torch.float64)  # rows = true, cols = predicted
+        tp = cm.diagonal()
+        support = cm.sum(dim=1)
+        predicted = cm.sum(dim=0)
+        # zero_division=0: an undefined ratio (0/0) becomes 0, as sklearn with zero_division=0.
+        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+        recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
+        f1_den = 2 * tp + (predicted - tp) + (support - tp)  # 2TP + FP + FN
+        f1 = torch.where(f1_den > 0, 2 * tp / f1_den.clamp(min=1), 0.0)
+        present = support > 0
+
+        scalars = {
+            "val/acc": (tp.sum() / cm.sum()).item(),
+            "val/f1_macro": f1.mean().item(),
+            "val/precision_macro": precision.mean().item(),
+            "val/recall_macro": recall.mean().item(),
+            "val/balanced_acc": recall[present].mean().item(),
+            "val/auroc": self._macro_auroc(present),
+        }
+        if self._loss_samples:
+            scalars["val/loss"] = float(self._loss_sum) / self._loss_samples
+
+        count = self._ece_count.cpu().double()
+        gaps = (self._ece_correct.cpu() - self._ece_conf.cpu()).abs()  # per bin: |sum correct - sum conf|
+        details = {
+            "classes": list(self.class_names),
+            "per_class": [
+                {
+                    "class": name,
+                    "precision": precision[i].item(),
+                    "recall": recall[i].item(),
+                    "f1": f1[i].item(),
+                    "support": int(support[i].item()),
+                }
+                for i, name in enumerate(self.class_names)
+            ],
+            "confusion_matrix": cm.to(torch.int64).tolist(),
+            "top5_acc": self._topk.compute().item(),
+            # sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - conf_sum_b| / N
+            "ece": (gaps.sum() / count.sum()).item(),
+            "num_samples": self._num_samples,
+        }
+        self._cache = (scalars, details)
+        return self._cache
+
+    def _macro_auroc(self, present: Tensor) -> float:
+        if int(present.sum()) < 2:
+            return math.nan
+        with warnings.catch_warnings():
+            # Absent classes are dropped below; their "no positive samples" warning is expected.
+            warnings.filterwarnings("ignore", message="No positive samples in targets")
+            per_class = self._auroc.compute().cpu().double()
+        return per_class[present].mean().item()
+
+    def compute(self) -> dict[str, float]:
+        """Scalars under the ``val/...`` names; ``val/loss`` (mean per sample) only if losses were given."""
+        return dict(self._summary()[0])
+
+    def details(self) -> dict:
+        """JSON-ready breakdown: classes, per_class table, confusion_matrix (rows = true),
+        top5_acc, ece, num_samples."""
+        return copy.deepcopy(self._summary()[1])
+
+
+def recall_warnings(scalars: dict, details: dict, gap: float = 0.2) -> list[str]:
+    """Sentences for classes whose recall is more than ``gap`` below overall accuracy, worst first.
+
+    Classes absent from the targets are skipped: their recall of 0 is a convention, not a failure.
+    """
+    acc = scalars["val/acc"]
+    weak = [
+        row for row in details["per_class"] if row["support"] > 0 and row["recall"] < acc - gap
+    ]
+    weak.sort(key=lambda row: row["recall"])
+    return [f"accuracy {acc:.2f}, but class '{row['class']}' recall {row['recall']:.2f}" for row in weak]
