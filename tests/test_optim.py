@@ -57,11 +57,14 @@ class _Net(nn.Module):
         return {"pos_embed"}
 
 
+def ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
 def test_param_groups_decay_only_matrices():
     net = _Net()
     opt = create_optimizer(net, "sgd", lr=0.1, weight_decay=0.05)
     decay, no_decay = opt.param_groups
-    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == {id(net.conv.weight), id(net.fc.weight)}
     assert ids(no_decay["params"]) == {
         id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.fc.bias), id(net.pos_embed)
@@ -75,6 +78,8 @@ def test_param_groups_decay_only_matrices():
 def test_weight_decay_shrinks_only_decay_group(name):
     # With zero gradients, only weight decay can move a parameter.
     net = _Net()
+    with torch.no_grad():  # away from 0, where Adam's eps would matter
+        net.fc.weight.copy_(torch.tensor([[0.5, -0.25, 1.0, -2.0], [0.3, 0.7, -0.4, 0.2]]))
     opt = create_optimizer(net, name, lr=0.1, weight_decay=0.5, momentum=0.0)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     for p in net.parameters():
@@ -182,8 +187,9 @@ def test_step_with_warmup_and_fractional_step_size():
 
 def test_step_float_rounding_does_not_delay_a_drop():
     opt = _opt()
-    sched = create_scheduler(opt, "step", epochs=2, steps_per_epoch=10, step_size=0.3, gamma=0.5)
-    assert _loop_lrs(sched, opt, 1, micro=7, accumulate=1) == pytest.approx([B] * 3 + [B / 2] * 3 + [B / 4])
+    # 0.14 epochs * 50 = 7.000000000000001 steps in floats, so 7 / (0.14 * 50) < 1.
+    sched = create_scheduler(opt, "step", epochs=1, steps_per_epoch=50, step_size=0.14, gamma=0.5)
+    assert _loop_lrs(sched, opt, 1, micro=15, accumulate=1) == pytest.approx([B] * 7 + [B / 2] * 7 + [B / 4])
 
 
 def test_plateau_with_warmup_max_mode():
@@ -267,6 +273,8 @@ def test_onecycle_matches_torch(epochs, spe):
                                               cycle_momentum=False)
     lrs = _loop_lrs(sched, ours, epochs, micro=spe, accumulate=1)
     assert lrs == pytest.approx(_torch_lrs(ref, theirs, epochs * spe), rel=1e-12)
+    sched.step_update(epochs * spe + 5)  # past the planned steps: hold the final LR
+    assert get_lr(ours) == pytest.approx(B / 25 / 1e4, rel=1e-9)
 
 
 def test_every_group_follows_its_own_base_lr():

@@ -42,12 +42,19 @@ class ImageDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         img = load_image(self.paths[index], channels=self.channels)
         if self.transform is not None:
-            # fork_rng: the main process's RNG (dropout, init) is untouched when num_workers=0.
-            with torch.random.fork_rng(devices=[]):
-                s = derive_seed(self.seed, _AUGMENT, epoch, index)
-                torch.manual_seed(s)
-                random.seed(s)
+            # Seed only the CPU generator the transforms draw from (torch.manual_seed would also
+            # queue CUDA seeding, 0.5 ms a call), and restore it: with num_workers=0 the main
+            # process's RNG (dropout, init, MixUp) must not depend on the data.
+            gen = torch.default_generator
+            saved, py_saved = gen.get_state(), random.getstate()
+            s = derive_seed(self.seed, _AUGMENT, epoch, index)
+            gen.manual_seed(s)
+            random.seed(s)
+            try:
                 img = self.transform(img)
+            finally:
+                gen.set_state(saved)
+                random.setstate(py_saved)
         return img, self.labels[index], index
 
 

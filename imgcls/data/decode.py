@@ -1,6 +1,6 @@
 """Decode one image file into a uint8 [C, H, W] tensor, whatever real folders throw at us.
 
-JPEG and PNG go through torchvision.io (libjpeg-turbo / libpng, no PIL object in between);
+JPEG and PNG go through torchvision.io.decode_image (libjpeg-turbo / libpng, no PIL object in between);
 everything else, and the few JPEG/PNG variants torchvision decodes differently from what a
 person sees (CMYK JPEG, PNG with a transparent colour key), goes through PIL. Either way the
 result follows one convention:
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 
 from imgcls.errors import UserError
 
@@ -54,14 +54,14 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     data = _read_bytes(path)
-    head = bytes(data[:64].tolist())
+    head = bytes(data[:64])
     img = None
     if _fast_path_ok(head):
         try:
-            img = decode_image(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+            img = _decode_torchvision(data, ImageReadMode.UNCHANGED)
             if head.startswith(_JPEG_MAGIC) and img.shape[0] == 4:
                 # 4 channels from a JPEG are CMYK (often Adobe-inverted); torchvision's RGB mode converts it.
-                img = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                img = _decode_torchvision(data, ImageReadMode.RGB)
         except RuntimeError:
             img = None  # let PIL try and, if it fails too, word the reason
     if img is None:
@@ -111,7 +111,7 @@ def check_image(path: str | os.PathLike, min_size: int = 8) -> str | None:
     return None
 
 
-def _read_bytes(path: str | os.PathLike, header_only: bool = False) -> torch.Tensor | None:
+def _read_bytes(path: str | os.PathLike, header_only: bool = False) -> bytearray | None:
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
@@ -125,9 +125,18 @@ def _read_bytes(path: str | os.PathLike, header_only: bool = False) -> torch.Ten
     if header_only:
         return None
     try:
-        return read_file(str(path))
-    except RuntimeError as exc:
-        raise BadImageError(path, f"cannot open the file ({exc})") from None
+        with open(path, "rb") as f:
+            return bytearray(f.read())  # writable, so torch.frombuffer can share it without a warning
+    except OSError as exc:
+        raise BadImageError(path, f"cannot open the file ({exc.strerror or exc})") from None
+
+
+def _decode_torchvision(data: bytearray, mode: ImageReadMode) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codecs in favour of TorchCodec (not a dependency of ours);
+        # left alone, the warning would fire once per decoded image.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        return decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
 
 
 def _fast_path_ok(head: bytes) -> bool:
@@ -155,9 +164,9 @@ def _png_has_colour_key(head: bytes) -> bool:
     return False
 
 
-def _decode_pil(path: str | os.PathLike, data: torch.Tensor) -> torch.Tensor:
+def _decode_pil(path: str | os.PathLike, data: bytearray) -> torch.Tensor:
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             return _pil_to_tensor(im, path)

@@ -92,12 +92,29 @@ def _grouped(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: 
             f"a grouped split with data.val_fraction {val_fraction} needs at least {n_splits} groups that can go to "
             f"validation, but there are {n_groups}; lower data.val_fraction or provide a validation set."
         )
+    largest = int(np.bincount(labels[rest]).max())
+    if largest < n_splits:  # StratifiedGroupKFold refuses this case
+        raise UserError(
+            f"a grouped split with data.val_fraction {val_fraction} makes {n_splits} folds, but no class has more than "
+            f"{largest} samples; lower data.val_fraction or provide a validation set."
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer groups than folds; the class then just misses some folds.
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         train, val = next(splitter.split(np.zeros(len(rest)), labels[rest], groups[rest]))
-    return np.concatenate([np.flatnonzero(forced), rest[train]]), rest[val]
+    train, val = rest[train], rest[val]
+    # The fold search is greedy: a class with few groups can land wholly in validation. Never leave
+    # a class untrained; move its validation groups to training instead.
+    unseen = np.setdiff1d(labels[val], labels[train])
+    if len(unseen):
+        warnings.warn(
+            f"class {', '.join(name(c) for c in unseen)} fell entirely into validation; its groups go to training instead.",
+            stacklevel=3,
+        )
+        move = np.isin(groups[val], groups[val][np.isin(labels[val], unseen)])
+        train, val = np.concatenate([train, val[move]]), val[~move]
+    return np.concatenate([np.flatnonzero(forced), train]), val
 
 
 def _group_codes(groups: Sequence) -> np.ndarray:
