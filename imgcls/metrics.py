@@ -32,7 +32,7 @@ import warnings
 
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from imgcls.errors import UserError, unknown_name
 
@@ -85,7 +85,6 @@ class ClassificationMetrics:
         self.num_classes = num_classes
         self.class_names = [str(c) for c in class_names]
         # validate_args=False: torchmetrics' argument checks read tensor values, a host sync per batch.
-        self._confmat = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self._topk = MulticlassAccuracy(
             num_classes, top_k=min(TOP_K, num_classes), average="micro", validate_args=False
         )
@@ -94,8 +93,11 @@ class ClassificationMetrics:
 
     def reset(self) -> None:
         """Forget everything seen so far (call before each validation pass)."""
-        for metric in (self._confmat, self._topk, self._auroc):
+        for metric in (self._topk, self._auroc):
             metric.reset()
+        # rows = true, cols = predicted. Kept by hand, not torchmetrics' MulticlassConfusionMatrix:
+        # its torch.bincount waits for the GPU on every batch (it reads the max to size the output).
+        self._confmat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
         self._ece_count = torch.zeros(ECE_BINS, dtype=torch.float64)
         self._ece_conf = torch.zeros(ECE_BINS, dtype=torch.float64)
         self._ece_correct = torch.zeros(ECE_BINS, dtype=torch.float64)
@@ -105,8 +107,9 @@ class ClassificationMetrics:
         self._cache: tuple[dict, dict] | None = None
 
     def _to(self, device: torch.device) -> None:
-        for metric in (self._confmat, self._topk, self._auroc):
+        for metric in (self._topk, self._auroc):
             metric.to(device)
+        self._confmat = self._confmat.to(device)
         self._ece_count = self._ece_count.to(device)
         self._ece_conf = self._ece_conf.to(device)
         self._ece_correct = self._ece_correct.to(device)
@@ -129,20 +132,21 @@ class ClassificationMetrics:
         logits = logits.detach().float()
         probs = logits.softmax(dim=1)
         # Argmax and top-k on logits, not probabilities: probabilities that underflow to 0 tie.
-        self._confmat.update(logits, target)
+        predicted = logits.argmax(dim=1)
+        self._confmat.index_put_((target, predicted), torch.ones_like(target), accumulate=True)
         self._topk.update(logits, target)
         # Probabilities, not logits: torchmetrics would take a batch of logits that all lie in [0, 1]
         # for probabilities and skip the softmax.
         self._auroc.update(probs, target)
 
         confidence = probs.max(dim=1).values
-        correct = (logits.argmax(dim=1) == target).double()
+        correct = (predicted == target).double()
         # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
         inner_edges = torch.linspace(0, 1, ECE_BINS + 1, device=logits.device)[1:]
         bins = torch.bucketize(confidence, inner_edges).clamp_(max=ECE_BINS - 1)
-        self._ece_count.index_add_(0, bins, torch.ones_like(correct))
-        self._ece_conf.index_add_(0, bins, confidence.double())
-        self._ece_correct.index_add_(0, bins, correct)
+        self._ece_count.index_put_((bins,), torch.ones_like(correct), accumulate=True)
+        self._ece_conf.index_put_((bins,), confidence.double(), accumulate=True)
+        self._ece_correct.index_put_((bins,), correct, accumulate=True)
 
         self._num_samples += n
         if loss_sum is not None:
@@ -154,7 +158,7 @@ class ClassificationMetrics:
             return self._cache
         if self._num_samples == 0:
             raise RuntimeError("ClassificationMetrics.compute() called before any update()")
-        cm = self._confmat.compute().cpu().to(torch.float64)  # rows = true, cols = predicted
+        cm = self._confmat.cpu().to(torch.float64)
         tp = cm.diagonal()
         support = cm.sum(dim=1)
         predicted = cm.sum(dim=0)

@@ -249,10 +249,20 @@ def test_check_monitor_did_you_mean():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu_without_syncs_in_update():
     logits, target = make_case(9, 7, True, True, n=500)
     cpu_scalars, cpu_details = run_metrics(logits, target, 7, chunks=4)
-    gpu_scalars, gpu_details = run_metrics(logits.cuda(), target.cuda(), 7, chunks=4)
+    m = ClassificationMetrics(7, [f"c{i}" for i in range(7)])
+    batches = list(zip(logits.cuda().tensor_split(4), target.cuda().tensor_split(4)))
+    m.update(*batches[0], loss_sum=F.cross_entropy(*batches[0], reduction="sum"))  # moves state to the GPU
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync inside update() raises
+    try:
+        for lg, t in batches[1:]:
+            m.update(lg, t, loss_sum=F.cross_entropy(lg, t, reduction="sum"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    gpu_scalars, gpu_details = m.compute(), m.details()
     assert gpu_scalars == pytest.approx(cpu_scalars, abs=1e-5)
     assert gpu_details["confusion_matrix"] == cpu_details["confusion_matrix"]
     assert gpu_details["ece"] == pytest.approx(cpu_details["ece"], abs=1e-5)

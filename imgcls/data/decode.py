@@ -143,8 +143,8 @@ def _fast_path_ok(head: bytes) -> bool:
     """True for JPEG and for PNGs torchvision decodes the way PIL would (no palette, no colour key)."""
     if head.startswith(_JPEG_MAGIC):
         return True
-    if not head.startswith(_PNG_MAGIC):
-        return False
+    if not head.startswith(_PNG_MAGIC) or len(head) < 26:
+        return False  # a PNG shorter than its header is left to PIL, which words the error
     colour_type = head[25]  # 8-byte signature, 4-byte length, "IHDR", w, h, bit depth, colour type
     return colour_type != _PNG_PALETTE and not _png_has_colour_key(head)
 
