@@ -76,6 +76,33 @@ def _cmd_demo_data(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- inference, evaluation, export (issue 3) ------------------------------------------
+def _add_predict(sub) -> None:
+    pass  # TODO(issue 3): `imgcls predict MODEL INPUT... [--ensemble MODEL]... [--out FILE]`
+
+
+def _add_evaluate(sub) -> None:
+    pass  # TODO(issue 3): `imgcls evaluate MODEL --data PATH [--out DIR]`
+
+
+def _add_export(sub) -> None:
+    pass  # TODO(issue 3): `imgcls export MODEL --format onnx|pt2|torchscript [--out FILE]`
+
+
+# ---- data checks (issue 4) --------------------------------------------------------------
+def _add_check_data(sub) -> None:
+    pass  # TODO(issue 4): `imgcls check-data PATH [--min-size N]`
+
+
+# ---- report and compare (issue 5) -------------------------------------------------------
+def _add_report(sub) -> None:
+    pass  # TODO(issue 5): `imgcls report RUN_DIR`
+
+
+def _add_compare(sub) -> None:
+    pass  # TODO(issue 5): `imgcls compare RUN_DIR... [--out FILE]`
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and export image classifiers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only 5-10 training images of some classes (validation stays balanced)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo_data)
+
+    for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare):
+        add(sub)
     return p
 
 

@@ -249,6 +249,7 @@ def test_check_monitor_did_you_mean():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype")
 def test_cuda_matches_cpu_without_syncs_in_update():
     logits, target = make_case(9, 7, True, True, n=500)
     cpu_scalars, cpu_details = run_metrics(logits, target, 7, chunks=4)
