@@ -111,5 +111,7 @@ def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
 
 def make_loader(dataset: ImageDataset, sampler: EpochBatchSampler, num_workers: int,
                 pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    # Own generator: the DataLoader draws a base seed per iterator, and must not take it from
+    # the global RNG (dropout, MixUp), or a resumed run would draw different numbers.
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
