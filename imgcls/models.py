@@ -52,15 +52,25 @@ class SmallCNN(nn.Module):
 
 @register_model
 def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
-    """timm entry point, so ``timm.create_model('small_cnn')`` and ``list_models`` know it."""
-    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
+    """timm entry point, so ``timm.create_model('small_cnn')`` and ``list_models`` know it.
+
+    With ``pretrained=True`` and ``pretrained_cfg_overlay=dict(file=...)`` it loads that local file
+    through timm's ``load_pretrained``: a head of another size is dropped, the first conv adapted.
+    """
+    from timm.models import load_pretrained
+    from timm.models._pretrained import PretrainedCfg
+
+    kwargs.pop("pretrained_cfg", None)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     model = SmallCNN(**kwargs)
-    if pretrained and pretrained_cfg is not None and getattr(pretrained_cfg, "file", None):
-        state = timm.models.load_state_dict(pretrained_cfg.file)
-        if state.get("fc.weight") is not None and state["fc.weight"].shape != model.fc.weight.shape:
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        model.load_state_dict(state, strict=False)
+    if pretrained:
+        state = timm.models.load_state_dict(overlay["file"])
+        head = state.get("fc.weight")
+        cfg = PretrainedCfg(state_dict=state, first_conv="features.0", classifier="fc",
+                            num_classes=-1 if head is None else head.shape[0]).to_dict()
+        cfg["state_dict"] = state
+        load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=kwargs.get("in_chans", 3),
+                        strict=False)
     return model
 
 
