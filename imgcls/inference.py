@@ -1,0 +1,436 @@
+"""Predict with trained runs: load ``best.safetensors`` + ``model.json``, then batched inference with
+exactly the evaluation preprocessing recorded at training time, test-time augmentation and ensembles.
+
+The pipeline is the validation pass of training: decode (``load_image`` with the recorded channels)
+and ``eval_transform`` in DataLoader workers on uint8 images, then ``normalize`` once per batch on
+the device, the model in ``eval()`` under ``torch.inference_mode()``, softmax in float32.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data.dataset import ImageDataset
+# The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
+from .data.decode import (IMAGE_EXTENSIONS, BadImageError, _composite_on_white, _convert_channels,
+                          _pil_to_tensor, _to_uint8)
+from .data.transforms import eval_transform, normalize
+from .engine.checkpoint import atomic_write_text, load_weights, read_model_json
+from .errors import UserError
+from .models import create_model
+
+TOP_K = 5
+
+
+# ---------------------------------------------------------------- loading a run
+
+@dataclass
+class Member:
+    """One model of a predictor: its run folder, its ``model.json`` and the model in eval mode."""
+    run_dir: Path
+    meta: dict
+    model: nn.Module
+    view: int = 0  # index of its preprocessing in Predictor.views
+
+
+def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") -> Member:
+    """Rebuild a run's model from ``model.json`` + ``best.safetensors`` only (no pickle)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.json").is_file():
+        raise UserError(f"'{run_dir}' is not a trained run folder (no model.json); pass a folder written by "
+                        "'imgcls train'.")
+    meta = read_model_json(run_dir / "model.json")
+    model = create_model(meta["architecture"], len(meta["classes"]), meta["channels"])
+    try:
+        model.load_state_dict(load_weights(run_dir / "best.safetensors"))
+    except RuntimeError as e:
+        raise UserError(f"'{run_dir / 'best.safetensors'}' does not fit the architecture "
+                        f"'{meta['architecture']}' of its model.json ({str(e).splitlines()[0][:150]}); "
+                        "re-copy the run folder.") from None
+    return Member(run_dir, meta, model.eval().to(device))
+
+
+def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
+         device: str = "cpu") -> "Predictor":
+    """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
+    from .engine.fit import resolve_device
+    dev = resolve_device(device)
+    return Predictor([load_member(p, dev) for p in [model, *ensemble]], dev)
+
+
+# ---------------------------------------------------------------- inputs -> uint8 images
+
+def _to_image(item: Any, channels: int) -> torch.Tensor:
+    """A path, PIL image or uint8 [C,H,W] tensor -> uint8 [channels,H,W], decoded as a file would be."""
+    if isinstance(item, (str, os.PathLike)):
+        from .data.decode import load_image
+        return load_image(item, channels=channels)
+    if isinstance(item, Image.Image):
+        img = _to_uint8(_pil_to_tensor(ImageOps.exif_transpose(item), "<PIL image>"))
+        if img.shape[0] in (2, 4):
+            img = _composite_on_white(img)
+        return _convert_channels(img, channels)
+    if isinstance(item, torch.Tensor):
+        if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3):
+            raise UserError(f"a tensor input must be uint8 [C,H,W] with 1 or 3 channels (as load_image returns), "
+                            f"got {item.dtype} {tuple(item.shape)}; convert 0-1 floats with "
+                            "(x * 255).round().to(torch.uint8).")
+        return _convert_channels(item.cpu(), channels)
+    raise UserError(f"cannot predict on a {type(item).__name__}; pass paths, PIL images or uint8 tensors.")
+
+
+class _InferenceImages(Dataset):
+    """Items (index, one preprocessed uint8 image per view, None) or (index, None, reason) for a bad input.
+
+    Decoding goes through ImageDataset (the training loader's decoder); the eval transform is applied
+    here, outside ImageDataset's per-sample RNG seeding, which a deterministic transform does not need.
+    """
+
+    def __init__(self, items: Sequence[Any], views: Sequence[tuple[int, int, float]]):
+        self.items = list(items)
+        self.views = list(views)
+        paths = [str(i) if isinstance(i, (str, os.PathLike)) else "" for i in self.items]
+        self.decoders = [ImageDataset(paths, [0] * len(paths), channels) for channels, _, _ in self.views]
+        self.transforms = [eval_transform(size, crop) for _, size, crop in self.views]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        if isinstance(item, (str, os.PathLike)) and not str(item):
+            return i, None, "empty path cell"
+        try:
+            out = []
+            is_path = isinstance(item, (str, os.PathLike))
+            for decoder, transform, (channels, _, _) in zip(self.decoders, self.transforms, self.views):
+                img = decoder[i][0] if is_path else _to_image(item, channels)
+                out.append(transform(img))
+            return i, out, None
+        except BadImageError as e:
+            return i, None, e.reason or str(e)
+
+
+def _collate(batch):
+    good = [(i, views) for i, views, _ in batch if views is not None]
+    bad = [(i, reason) for i, views, reason in batch if views is None]
+    idx = [i for i, _ in good]
+    views = [torch.stack([v[k] for _, v in good]) for k in range(len(good[0][1]))] if good else []
+    return idx, views, bad
+
+
+def default_workers(n_items: int, batch_size: int) -> int:
+    """Two loader processes (decode overlaps compute), none when one batch holds everything."""
+    return 0 if n_items <= batch_size else min(2, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- the predictor
+
+class Predictions(NamedTuple):
+    labels: list[str]    # predicted class name per input
+    probs: torch.Tensor  # [N, K] float32 class probabilities, columns in Predictor.classes order
+
+
+@dataclass
+class FileResults:
+    """Predictions for inputs that may be unreadable: rows only for the readable ones."""
+    probs: torch.Tensor                   # [len(ok), K]
+    ok: list[int]                         # input index of each row, ascending
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (input index, reason)
+
+
+class Predictor:
+    """One or more trained models with the same classes; ``predict`` averages their probabilities."""
+
+    def __init__(self, members: Sequence[Member], device: torch.device | str = "cpu"):
+        if not members:
+            raise ValueError("a Predictor needs at least one model")
+        first = members[0]
+        for m in members[1:]:
+            if m.meta["classes"] != first.meta["classes"]:
+                raise UserError(f"ensemble models have different class lists ({first.run_dir}: "
+                                f"{', '.join(map(str, first.meta['classes']))}; {m.run_dir}: "
+                                f"{', '.join(map(str, m.meta['classes']))}); ensemble only runs trained on the same classes.")
+        self.members = list(members)
+        self.device = torch.device(device)
+        self.meta = first.meta
+        self.classes: list[str] = [str(c) for c in first.meta["classes"]]
+        # One decoded+cropped image per distinct (channels, image_size, crop_pct), shared by the members using it.
+        self.views: list[tuple[int, int, float]] = []
+        for m in self.members:
+            key = (m.meta["channels"], m.meta["image_size"], float(m.meta["crop_pct"]))
+            if key not in self.views:
+                self.views.append(key)
+            m.view = self.views.index(key)
+
+    @property
+    def allows_flip(self) -> bool:
+        return all(m.meta["allows_flip"] for m in self.members)
+
+    def tta_plan(self, tta: bool, scales: Optional[Sequence[float]] = None) -> tuple[bool, tuple[float, ...]]:
+        """(flip, scales) for ``tta``; refuses flip for a model whose training preset forbids it."""
+        scales = tuple(float(s) for s in scales) if scales else (1.0,)
+        if any(s <= 0 for s in scales):
+            raise UserError(f"--tta-scales must be positive factors such as 0.875 1.0 1.125, got {list(scales)}.")
+        flip = bool(tta)
+        if flip and not self.allows_flip:
+            augment = next(m.meta["augment"] for m in self.members if not m.meta["allows_flip"])
+            if scales == (1.0,):
+                raise UserError(f"--tta flips images horizontally, but this model was trained with augment "
+                                f"'{augment}', where a mirrored image is another class; drop --tta or use "
+                                "--tta-scales alone.")
+            warnings.warn(f"augment '{augment}' forbids horizontal flips; test-time augmentation uses the scales only.",
+                          stacklevel=2)
+            flip = False
+        return flip, scales
+
+    def _probs(self, views: list[torch.Tensor], flip: bool, scales: tuple[float, ...]) -> torch.Tensor:
+        """uint8 batches (one per view) -> [N, K] probabilities averaged over TTA views, then members."""
+        total = None
+        for m in self.members:
+            x = normalize(views[m.view].to(self.device, non_blocking=True), m.meta["mean"], m.meta["std"])
+            p, n = 0.0, 0
+            for s in scales:
+                size = max(1, round(m.meta["image_size"] * s))
+                xs = x if s == 1.0 else F.interpolate(x, size=(size, size), mode="bilinear",
+                                                      align_corners=False, antialias=True)
+                for flipped in ((False, True) if flip else (False,)):
+                    try:
+                        logits = m.model(xs.flip(-1) if flipped else xs)
+                    except RuntimeError as e:
+                        if s == 1.0:
+                            raise
+                        raise UserError(f"model '{m.meta['architecture']}' does not accept {size}x{size} inputs "
+                                        f"(--tta-scales {s}): {str(e).splitlines()[0][:120]}; use scales it "
+                                        "supports or drop --tta-scales.") from None
+                    p = p + logits.float().softmax(dim=1)
+                    n += 1
+            total = p / n if total is None else total + p / n
+        return (total / len(self.members)).cpu()
+
+    @torch.inference_mode()
+    def predict_files(self, items: Sequence[Any], *, batch_size: int = 64, num_workers: Optional[int] = None,
+                      tta: bool = False, scales: Optional[Sequence[float]] = None,
+                      progress: bool = False) -> FileResults:
+        """Predict every readable input; unreadable ones are reported in ``errors``, never raised."""
+        flip, scales = self.tta_plan(tta, scales)
+        for m in self.members:
+            m.model.eval()
+        workers = default_workers(len(items), batch_size) if num_workers is None else num_workers
+        loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        probs, ok, errors = [], [], []
+        from tqdm import tqdm
+        for idx, views, bad in tqdm(loader, desc="predict", leave=False, disable=not progress):
+            errors += bad
+            if idx:
+                probs.append(self._probs(views, flip, scales))
+                ok += idx
+        out = torch.cat(probs) if probs else torch.zeros(0, len(self.classes))
+        return FileResults(out, ok, errors)
+
+    def predict(self, inputs: Any, *, batch_size: int = 64, num_workers: int = 0, tta: bool = False,
+                scales: Optional[Sequence[float]] = None) -> Predictions:
+        """Class names and probabilities for a path, PIL image, uint8 tensor [C,H,W] or [N,C,H,W], or a list of these.
+
+        An unreadable file raises ``BadImageError``; use ``predict_files`` to skip those instead.
+        """
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            items = list(inputs)
+        elif isinstance(inputs, (str, os.PathLike, Image.Image, torch.Tensor)):
+            items = [inputs]
+        else:
+            items = list(inputs)
+        res = self.predict_files(items, batch_size=batch_size, num_workers=num_workers, tta=tta, scales=scales)
+        if res.errors:
+            i, reason = res.errors[0]
+            raise BadImageError(items[i], reason)
+        return Predictions([self.classes[k] for k in res.probs.argmax(dim=1).tolist()], res.probs)
+
+
+# ---------------------------------------------------------------- inputs from the command line
+
+@dataclass
+class InputTable:
+    """What to predict on: paths to read, each as the user gave it, and any CSV columns to carry through."""
+    paths: list[str]
+    given: list[str]
+    columns: list[str] = field(default_factory=list)   # input CSV header ([] for files and folders)
+    rows: list[list[str]] = field(default_factory=list)  # input CSV cells, one list per path
+
+
+def _images_in(folder: Path) -> list[str]:
+    """Image files below ``folder``, sorted; hidden entries and folders holding a model.json are skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        # A run folder inside the input tree holds plots and samples, not inputs.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (Path(dirpath) / d / "model.json").is_file())
+        found += [str(Path(dirpath) / f) for f in sorted(filenames)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _read_input_csv(path: Path, path_column: str) -> InputTable:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [c.strip() for c in next(reader, [])]
+        if path_column not in header:
+            raise UserError(f"CSV file '{path}' has no column '{path_column}' (columns: {', '.join(header) or 'none'}); "
+                            "pass --path-column with one of them.")
+        col = header.index(path_column)
+        table = InputTable([], [], header, [])
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            row = (row + [""] * len(header))[:len(header)]
+            cell = row[col].strip()
+            # An empty cell stays a row (reported as unreadable) so a submission keeps every input row.
+            table.paths.append(str(path.parent / cell) if cell else "")
+            table.given.append(cell)
+            table.rows.append(row)
+    if not table.paths:
+        raise UserError(f"CSV file '{path}' has a header but no rows; add one row per image.")
+    return table
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike], path_column: str = "path") -> InputTable:
+    """Expand image files, folders (recursively) or ONE CSV with a path column into an InputTable."""
+    csvs = [p for p in inputs if str(p).lower().endswith(".csv")]
+    if csvs and len(inputs) > 1:
+        raise UserError("pass either one CSV file or image files and folders, not both (or several CSVs); "
+                        "merge the CSVs into one.")
+    if csvs:
+        path = Path(csvs[0])
+        if not path.is_file():
+            raise UserError(f"CSV file '{path}' does not exist; check the path.")
+        return _read_input_csv(path, path_column)
+    table = InputTable([], [])
+    for p in inputs:
+        path = Path(p)
+        if path.is_dir():
+            found = _images_in(path)
+            if not found:
+                warnings.warn(f"folder '{path}' holds no image files ({', '.join(IMAGE_EXTENSIONS)}).", stacklevel=2)
+            table.paths += found
+            table.given += found
+        elif path.exists():
+            table.paths.append(str(path))
+            table.given.append(str(p))
+        else:
+            raise UserError(f"input '{p}' does not exist; pass image files, folders or a CSV with a path column.")
+    if not table.paths:
+        raise UserError("no images to predict on; the inputs hold no image files.")
+    return table
+
+
+# ---------------------------------------------------------------- output tables
+
+def prediction_header(classes: Sequence[str]) -> list[str]:
+    return ["pred", "prob", "top_k", *[f"prob_{c}" for c in classes]]
+
+
+def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K) -> list[list[str]]:
+    """pred, prob, top_k (best first, '|'-separated) and every class probability, per row of ``probs``."""
+    k = max(1, min(top_k, len(classes)))
+    # A stable sort keeps the first class on ties, so top_k[0] is argmax's choice.
+    order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, :k].tolist()
+    rows = []
+    for p, best in zip(probs.tolist(), order):
+        rows.append([classes[best[0]], f"{p[best[0]]:.6g}", "|".join(classes[j] for j in best),
+                     *[f"{v:.6g}" for v in p]])
+    return rows
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def errors_path(out: Path) -> Path:
+    """Where unreadable inputs are listed: predictions.csv -> predictions.errors.csv."""
+    return out.with_name(out.stem + ".errors.csv")
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    predicted: int                      # rows with a real prediction
+    errors: list[tuple[str, str]]       # (path as given, reason)
+    seconds: float
+
+
+def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike = "predictions.csv",
+                   *, ensemble: Sequence[str | os.PathLike] = (), force: bool = False, path_column: str = "path",
+                   top_k: int = TOP_K, submission: bool = False, id_column: Optional[str] = None,
+                   label_column: str = "label", tta: bool = False, scales: Optional[Sequence[float]] = None,
+                   batch_size: int = 64, num_workers: Optional[int] = None, device: str = "cpu",
+                   progress: bool = False) -> PredictSummary:
+    """``imgcls predict``: predictions for files/folders/a CSV written to ``out`` (or a two-column submission)."""
+    import time
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"output file '{out}' already exists; pass --force to overwrite it or choose another --out.")
+    if out.parent and not out.parent.is_dir():
+        raise UserError(f"the folder of output file '{out}' does not exist; create it or choose another --out.")
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}.")
+    table = collect_inputs(inputs, path_column)
+    if submission and id_column and table.columns and id_column not in table.columns:
+        raise UserError(f"--id-column '{id_column}' is not a column of the input CSV (columns: "
+                        f"{', '.join(table.columns)}); pass one of them, or omit it to use the paths.")
+    predictor = load(model, ensemble, device)
+    t0 = time.perf_counter()
+    res = predictor.predict_files(table.paths, batch_size=batch_size,
+                                  num_workers=num_workers, tta=tta, scales=scales, progress=progress)
+    seconds = time.perf_counter() - t0
+    errors = [(table.given[i], reason) for i, reason in sorted(res.errors)]
+    classes = predictor.classes
+
+    if submission:
+        counts = predictor.meta["train_counts"]
+        fallback = classes[max(range(len(classes)), key=lambda k: (counts[k], -k))]  # first on ties
+        labels = [fallback] * len(table.paths)
+        for row, i in enumerate(res.ok):
+            labels[i] = classes[int(res.probs[row].argmax())]
+        ids = ([r[table.columns.index(id_column)] for r in table.rows] if id_column and table.columns
+               else table.given)
+        text = csv_text([id_column or "path", label_column], list(zip(ids, labels)))
+        if errors:
+            warnings.warn(f"{len(errors)} unreadable image(s) got the most frequent training class "
+                          f"'{fallback}': {', '.join(p for p, _ in errors[:5])}{' ...' if len(errors) > 5 else ''} "
+                          f"(listed in {errors_path(out)}).", stacklevel=2)
+    else:
+        carried = table.columns
+        own = ["path", *prediction_header(classes)] if not carried else prediction_header(classes)
+        clash = [c for c in carried if c in own]
+        if clash:
+            warnings.warn(f"input CSV columns {', '.join(clash)} are replaced by the new predictions.", stacklevel=2)
+        keep = [j for j, c in enumerate(carried) if c not in own]
+        cells = prediction_cells(res.probs, classes, top_k)
+        rows = []
+        for row, i in enumerate(res.ok):
+            first = [table.rows[i][j] for j in keep] if carried else [table.given[i]]
+            rows.append(first + cells[row])
+        text = csv_text([carried[j] for j in keep] + own, rows)
+    atomic_write_text(out, text)
+    epath = errors_path(out)
+    if errors:
+        atomic_write_text(epath, csv_text(["path", "problem"], errors))
+    elif epath.exists():
+        epath.unlink()  # a stale list from an earlier run would name files that are fine now
+    return PredictSummary(out, len(res.ok), errors, seconds)
