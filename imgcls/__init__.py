@@ -15,6 +15,7 @@ _EXPORTS = {
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
     "list_schedulers": "optim", "train": "engine",
+    "load": "inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -77,16 +77,110 @@ def _cmd_demo_data(a: argparse.Namespace) -> int:
 
 
 # ---- inference, evaluation, export (issue 3) ------------------------------------------
+def _add_inference_options(p) -> None:
+    p.add_argument("--ensemble", action="append", default=[], metavar="MODEL",
+                   help="another run folder whose probabilities are averaged in (repeatable)")
+    p.add_argument("--tta", action="store_true", help="average over horizontal flips (test-time augmentation)")
+    p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
+                   help="also average over input scales, e.g. 0.875 1.0 1.125")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2, 0 for one batch)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
+
+
+def _print_warnings(caught) -> None:
+    """imgcls's own warnings as one 'warning: ...' line each; any other warning as Python shows it."""
+    import warnings
+
+    for w in caught:
+        if "imgcls" in Path(w.filename).parts:
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _add_predict(sub) -> None:
-    pass  # TODO(issue 3): `imgcls predict MODEL INPUT... [--ensemble MODEL]... [--out FILE]`
+    p = sub.add_parser("predict", help="predict classes for images, folders or a CSV of paths")
+    p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or one CSV with a path column")
+    p.add_argument("--out", default="predictions.csv", help="output CSV (default: predictions.csv)")
+    p.add_argument("--path-column", default="path", help="path column of an input CSV (relative to the CSV)")
+    p.add_argument("--top-k", type=int, default=5, help="class names in the top_k column")
+    p.add_argument("--submission", action="store_true",
+                   help="write only two columns, id and predicted class, one row per input in input order")
+    p.add_argument("--id-column", help="submission: id column of the input CSV (default: the path as given)")
+    p.add_argument("--label-column", default="label", help="submission: name of the class column")
+    _add_inference_options(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    import warnings
+
+    from .inference import errors_path, predict_to_csv
+
+    with warnings.catch_warnings(record=True) as caught:
+        s = predict_to_csv(a.model, a.inputs, a.out, ensemble=a.ensemble, force=a.force,
+                           path_column=a.path_column, top_k=a.top_k, submission=a.submission,
+                           id_column=a.id_column, label_column=a.label_column, tta=a.tta, scales=a.tta_scales,
+                           batch_size=a.batch_size, num_workers=a.workers, device=a.device)
+    _print_warnings(caught)
+    rate = s.predicted / s.seconds if s.seconds > 0 else float("inf")
+    print(f"wrote {s.out}: {s.predicted} images predicted in {s.seconds:.1f} s ({rate:.0f} images/s)")
+    if s.errors:
+        print(f"{len(s.errors)} unreadable image(s) listed in {errors_path(s.out)}")
+    return 0
 
 
 def _add_evaluate(sub) -> None:
-    pass  # TODO(issue 3): `imgcls evaluate MODEL --data PATH [--out DIR]`
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a labelled folder or CSV")
+    p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
+    p.add_argument("--data", required=True, help="class-folder tree or CSV (path,label), as for training")
+    p.add_argument("--out", help="output folder (default: MODEL/eval-<data name>)")
+    p.add_argument("--path-column", default="path")
+    p.add_argument("--label-column", default="label")
+    _add_inference_options(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    import warnings
+
+    from .evaluate import evaluate, format_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        r = evaluate(a.model, a.data, a.out, ensemble=a.ensemble, force=a.force, path_column=a.path_column,
+                     label_column=a.label_column, tta=a.tta, scales=a.tta_scales, batch_size=a.batch_size,
+                     num_workers=a.workers, device=a.device)
+    _print_warnings(caught)
+    print(format_table(r))
+    print(f"wrote metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv to {r.out_dir}")
+    return 0
 
 
 def _add_export(sub) -> None:
-    pass  # TODO(issue 3): `imgcls export MODEL --format onnx|pt2|torchscript [--out FILE]`
+    p = sub.add_parser("export", help="export a trained run to ONNX, torch.export (pt2) or TorchScript")
+    p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
+    p.add_argument("--format", default="onnx", help="onnx (default), pt2 or torchscript")
+    p.add_argument("--out", help="output file (default: MODEL/model.onnx, model.pt2 or model.torchscript.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    import warnings
+
+    from .export import export
+
+    with warnings.catch_warnings(record=True) as caught:
+        r = export(a.model, a.format, a.out, force=a.force)
+    _print_warnings(caught)
+    print(f"exported {r.path} ({r.format}); max abs difference vs PyTorch on {r.batch_source}: "
+          f"{r.max_abs_diff:.2e} (allowed 1e-4)")
+    if r.metadata_path:
+        print(f"metadata: {r.metadata_path}")
+    return 0
 
 
 # ---- data checks (issue 4) --------------------------------------------------------------

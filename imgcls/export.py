@@ -1,0 +1,197 @@
+"""Export a trained run to ONNX, torch.export (.pt2) or TorchScript, verified against PyTorch.
+
+The exported graph takes what the model takes: float32 [N, C, H, W] images already resized,
+centre-cropped and normalised; the batch size N is free. The preprocessing travels as metadata
+(classes, image_size, channels, mean, std on the 0-1 pixel scale, resize = side before the crop),
+so a consumer outside imgcls can reproduce it. Every export is run on a real batch and compared
+with the PyTorch model before it is reported done; a mismatch leaves no file behind.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .data.decode import BadImageError, load_image
+from .data.transforms import eval_transform, normalize
+from .engine.checkpoint import atomic_write_json
+from .errors import UserError, unknown_name
+from .inference import load_member
+
+TOLERANCE = 1e-4     # max absolute difference of logits allowed between export and PyTorch
+EXAMPLE_BATCH = 2    # traced with 2 images, checked on up to CHECK_BATCH: shows the batch axis is free
+CHECK_BATCH = 8
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    batch: int             # images in the check batch
+    batch_source: str      # where the check images came from
+    metadata_path: Optional[Path] = None
+
+
+class _Logits(nn.Module):
+    """Names the graph's input 'images' (the model's own forward argument may be called anything)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def metadata(meta: dict) -> dict:
+    """Classes and preprocessing, as plain JSON values."""
+    return {
+        "classes": [str(c) for c in meta["classes"]],
+        "image_size": meta["image_size"],
+        "channels": meta["channels"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "resize": meta["resize"],
+        "architecture": meta["architecture"],
+        "input": "float32 [N, channels, image_size, image_size], normalised: (pixel / 255 - mean) / std",
+        "output": "logits [N, len(classes)]; softmax gives probabilities",
+    }
+
+
+def _as_strings(values: dict) -> dict[str, str]:
+    """ONNX metadata_props hold strings: lists and numbers as JSON, strings as they are."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def check_batch(run_dir: Path, meta: dict, n: int = CHECK_BATCH) -> tuple[torch.Tensor, str]:
+    """Up to ``n`` validation images of the run, preprocessed as for evaluation; random pixels if none are found."""
+    transform = eval_transform(meta["image_size"], meta["crop_pct"])
+    images = []
+    val_csv = run_dir / "split" / "val.csv"
+    if val_csv.is_file():
+        with open(val_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    images.append(transform(load_image(row["path"], channels=meta["channels"])))
+                except BadImageError:
+                    continue
+                if len(images) == n:
+                    break
+    if len(images) >= EXAMPLE_BATCH + 1:
+        batch, source = torch.stack(images), f"{len(images)} validation images from {val_csv}"
+    else:
+        g = torch.Generator().manual_seed(0)
+        size = meta["image_size"]
+        batch = torch.randint(0, 256, (n, meta["channels"], size, size), dtype=torch.uint8, generator=g)
+        source = f"{n} random-pixel images (validation images of the run not found)"
+    return normalize(batch, meta["mean"], meta["std"]), source
+
+
+def _need_onnx() -> None:
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs the optional package(s) {', '.join(missing)}; install them with "
+                        "pip install 'imgcls[export]'.")
+
+
+def _dynamic_batch():
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+    _need_onnx()
+    import onnx
+    import onnxruntime
+
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=_dynamic_batch(), verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, _as_strings(metadata(meta)))
+    onnx.save(proto, str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+    program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, str(path), extra_files={"imgcls.json": json.dumps(metadata(meta))})
+    loaded = torch.export.load(str(path)).module()
+    return lambda x: loaded(x)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+    warnings.warn("TorchScript is deprecated in PyTorch; prefer --format pt2 (torch.export) or onnx.",
+                  FutureWarning, stacklevel=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation notes, once per traced method
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path), _extra_files={"imgcls.json": json.dumps(metadata(meta))})
+        loaded = torch.jit.load(str(path))
+    return lambda x: loaded(x)
+
+
+FORMATS: dict[str, tuple[str, Callable]] = {  # name -> (default file name, exporter)
+    "onnx": ("model.onnx", _export_onnx),
+    "pt2": ("model.pt2", _export_pt2),
+    "torchscript": ("model.torchscript.pt", _export_torchscript),
+}
+
+
+def list_export_formats() -> list[str]:
+    return list(FORMATS)
+
+
+def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str | os.PathLike] = None, *,
+           force: bool = False, tolerance: float = TOLERANCE) -> ExportResult:
+    """Export the run ``model_dir`` to ``format`` at ``out`` (default MODEL/model.<ext>), verified on a real batch."""
+    if format not in FORMATS:
+        raise unknown_name("export format", format, list_export_formats())
+    run_dir = Path(model_dir)
+    default_name, exporter = FORMATS[format]
+    path = Path(out) if out is not None else run_dir / default_name
+    meta_path = path.with_name(path.name + ".json") if format == "pt2" else None
+    for p in (path, meta_path):
+        if p is not None and p.exists() and not force:
+            raise UserError(f"'{p}' already exists; pass --force to overwrite it or choose another --out.")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of output file '{path}' does not exist; create it or choose another --out.")
+    if format == "onnx":
+        _need_onnx()  # before loading anything: the fix is an install
+    member = load_member(run_dir)
+    meta = member.meta
+    model = _Logits(member.model).eval()
+    batch, source = check_batch(run_dir, meta)
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export.save wants the .pt2 ending
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            try:
+                run_exported = exporter(model, batch[:EXAMPLE_BATCH], tmp, meta)
+            except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+                if isinstance(e, UserError):
+                    raise
+                raise UserError(f"model '{meta['architecture']}' could not be exported to {format} "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); try another "
+                                "--format.") from None
+            expected = model(batch)
+            got = run_exported(batch)
+        diff = (got.float() - expected.float()).abs().max().item()
+        if not diff <= tolerance:  # also catches NaN
+            raise UserError(f"the {format} export differs from PyTorch by {diff:.3g} (max abs logit) on "
+                            f"{source}, over the {tolerance:g} allowed; no file was written.")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if meta_path is not None:
+        atomic_write_json(meta_path, metadata(meta))
+    return ExportResult(path, format, diff, batch.shape[0], source, meta_path)
