@@ -84,20 +84,30 @@ def _add_inference_options(p) -> None:
     p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
                    help="also average over input scales, e.g. 0.875 1.0 1.125")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2, 0 for one batch)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 2; 0 for one batch or a CPU of 2 cores)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
     p.add_argument("--force", action="store_true", help="overwrite existing output")
 
 
-def _print_warnings(caught) -> None:
-    """imgcls's own warnings as one 'warning: ...' line each; any other warning as Python shows it."""
-    import warnings
+class _WarningsPrinted:
+    """imgcls's own warnings as one 'warning: ...' line each (also when the command fails); others as Python shows them."""
 
-    for w in caught:
-        if "imgcls" in Path(w.filename).parts:
-            print(f"warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    def __enter__(self):
+        import warnings
+
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+
+    def __exit__(self, *exc):
+        import warnings
+
+        self._catcher.__exit__(*exc)
+        for w in self._caught:
+            if "imgcls" in Path(w.filename).parts:
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return False
 
 
 def _add_predict(sub) -> None:
@@ -116,16 +126,14 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    import warnings
-
     from .inference import errors_path, predict_to_csv
 
-    with warnings.catch_warnings(record=True) as caught:
+    with _WarningsPrinted():
         s = predict_to_csv(a.model, a.inputs, a.out, ensemble=a.ensemble, force=a.force,
                            path_column=a.path_column, top_k=a.top_k, submission=a.submission,
                            id_column=a.id_column, label_column=a.label_column, tta=a.tta, scales=a.tta_scales,
-                           batch_size=a.batch_size, num_workers=a.workers, device=a.device)
-    _print_warnings(caught)
+                           batch_size=a.batch_size, num_workers=a.workers, device=a.device,
+                           progress=sys.stderr.isatty())
     rate = s.predicted / s.seconds if s.seconds > 0 else float("inf")
     print(f"wrote {s.out}: {s.predicted} images predicted in {s.seconds:.1f} s ({rate:.0f} images/s)")
     if s.errors:
@@ -145,15 +153,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    import warnings
-
     from .evaluate import evaluate, format_table
 
-    with warnings.catch_warnings(record=True) as caught:
+    with _WarningsPrinted():
         r = evaluate(a.model, a.data, a.out, ensemble=a.ensemble, force=a.force, path_column=a.path_column,
                      label_column=a.label_column, tta=a.tta, scales=a.tta_scales, batch_size=a.batch_size,
-                     num_workers=a.workers, device=a.device)
-    _print_warnings(caught)
+                     num_workers=a.workers, device=a.device, progress=sys.stderr.isatty())
     print(format_table(r))
     print(f"wrote metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv to {r.out_dir}")
     return 0
@@ -169,13 +174,10 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    import warnings
-
     from .export import export
 
-    with warnings.catch_warnings(record=True) as caught:
+    with _WarningsPrinted():
         r = export(a.model, a.format, a.out, force=a.force)
-    _print_warnings(caught)
     print(f"exported {r.path} ({r.format}); max abs difference vs PyTorch on {r.batch_source}: "
           f"{r.max_abs_diff:.2e} (allowed 1e-4)")
     if r.metadata_path:
@@ -185,16 +187,54 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 # ---- data checks (issue 4) --------------------------------------------------------------
 def _add_check_data(sub) -> None:
-    pass  # TODO(issue 4): `imgcls check-data PATH [--min-size N]`
+    c = sub.add_parser("check-data", help="report unreadable, tiny or duplicate images and set problems "
+                                          "(exit status 1 when any)")
+    c.add_argument("path", help="class-folder tree (or one with train/ and val/ folders) or a CSV of path,label")
+    c.add_argument("--val", metavar="PATH", help="a separate validation folder or CSV, checked against PATH")
+    c.add_argument("--min-size", type=int, default=8, metavar="PX",
+                   help="smallest acceptable image side in pixels (default 8)")
+    c.set_defaults(func=_cmd_check_data)
+
+
+def _cmd_check_data(a: argparse.Namespace) -> int:
+    from .checkdata import check_data
+
+    if a.min_size < 1:
+        raise UserError(f"--min-size must be at least 1 pixel, got {a.min_size}.")
+    report = check_data(a.path, min_size=a.min_size, val=a.val)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
 
 
 # ---- report and compare (issue 5) -------------------------------------------------------
 def _add_report(sub) -> None:
-    pass  # TODO(issue 5): `imgcls report RUN_DIR`
+    r = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png")
+    r.add_argument("run_dir", help="a run folder written by 'imgcls train'")
+    r.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM overlays (no model is built)")
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(a.run_dir, gradcam=not a.no_gradcam)}")
+    return 0
 
 
 def _add_compare(sub) -> None:
-    pass  # TODO(issue 5): `imgcls compare RUN_DIR... [--out FILE]`
+    c = sub.add_parser("compare", help="print the runs' config differences and best metrics; write compare.html")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", default="compare.html", help="HTML file (or folder) to write (default: ./compare.html)")
+    c.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from .report import compare_runs, format_comparison, write_compare
+
+    comparison = compare_runs(a.run_dirs)
+    print(format_comparison(comparison))
+    print(f"wrote {write_compare(comparison, a.out)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@ conventions (macro over all classes, zero_division=0, ECE bins) are the same.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -51,7 +50,7 @@ def read_labelled(data: str | os.PathLike, path_column: str = "path",
 def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
              ensemble: Sequence[str | os.PathLike] = (), force: bool = False, path_column: str = "path",
              label_column: str = "label", tta: bool = False, scales: Optional[Sequence[float]] = None,
-             batch_size: int = 64, num_workers: Optional[int] = None, device: str = "cpu",
+             batch_size: int = 64, num_workers: Optional[int] = None, device: str = "auto",
              progress: bool = False) -> EvalResult:
     """Predict on the labelled set ``data`` and write metrics.json, per_class.csv, confusion_matrix.csv,
     predictions.csv (and errors.csv for unreadable images) into ``out``."""
@@ -59,8 +58,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise UserError(f"evaluation folder '{out_dir}' already exists; pass --force to overwrite it or "
                         "choose another --out.")
-    paths, labels = read_labelled(data, path_column, label_column)
     predictor = load(model, ensemble, device)
+    paths, labels = read_labelled(data, path_column, label_column)
     classes = predictor.classes
     unknown = sorted(set(labels) - set(classes))
     if unknown:

@@ -62,20 +62,20 @@ def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") 
 
 
 def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
-         device: str = "cpu") -> "Predictor":
+         device: str = "auto") -> "Predictor":
     """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
     from .engine.fit import resolve_device
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except UserError:  # its message names train.device
+        raise UserError(f"device '{device}' is not available here; use --device auto or cpu.") from None
     return Predictor([load_member(p, dev) for p in [model, *ensemble]], dev)
 
 
 # ---------------------------------------------------------------- inputs -> uint8 images
 
 def _to_image(item: Any, channels: int) -> torch.Tensor:
-    """A path, PIL image or uint8 [C,H,W] tensor -> uint8 [channels,H,W], decoded as a file would be."""
-    if isinstance(item, (str, os.PathLike)):
-        from .data.decode import load_image
-        return load_image(item, channels=channels)
+    """An in-memory PIL image or uint8 [C,H,W] tensor -> uint8 [channels,H,W], as its file would decode."""
     if isinstance(item, Image.Image):
         img = _to_uint8(_pil_to_tensor(ImageOps.exif_transpose(item), "<PIL image>"))
         if img.shape[0] in (2, 4):
@@ -130,9 +130,13 @@ def _collate(batch):
     return idx, views, bad
 
 
-def default_workers(n_items: int, batch_size: int) -> int:
-    """Two loader processes (decode overlaps compute), none when one batch holds everything."""
-    return 0 if n_items <= batch_size else min(2, os.cpu_count() or 1)
+def default_workers(n_items: int, batch_size: int, device: torch.device) -> int:
+    """Two loader processes so decoding overlaps compute, except where they cannot help: one batch
+    holds everything, or the model runs on a CPU of 2 cores or fewer, whose cores its threads already
+    fill (bench/bench_predict.py: there, workers make predict slower, not faster)."""
+    if n_items <= batch_size or (device.type == "cpu" and (os.cpu_count() or 1) <= 2):
+        return 0
+    return 2
 
 
 # ---------------------------------------------------------------- the predictor
@@ -227,7 +231,7 @@ class Predictor:
         flip, scales = self.tta_plan(tta, scales)
         for m in self.members:
             m.model.eval()
-        workers = default_workers(len(items), batch_size) if num_workers is None else num_workers
+        workers = default_workers(len(items), batch_size, self.device) if num_workers is None else num_workers
         loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
                             num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         probs, ok, errors = [], [], []
@@ -244,7 +248,7 @@ class Predictor:
                 scales: Optional[Sequence[float]] = None) -> Predictions:
         """Class names and probabilities for a path, PIL image, uint8 tensor [C,H,W] or [N,C,H,W], or a list of these.
 
-        An unreadable file raises ``BadImageError``; use ``predict_files`` to skip those instead.
+        An unreadable file raises a UserError; ``predict_files`` skips those instead.
         """
         if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             items = list(inputs)
@@ -255,7 +259,8 @@ class Predictor:
         res = self.predict_files(items, batch_size=batch_size, num_workers=num_workers, tta=tta, scales=scales)
         if res.errors:
             i, reason = res.errors[0]
-            raise BadImageError(items[i], reason)
+            raise UserError(f"cannot read image '{items[i]}': {reason}; fix or remove it, or call "
+                            "predict_files, which skips unreadable images.")
         return Predictions([self.classes[k] for k in res.probs.argmax(dim=1).tolist()], res.probs)
 
 
@@ -378,7 +383,7 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
                    *, ensemble: Sequence[str | os.PathLike] = (), force: bool = False, path_column: str = "path",
                    top_k: int = TOP_K, submission: bool = False, id_column: Optional[str] = None,
                    label_column: str = "label", tta: bool = False, scales: Optional[Sequence[float]] = None,
-                   batch_size: int = 64, num_workers: Optional[int] = None, device: str = "cpu",
+                   batch_size: int = 64, num_workers: Optional[int] = None, device: str = "auto",
                    progress: bool = False) -> PredictSummary:
     """``imgcls predict``: predictions for files/folders/a CSV written to ``out`` (or a two-column submission)."""
     import time
@@ -389,11 +394,11 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
         raise UserError(f"the folder of output file '{out}' does not exist; create it or choose another --out.")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}.")
+    predictor = load(model, ensemble, device)
     table = collect_inputs(inputs, path_column)
     if submission and id_column and table.columns and id_column not in table.columns:
         raise UserError(f"--id-column '{id_column}' is not a column of the input CSV (columns: "
                         f"{', '.join(table.columns)}); pass one of them, or omit it to use the paths.")
-    predictor = load(model, ensemble, device)
     t0 = time.perf_counter()
     res = predictor.predict_files(table.paths, batch_size=batch_size,
                                   num_workers=num_workers, tta=tta, scales=scales, progress=progress)

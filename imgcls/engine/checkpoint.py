@@ -62,6 +62,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left in ``folder``; returns them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -165,3 +173,32 @@ def read_model_json(path: Path) -> dict:
     if len(meta["classes"]) < 2:
         raise UserError(f"'{path}' names {len(meta['classes'])} class(es); a classifier has at least 2.")
     return meta
+
+
+def load_run_model(run_dir: Path, weights: str = "best.safetensors") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a run's model from ``model.json`` + safetensors weights (no pickle); returns (model in eval mode, meta).
+
+    The weights must fit the architecture and class count that ``model.json`` names exactly.
+    """
+    from ..models import create_model
+
+    run_dir = Path(run_dir)
+    meta = read_model_json(run_dir / "model.json")
+    state = load_weights(run_dir / weights)
+    model = create_model(meta["architecture"], len(meta["classes"]), meta["channels"])
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        head_w = f"{cfg.get('classifier')}.weight"  # timm names the output layer in pretrained_cfg
+        if head_w in wrong:
+            raise UserError(f"'{run_dir / 'model.json'}' names {len(meta['classes'])} classes but "
+                            f"'{run_dir / weights}' has an output layer for {state[head_w].shape[0]}; "
+                            "re-copy the run folder so both files come from the same run.")
+        first = (wrong + missing + unexpected)[0]
+        raise UserError(f"'{run_dir / weights}' does not fit the '{meta['architecture']}' model described by "
+                        f"'{run_dir / 'model.json'}' (first mismatch: '{first}'); re-copy the run folder.")
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -4,6 +4,7 @@ Checkpointing, early stopping and logging are ordinary calls in the epoch loop b
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,8 +34,8 @@ from ..losses import class_weights_from_counts, create_loss
 from ..metrics import METRIC_NAMES, ClassificationMetrics, metric_direction, recall_warnings
 from ..models import count_parameters, create_model
 from ..optim import create_optimizer, create_scheduler, get_lr
-from .checkpoint import (atomic_write_json, atomic_write_text, load_last, rng_state, save_last,
-                         save_weights, set_rng_state)
+from .checkpoint import (atomic_write_json, atomic_write_text, load_last, remove_temp_files, rng_state,
+                         save_last, save_weights, set_rng_state)
 from .loop import EpochState, train_epoch, validate
 
 CSV_COLUMNS = ["epoch", "lr", "train/loss", *METRIC_NAMES[1:], "seconds"]
@@ -196,7 +197,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
             raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
                             "'imgcls train'.")
         cfg = load_config(run_dir / "config.yaml")
-        start = load_last(run_dir / "last.pt")
+        # No last.pt and no metrics.csv: killed before its first checkpoint, so nothing was
+        # trained yet and the run starts again in its own folder. Otherwise last.pt is required.
+        if (run_dir / "last.pt").exists() or (run_dir / "metrics.csv").exists():
+            start = load_last(run_dir / "last.pt")
     if epochs is not None:
         cfg = cfg.replace(**{"train.epochs": epochs})
 
@@ -256,10 +260,13 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
     first_epoch, global_step, best_value, best_epoch, bad_epochs = 0, 0, None, -1, 0
     epoch_state: Optional[EpochState] = None
     if start is None:
-        run_dir = create_run_dir(cfg)
+        if resume is None:
+            run_dir = create_run_dir(cfg)
+        else:
+            log(f"{run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         atomic_write_json(run_dir / "env.json", env_info(device, cfg.train.seed))
-        (run_dir / "split").mkdir()
+        (run_dir / "split").mkdir(exist_ok=True)
         write_split_csv(split.train, classes, run_dir / "split" / "train.csv")
         write_split_csv(split.val, classes, run_dir / "split" / "val.csv")
         if split.bad:
@@ -280,8 +287,13 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))  # train.epochs may have changed
         log(f"resuming {run_dir} at epoch {first_epoch + 1}"
             + (f", batch {epoch_state.batches_done + 1}" if epoch_state else ""))
+    if resume is not None:
+        # A kill can land after an epoch's rows/files were written but before its last.pt:
+        # forget what comes after last.pt (it is redone identically) and half-written temp files.
+        remove_temp_files(run_dir)
+        _truncate_metrics(run_dir / "metrics.csv", first_epoch)
 
-    writer = _tensorboard(run_dir)
+    writer = _tensorboard(run_dir, purge_step=first_epoch + 1 if resume is not None else None)
     meta = {
         "format": 1, "architecture": cfg.model.name, "classes": classes, "channels": channels,
         "image_size": d.image_size, "resize": int(round(d.image_size / d.crop_pct)), "crop_pct": d.crop_pct,
@@ -306,6 +318,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
 
     stopped = None
     every = cfg.train.checkpoint_every_steps
+    if start is None:
+        checkpoint(0, None)  # resumable from the start: a kill before epoch 1 ends loses nothing
     with _StopFlag() as stop:
         for epoch in range(first_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
@@ -323,19 +337,21 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                     checkpoint(epoch, st)
                 return False
 
-            es, global_step = train_epoch(
-                model, train_loader, criterion, optimizer, scheduler, device=device, mean=mean, std=std,
-                batch_sizes=sizes, accumulate=cfg.train.accumulate, precision=cfg.train.precision,
-                scaler=scaler, clip_grad=cfg.optim.clip_grad, mix=mix, state=es, global_step=global_step,
-                skip_nonfinite=cfg.train.skip_nonfinite, epoch=epoch, after_step=after_step,
-                progress=cfg.train.progress)
+            with _explain_oom(cfg.train.batch_size, cfg.train.accumulate, "training"):
+                es, global_step = train_epoch(
+                    model, train_loader, criterion, optimizer, scheduler, device=device, mean=mean, std=std,
+                    batch_sizes=sizes, accumulate=cfg.train.accumulate, precision=cfg.train.precision,
+                    scaler=scaler, clip_grad=cfg.optim.clip_grad, mix=mix, state=es, global_step=global_step,
+                    skip_nonfinite=cfg.train.skip_nonfinite, epoch=epoch, after_step=after_step,
+                    progress=cfg.train.progress, check_every=every)
             if stop.signum is not None and es.batches_done < len(sampler):
                 checkpoint(epoch, es)
                 raise TrainingInterrupted(run_dir, stop.signum)
 
-            scalars, details, probs, indices = validate(
-                model, val_loader, criterion, metrics, device=device, mean=mean, std=std,
-                precision=cfg.train.precision)
+            with _explain_oom(cfg.train.batch_size, cfg.train.accumulate, "validation"):
+                scalars, details, probs, indices = validate(
+                    model, val_loader, criterion, metrics, device=device, mean=mean, std=std,
+                    precision=cfg.train.precision)
             train_loss = (es.loss_sum / max(es.samples, 1)).item()
             scheduler.step_epoch(scalars.get(cfg.train.monitor))
             row = {"epoch": epoch + 1, "lr": get_lr(optimizer), "train/loss": train_loss, **scalars,
@@ -390,12 +406,39 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
     return RunResult(run_dir, best_epoch, best_scalars, stopped)
 
 
-def _tensorboard(run_dir: Path):
+@contextlib.contextmanager
+def _explain_oom(batch_size: int, accumulate: int, phase: str):
+    """GPU out of memory -> one sentence with the settings to change (same effective batch)."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        half = max(1, batch_size // 2)
+        raise UserError(
+            f"the GPU ran out of memory during {phase} with train.batch_size={batch_size}; use "
+            f"train.batch_size={half} train.accumulate={accumulate * 2} (the same effective batch), "
+            "or lower data.image_size or use train.precision=bf16.") from None
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the header and the rows of the first ``epochs_done`` epochs of metrics.csv."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= epochs_done]
+    if keep != lines:
+        if len(keep) > 1:
+            atomic_write_text(path, "".join(keep))
+        else:
+            path.unlink()
+
+
+def _tensorboard(run_dir: Path, purge_step: Optional[int] = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # pragma: no cover - tensorboard is a dependency
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
+    # purge_step: on resume, events of epochs after last.pt are dropped (they are logged again).
+    return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
 
 def _make_mix(mixup: float, cutmix: float, num_classes: int):

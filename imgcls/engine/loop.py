@@ -51,13 +51,15 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
                 mix: Optional[Callable] = None, state: Optional[EpochState] = None,
                 global_step: int = 0, skip_nonfinite: bool = False, epoch: int = 0,
                 after_step: Optional[Callable[[int, EpochState], bool]] = None,
-                progress: bool = True) -> tuple[EpochState, int]:
+                progress: bool = True, check_every: int = 0) -> tuple[EpochState, int]:
     """Train one epoch (or its remainder, from ``state.batches_done``); returns (state, global_step).
 
     ``batch_sizes`` are the sizes of the remaining micro-batches, so each micro-batch's loss
     can be weighted by its share of its window's samples: every window, including a partial
     last one, then equals one large batch of its actual size.
     ``after_step(global_step, state)`` runs after each optimizer step; returning True stops early.
+    The loss is checked for NaN/inf every 50 optimizer steps, at the end, and every ``check_every``
+    steps (the mid-epoch checkpoint cadence, so a non-finite model is never checkpointed).
     """
     state = state or EpochState()
     state.loss_sum = state.loss_sum.to(device)
@@ -106,7 +108,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         scheduler.step_update(global_step)  # the LR for the next optimizer step
         if progress and global_step % 10 == 0:
             bar.set_postfix(loss=f"{(state.loss_sum / max(state.samples, 1)).item():.4f}")
-        if not skip_nonfinite and (global_step % 50 == 0 or i + 1 == len(batch_sizes)):
+        if not skip_nonfinite and (global_step % 50 == 0 or i + 1 == len(batch_sizes)
+                                   or (check_every and global_step % check_every == 0)):
             _raise_if_nonfinite(first_bad, epoch)
         if after_step is not None and after_step(global_step, state):
             break

@@ -20,7 +20,8 @@ from torch import nn
 
 from .rundata import Predictions, RunData
 
-THUMB = 112   # px, longest side of a thumbnail in the page
+THUMB = 112   # px, longest side of a mistake's thumbnail (and its Grad-CAM) in the page
+SMALL = 72    # px, the hardest correct examples
 
 
 @dataclass
@@ -78,11 +79,11 @@ def _to_pil(chw: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
 
 
-def thumbnail(path: Path) -> Optional[str]:
+def thumbnail(path: Path, side: int = THUMB) -> Optional[str]:
     from ..data.decode import BadImageError, load_image
 
     try:
-        return data_uri(fit_thumb(_to_pil(load_image(path))))
+        return data_uri(fit_thumb(_to_pil(load_image(path)), side))
     except (BadImageError, OSError):
         return None
 
@@ -103,7 +104,11 @@ def cam_target_layer(model: nn.Module) -> Optional[nn.Module]:
 def _spatial_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> bool:
     """True when ``layer`` outputs a [N, C, H, W] map with H, W > 1 (not a transformer's tokens)."""
     seen = {}
-    handle = layer.register_forward_hook(lambda m, i, o: seen.setdefault("shape", tuple(o.shape)))
+
+    def hook(module, inputs, output) -> None:  # must return None: a returned value replaces the output
+        seen["shape"] = tuple(output.shape)
+
+    handle = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(x[:1])
@@ -176,13 +181,14 @@ def build_gallery(run: RunData, n_mistakes: int = 16, gradcam: bool = True
     # Fewer per class as classes grow, so the page stays about the same size (3 each up to 12 classes).
     per_class = 3 if k <= 12 else 2 if k <= 30 else 1
 
-    def example(row: int, prob_of: int) -> Example:
+    def example(row: int, prob_of: int, side: int) -> Example:
         found = run.resolve_image(p.paths[row])
         return Example(row, p.paths[row], run.classes[p.labels[row]], run.classes[p.preds[row]],
-                       float(p.probs[row, prob_of]), thumbnail(found) if found else None)
+                       float(p.probs[row, prob_of]), thumbnail(found, side) if found else None)
 
-    mistakes = [example(r, p.preds[r]) for r in confident_mistakes(p, n_mistakes)]
-    hardest = {run.classes[c]: [example(r, c) for r in rows] for c, rows in hardest_correct(p, per_class).items()}
+    mistakes = [example(r, p.preds[r], THUMB) for r in confident_mistakes(p, n_mistakes)]
+    hardest = {run.classes[c]: [example(r, c, SMALL) for r in rows]
+               for c, rows in hardest_correct(p, per_class).items()}
     note = None
     if gradcam and mistakes:
         overlays = gradcam_overlays(run, mistakes)

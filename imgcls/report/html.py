@@ -80,8 +80,8 @@ tr.weak td, tr.weak th { background:#fdeceb; }
 .bar { display:inline-block; width:90px; height:9px; background:#eceef1; margin-left:6px; vertical-align:middle; }
 .bar > span { display:block; height:100%; }
 .grid { display:flex; flex-wrap:wrap; gap:18px; align-items:flex-start; }
-.facts { display:grid; grid-template-columns:repeat(auto-fill, minmax(280px, 1fr)); gap:4px 24px; margin-bottom:12px; }
-.facts div b { display:inline-block; min-width:96px; color:#4a525c; font-weight:600; }
+.facts { display:grid; grid-template-columns:repeat(auto-fill, minmax(380px, 1fr)); gap:4px 24px; margin-bottom:12px; }
+.facts div b { display:inline-block; min-width:90px; color:#4a525c; font-weight:600; }
 img.plot { max-width:100%; height:auto; border:1px solid var(--line); }
 .scroll { max-height:420px; overflow:auto; display:inline-block; border:1px solid var(--line); }
 ul.findings { padding-left:0; list-style:none; margin:0; }
@@ -102,8 +102,12 @@ figure.ex figcaption { font-size:12px; margin-top:4px; white-space:nowrap; }
 figure.ex figcaption .path { color:#8a8f98; display:block; overflow:hidden; text-overflow:ellipsis; max-width:230px; }
 .missing { width:112px; height:112px; display:flex; align-items:center; justify-content:center; text-align:center;
   background:#eceef1; color:#8a8f98; font-size:11px; }
-.class-row { display:flex; gap:10px; align-items:center; margin:6px 0; flex-wrap:wrap; }
-.class-row > b { min-width:90px; }
+figure.ex.small { padding:3px; border:none; background:none; }
+figure.ex.small figcaption { font-size:11px; color:#4a525c; text-align:center; }
+.missing.small { width:72px; height:72px; }
+.class-card { border:1px solid var(--line); border-radius:4px; padding:6px 8px; background:#fafbfc; }
+.class-card > b { display:block; margin-bottom:4px; }
+.class-card .pair { display:flex; gap:4px; }
 details summary { cursor:pointer; color:var(--blue); margin:8px 0; }
 footer { color:#8a8f98; font-size:12px; text-align:center; margin:24px 0; }
 """

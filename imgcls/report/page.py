@@ -107,7 +107,7 @@ def _summary(run: RunData) -> str:
                      + (f", git {str(env['git_commit'])[:10]}" if env.get("git_commit") else "")),
     ]
     facts_html = "".join(f"<div><b>{esc(a)}</b> {esc(b)}</div>" for a, b in facts)
-    best = table(["metric", "best epoch value"], [
+    best = table(["metric", "at the best epoch"], [
         f'<tr data-metric="{esc(m)}"><td>{esc(m)}</td><td class="num">{num(float(vm[m]), 4)}</td></tr>'
         for m in SCALARS if isinstance(vm.get(m), (int, float))])
     counts = ""
@@ -185,7 +185,7 @@ def _confusion(run: RunData, save: _Plots) -> str:
             f'{head}<th>images</th></tr></thead><tbody>{body}</tbody></table></div>')
     uri = save("confusion_matrix", plots.confusion(cm, classes))
     if k > TABLE_MAX_CLASSES:
-        shown = (img(uri, "confusion matrix heatmap: counts and row-normalised")
+        shown = (img(uri, "confusion matrix heatmap, row-normalised")
                  + f"<details><summary>the full {k} x {k} table</summary>{grid}</details>")
     else:
         shown = grid
@@ -223,6 +223,12 @@ def _roc(run: RunData, save: _Plots) -> str:
                    f'<div class="grid">{img(uri, "one-vs-rest ROC curves")}<div>{listing}</div></div>', intro)
 
 
+def _confidence_word(conf: float, acc: float) -> str:
+    if abs(conf - acc) < 0.005:  # half a point: the difference would round away at 2 decimals
+        return "well calibrated on average"
+    return "over-confident on average" if conf > acc else "under-confident on average"
+
+
 def _calibration(run: RunData, save: _Plots) -> str:
     p = run.predictions
     if p is None:
@@ -233,7 +239,7 @@ def _calibration(run: RunData, save: _Plots) -> str:
     text = (f'<p>Expected calibration error <b id="ece" data-value="{bins["ece"]!r}">{bins["ece"]:.3f}</b>: '
             f"on average the confidence (the top probability) is {bins['ece'] * 100:.1f} points away from the "
             f"accuracy of the images with that confidence. Mean confidence {conf:.3f}, accuracy {acc:.3f}"
-            f" ({'over-confident' if conf > acc else 'under-confident' if conf < acc else 'calibrated'}).</p>")
+            f" ({_confidence_word(conf, acc)}).</p>")
     return section("calibration", "Calibration (reliability diagram)", f'<div class="grid">{img(uri, "reliability diagram")}'
                    f"<div>{text}</div></div>", f"Confidence in {plots.ECE_BINS} equal-width bins.")
 
@@ -246,6 +252,12 @@ def _figure(ex: Example, with_cam: bool) -> str:
     return (f'<figure class="ex" data-row="{ex.row}"><div class="pair">{pic}</div><figcaption>'
             f"true <b>{esc(ex.label)}</b>, predicted <b>{esc(ex.pred)}</b> ({ex.prob:.2f})"
             f'<span class="path" title="{esc(ex.path)}">{esc(name)}</span></figcaption></figure>')
+
+
+def _small_figure(ex: Example) -> str:
+    pic = img(ex.thumb, f"{ex.path}", "thumb") if ex.thumb else '<div class="missing small">not found</div>'
+    return (f'<figure class="ex small" data-row="{ex.row}" title="{esc(ex.path)}">{pic}'
+            f"<figcaption>p {ex.prob:.2f}</figcaption></figure>")
 
 
 def _galleries(run: RunData, gradcam: bool) -> tuple[str, str]:
@@ -265,13 +277,19 @@ def _galleries(run: RunData, gradcam: bool) -> tuple[str, str]:
     elif cam_note:
         intro += " " + cam_note
     mistakes_html = section("mistakes", "Most confident mistakes", body, intro)
-    rows = []
+    cards = []
     for name, examples in hardest.items():
-        figs = "".join(_figure(ex, False) for ex in examples) or '<span class="note">none right</span>'
-        rows.append(f'<div class="class-row" data-class="{esc(name)}"><b>{esc(name)}</b>{figs}</div>')
-    hardest_html = section("hardest", "Hardest correct examples", "".join(rows),
-                           "Per class, the correct predictions with the lowest probability for the true class.")
+        figs = "".join(_small_figure(ex) for ex in examples) or '<span class="note">none right</span>'
+        cards.append(f'<div class="class-card" data-class="{esc(name)}"><b>{esc(name)}</b>'
+                     f'<div class="pair">{figs}</div></div>')
+    hardest_html = section("hardest", "Hardest correct examples", f'<div class="gallery">{"".join(cards)}</div>',
+                           "Per class, the correct predictions with the lowest probability p for the true class: "
+                           "the images the model only just got right.")
     return mistakes_html, hardest_html
+
+
+def _scalar(v) -> str:
+    return "–" if v is None else str(v) if isinstance(v, int) else num(float(v), 4)
 
 
 def _evaluations(run: RunData) -> str:
@@ -282,7 +300,7 @@ def _evaluations(run: RunData) -> str:
         keys += [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys]
     keys.sort(key=lambda k: (k not in SCALARS and k.split("/")[-1] not in {s.split("/")[-1] for s in SCALARS}, k))
     rows = [f'<tr data-eval="{esc(name)}"><td>{esc(name)}</td>'
-            + "".join(f'<td class="num">{num(float(m[k]), 4) if k in m else "–"}</td>' for k in keys) + "</tr>"
+            + "".join(f'<td class="num">{_scalar(m.get(k))}</td>' for k in keys) + "</tr>"
             for name, m in run.evaluations]
     return section("evaluations", "Evaluations", f'<div class="cm-wrap">{table(["folder", *keys], rows)}</div>',
                    "Written by 'imgcls evaluate' into this run folder.")

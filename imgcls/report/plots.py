@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 ECE_BINS = 15   # the same equal-width (lo, hi] bins as imgcls.metrics, so the ECE agrees with val_metrics.json
 DPI = 100
@@ -47,6 +48,7 @@ def curves(epochs: Sequence[float], train_loss, val_loss, metrics: dict[str, Seq
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_loss, ax_metric, ax_lr):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", ls=":", lw=1)
@@ -74,15 +76,20 @@ def per_class_bars(classes: Sequence[str], per_class: Sequence[dict]) -> Figure:
 
 
 def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
-    """Counts and row-normalised (fraction of each true class) side by side; numbers in cells up to 15 classes."""
+    """Counts and row-normalised (fraction of each true class) side by side, numbers in the cells up to
+    15 classes; above 30 classes only the row-normalised heatmap (the page's table keeps the counts)."""
     cm = np.asarray(cm, dtype=float)
     k = len(classes)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = min(max(4.0, 0.42 * k + 1.5), 16.0)
-    fig = Figure(figsize=(2 * side + 1, side + 0.4), layout="constrained")
-    for ax, data, title, fmt in zip(fig.subplots(1, 2), (cm, norm), ("counts", "row-normalised (recall on the diagonal)"),
-                                    ("{:.0f}", "{:.2f}")):
-        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(data.max(), 1e-9) if data is cm else 1)
+    panels = [(cm, "counts", "{:.0f}"), (norm, "row-normalised (recall on the diagonal)", "{:.2f}")]
+    if k > 30:
+        panels = panels[1:]
+    side = min(max(4.0, 0.42 * k + 1.5), 12.0)
+    fig = Figure(figsize=(len(panels) * (side + 1), side + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (data, title, fmt) in zip(axes, panels):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(data.max(), 1e-9) if data is cm else 1,
+                       interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(title)
         ax.set_xlabel("predicted")
@@ -119,7 +126,7 @@ def roc_per_class(labels: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarra
 
 def roc(curves_per_class: Sequence[tuple], classes: Sequence[str]) -> Figure:
     """ROC curves; beyond 10 classes all in grey with the 5 lowest-AUC classes highlighted."""
-    fig = Figure(figsize=(5.6, 5.0), layout="constrained")
+    fig = Figure(figsize=(5.2, 4.6), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="lightgrey", ls="--", lw=1)
     valid = [i for i, (_, _, a) in enumerate(curves_per_class) if math.isfinite(a)]
@@ -163,14 +170,15 @@ def reliability(bins: dict) -> Figure:
     """Accuracy per confidence bin against the diagonal, with the bin sizes underneath."""
     n = bins["n_bins"]
     centers = (np.arange(n) + 0.5) / n
-    fig = Figure(figsize=(5.6, 5.0), layout="constrained")
+    fig = Figure(figsize=(5.2, 4.6), layout="constrained")
     ax, ax_count = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     filled = bins["count"] > 0
     ax.plot([0, 1], [0, 1], color="lightgrey", ls="--", lw=1, label="perfect calibration")
     ax.bar(centers[filled], bins["accuracy"][filled], width=1 / n, edgecolor="white", color="tab:blue",
            label="accuracy")
+    # The gap runs from the bin's accuracy to its mean confidence: up when over-confident, down when under.
     ax.bar(centers[filled], (bins["confidence"] - bins["accuracy"])[filled], bottom=bins["accuracy"][filled],
-           width=1 / n, color="tab:red", alpha=0.3, label="gap to mean confidence")
+           width=1 / n, color="none", edgecolor="tab:red", hatch="///", lw=0.8, label="gap to mean confidence")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {bins['ece']:.3f}, {n} bins)")
@@ -198,6 +206,7 @@ def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: s
     for ax, title in zip(axes, ("loss (validation solid, train dashed)", monitor, "val/acc", "learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig
