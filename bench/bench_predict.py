@@ -69,8 +69,8 @@ def write_run(folder: Path) -> Path:
 
 
 def timed_round_robin(fns: dict, repeats: int) -> dict:
-    """Median seconds per named callable; one warm-up call each, then the callables take turns, so a
-    change in machine load during the run affects every measurement alike."""
+    """Seconds of each call per named callable; one warm-up call each, then the callables take turns,
+    so a change in machine load during the run affects every measurement alike."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
@@ -79,7 +79,12 @@ def timed_round_robin(fns: dict, repeats: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def rates(count: int, seconds: list[float]) -> dict:
+    r = sorted(count / t for t in seconds)
+    return {"median": statistics.median(r), "min": r[0], "max": r[-1]}
 
 
 def cpu_busy_seconds() -> float:
@@ -139,9 +144,9 @@ def main(argv=None) -> dict:
         busy0, ours0, wall0 = cpu_busy_seconds(), own_cpu_seconds(), time.perf_counter()
         sec = timed_round_robin(fns, a.repeats)
         others = (cpu_busy_seconds() - busy0 - (own_cpu_seconds() - ours0)) / (time.perf_counter() - wall0)
-        forward_rate = n_fwd * BATCH / sec["forward"]
-        decode_rate = len(sample) / sec["decode"]
-        e2e = {w: len(paths) / sec[w] for w in WORKERS}
+        forward = rates(n_fwd * BATCH, sec["forward"])
+        decode = rates(len(sample), sec["decode"])
+        e2e = {w: rates(len(paths), sec[w]) for w in WORKERS}
 
     # Serial bound: one process alternating decode and forward; anything above it is overlap.
     serial = 1 / (1 / forward_rate + 1 / decode_rate)
@@ -185,15 +190,19 @@ def report(r: dict) -> str:
         lines.append(f"| predict end-to-end, {w} DataLoader worker(s) | {rate:.0f} | {100 * rate / r['forward']:.0f}% |")
     pct = 100 * r["end_to_end"][best] / r["forward"]
     serial_pct = 100 * r["serial_bound"] / r["forward"]
-    lines += ["", f"Best end-to-end: {r['end_to_end'][best]:.0f} images/s with {best} worker(s), {pct:.0f}% of the bare "
+    e2e = r["end_to_end"]
+    lines += ["", f"Best end-to-end: {e2e[best]:.0f} images/s with {best} worker(s), {pct:.0f}% of the bare "
               f"forward rate (target at least 80%: {'met' if pct >= 80 else 'not met'}). Decoding and cropping a "
               f"{SIZE} px JPEG costs {1e3 / r['decode']:.2f} ms against {1e3 / r['forward']:.2f} ms of forward per "
-              f"image, so even with no overlap at all predict reaches {serial_pct:.0f}% of the forward rate. "
-              f"Workers cannot add compute here: the model's {torch.get_num_threads()} threads already fill every "
-              "core, so a worker's decoding takes turns with them (stalling both threads at the next "
-              "synchronisation) and each pass also pays the workers' start-up. That is why `imgcls predict` uses "
-              "no workers by default on a CPU with 2 cores or fewer, and 2 elsewhere (on a GPU the cores are free "
-              "for decoding)."]
+              f"image, so even with no overlap at all predict reaches {serial_pct:.0f}% of the forward rate."]
+    if best == 0:
+        lines.append(f"Workers cannot add compute here: the model's {torch.get_num_threads()} threads already fill "
+                     "every core, so a worker's decoding takes turns with them (stalling both threads at their next "
+                     "synchronisation), and each pass also pays the workers' start-up. Hence `imgcls predict` "
+                     "uses no workers by default on a CPU with 2 cores or fewer, and 2 elsewhere (with a GPU, "
+                     "the cores are free for decoding).")
+    else:
+        lines.append(f"Here {best} worker(s) beat in-process decoding by {100 * (e2e[best] / e2e[0] - 1):.0f}%.")
     if not r["others_cores"] < 0.1:
         lines.append("Other processes shared the cores during the measurement, which depresses and scatters "
                      "every rate; rerun on an idle machine for clean numbers.")

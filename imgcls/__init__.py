@@ -15,7 +15,7 @@ _EXPORTS = {
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
     "list_schedulers": "optim", "train": "engine",
-    "load": "inference",
+    "load": "inference", "write_report": "report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

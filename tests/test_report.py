@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -271,6 +270,27 @@ def test_gradcam_target_layers():
     assert cam_target_layer(resnet) is resnet.layer4
 
 
+@pytest.mark.parametrize("arch, size, has_cam", [("resnet18", 64, True), ("vit_tiny_patch16_224", 224, False)])
+def test_gradcam_for_timm_conv_models_only(arch, size, has_cam, small_run, tmp_path):
+    """A resnet gets overlays from its last stage; a ViT (tokens, not a feature map) gets none."""
+    from imgcls.engine.checkpoint import save_weights
+    from imgcls.models import create_model
+    from imgcls.report.gallery import build_gallery
+
+    run = noisy_copy(small_run.run_dir, tmp_path / arch)
+    meta = json.loads((run / "model.json").read_text())
+    meta.update(architecture=arch, image_size=size, resize=size)
+    (run / "model.json").write_text(json.dumps(meta))
+    torch.manual_seed(0)
+    save_weights(run / "best.safetensors", create_model(arch, len(meta["classes"]), 3))
+    mistakes, _, note = build_gallery(load_run(run), n_mistakes=3)
+    assert len(mistakes) == 3
+    if has_cam:
+        assert note is None and all(ex.cam.startswith("data:image/") for ex in mistakes)
+    else:
+        assert "No Grad-CAM" in note and not any(ex.cam for ex in mistakes)
+
+
 # ---------------------------------------------------------------- findings
 
 def test_findings_imbalance():
@@ -286,10 +306,13 @@ def test_findings_weak_recall_names_the_classes_and_their_confusion():
     cm = [[48, 2, 0, 0], [5, 20, 25, 0], [4, 4, 42, 0], [0, 0, 0, 0]]
     f = findings.weak_recall(["a", "b", "c", "d"], per_class, 0.9, cm, [400, 8, 400, 400])
     assert f is not None
-    assert "'b' 0.40, mostly taken for 'c'" in f.text
+    assert "'b' 0.40 (mostly taken for 'c')" in f.text
     assert "'c'" not in f.text.split("mostly taken for 'c'")[1]  # c (0.85) is within 0.10 of accuracy
     assert "'d'" not in f.text                                      # no validation images: not a failure
-    assert "'b' is rare in training" in f.text
+    assert "'b' is rare in training" in f.text and "try loss.class_weights=balanced or data.sampler" in f.text
+    tried = findings.weak_recall(["a", "b", "c", "d"], per_class, 0.9, cm, [400, 8, 400, 400],
+                                 findings.remedies_in_use({"loss": {"name": "focal"}, "data": {"sampler": "balanced"}}))
+    assert "try loss.class_weights=balanced." in tried.text and "focal" not in tried.text.split("try")[1]
     assert findings.weak_recall(["a", "b"], per_class[:1] * 2, 0.9, [[1, 0], [0, 1]]) is None
 
 

@@ -402,6 +402,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
     best = json.loads((run_dir / "val_metrics.json").read_text())
     best_scalars = {k: best[k] for k in METRIC_NAMES if k in best}
     log(f"best epoch {best_epoch}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in best_scalars.items()))
+    if cfg.run.report:
+        from ..report import write_report
+        log(f"report: {write_report(run_dir)}")
     log(f"run folder: {run_dir}")
     return RunResult(run_dir, best_epoch, best_scalars, stopped)
 

@@ -74,10 +74,10 @@ def _fmt(v) -> str:
 
 def format_comparison(c: Comparison) -> str:
     """A plain-text table: config differences, then the best metrics, one column per run."""
-    rows = [("", c.names)]
-    rows += [("config", [""] * len(c.names))]
-    rows += [(f"  {k}", [_cfg(v) for v in vals]) for k, vals in c.config_diff] or [("  (no differences)", [""] * len(c.names))]
-    rows += [("best", [""] * len(c.names))]
+    blank = [""] * len(c.names)
+    rows = [("", c.names), ("config", blank)]
+    rows += [(f"  {k}", [_cfg(v) for v in vals]) for k, vals in c.config_diff] or [("  (no differences)", blank)]
+    rows += [("best", blank)]
     rows += [(f"  {k}", [_fmt(v) for v in vals]) for k, vals in c.best]
     w0 = max(len(r[0]) for r in rows)
     widths = [max(len(str(r[1][j])) for r in rows) for j in range(len(c.names))]

@@ -57,10 +57,20 @@ def imbalance(classes: Sequence[str], train_counts: Sequence[int]) -> Optional[F
                    "ones; check their recall below.")
 
 
+REMEDIES = ("loss.class_weights=balanced", "data.sampler=balanced", "loss.name=focal")
+
+
+def remedies_in_use(config: dict) -> set[str]:
+    """Which of REMEDIES the run's config.yaml already sets (so the advice does not repeat them)."""
+    return {r for r in REMEDIES
+            if str(config.get(r.split(".")[0], {}).get(r.split(".")[1].split("=")[0])) == r.split("=")[1]}
+
+
 def weak_recall(classes: Sequence[str], per_class: Sequence[dict], accuracy: float,
-                confusion: Sequence[Sequence[int]], train_counts: Optional[Sequence[int]] = None
-                ) -> Optional[Finding]:
-    """Classes (with validation images) whose recall is more than RECALL_GAP below overall accuracy."""
+                confusion: Sequence[Sequence[int]], train_counts: Optional[Sequence[int]] = None,
+                in_use: frozenset[str] | set[str] = frozenset()) -> Optional[Finding]:
+    """Classes (with validation images) whose recall is more than RECALL_GAP below overall accuracy.
+    When they are rare in training, suggests the REMEDIES not ``in_use`` yet."""
     weak = [i for i, row in enumerate(per_class) if row["support"] > 0 and row["recall"] < accuracy - RECALL_GAP]
     if not weak:
         return None
@@ -69,17 +79,19 @@ def weak_recall(classes: Sequence[str], per_class: Sequence[dict], accuracy: flo
     for i in weak:
         row = np.array(confusion[i], dtype=float)
         row[i] = -1  # the most common *wrong* prediction
-        taken = f", mostly taken for '{classes[int(row.argmax())]}'" if row.max() > 0 else ""
+        taken = f" (mostly taken for '{classes[int(row.argmax())]}')" if row.max() > 0 else ""
         parts.append(f"'{classes[i]}' {per_class[i]['recall']:.2f}{taken}")
-    text = (f"Recall trails accuracy ({accuracy:.2f}) for {len(weak)} class(es): {_names(parts)}. "
-            "The model misses many images of these classes even though overall accuracy looks good.")
+    shown = "; ".join(parts[:8]) + (f"; and {len(parts) - 8} more" if len(parts) > 8 else "")
+    text = (f"Recall trails accuracy ({accuracy:.2f}) for {len(weak)} class(es): {shown}. "
+            "The model misses many images of these classes, which overall accuracy hides.")
     if train_counts:
         rare = set(rare_classes(classes, train_counts))
         weak_rare = [classes[i] for i in weak if classes[i] in rare]
         if weak_rare:
+            todo = [r for r in REMEDIES if r not in in_use]
             text += (f" {_names([repr(c) for c in weak_rare])} {'is' if len(weak_rare) == 1 else 'are'} rare in "
-                     "training: more images help most; otherwise try loss.class_weights=balanced, "
-                     "data.sampler=balanced or loss.name=focal.")
+                     "training: more images help most" + (f"; otherwise try {' or '.join(todo)}." if todo else
+                                                          f" ({', '.join(sorted(in_use))} already set)."))
     return Finding("weak_recall", text)
 
 
@@ -142,7 +154,8 @@ def all_findings(run: RunData) -> list[Finding]:
     acc = float(vm.get("val/acc", math.nan))
     found = [
         imbalance(run.classes, run.train_counts) if run.train_counts else None,
-        weak_recall(run.classes, vm["per_class"], acc, vm["confusion_matrix"], run.train_counts),
+        weak_recall(run.classes, vm["per_class"], acc, vm["confusion_matrix"], run.train_counts,
+                    remedies_in_use(run.config)),
         overfitting(run.column("train/loss"), run.column("val/loss")),
         lr_ending_high(run.column("lr")),
     ]

@@ -193,7 +193,8 @@ def build_gallery(run: RunData, n_mistakes: int = 16, gradcam: bool = True
     if gradcam and mistakes:
         overlays = gradcam_overlays(run, mistakes)
         if overlays is None:
-            note = "Grad-CAM is shown for convolutional models only (and needs best.safetensors and model.json)."
+            note = ("No Grad-CAM: it needs a convolutional model whose last feature map is larger than 1x1, "
+                    "and the run's best.safetensors and model.json.")
         else:
             for ex, uri in zip(mistakes, overlays):
                 ex.cam = uri

@@ -95,7 +95,8 @@ table.cm th.rot { writing-mode:vertical-rl; transform:rotate(180deg); white-spac
 table.cm th { font-size:12px; }
 .cm-wrap { overflow:auto; max-width:100%; }
 .gallery { display:flex; flex-wrap:wrap; gap:12px; }
-figure.ex { margin:0; padding:6px; border:1px solid var(--line); border-radius:4px; background:#fafbfc; width:min-content; }
+figure.ex { margin:0; padding:6px; border:1px solid var(--line); border-radius:4px; background:#fafbfc;
+  width:min-content; }
 figure.ex .pair { display:flex; gap:4px; }
 figure.ex img { display:block; image-rendering:pixelated; }
 figure.ex figcaption { font-size:12px; margin-top:4px; white-space:nowrap; }

@@ -116,7 +116,8 @@ def _summary(run: RunData) -> str:
         rows = [f'<tr data-class="{esc(c)}"><td>{esc(c)}</td><td class="num">{n}{bar(n / top, "var(--grey)")}</td>'
                 f'<td class="num">{run.val_counts[i] if run.val_counts else "–"}</td></tr>'
                 for i, (c, n) in enumerate(zip(run.classes, run.train_counts))]
-        counts = f'<div class="scroll">{table(["class", "train images", "validation images"], rows, id_="class-counts")}</div>'
+        counts_table = table(["class", "train images", "validation images"], rows, id_="class-counts")
+        counts = f'<div class="scroll">{counts_table}</div>'
     body = f'<div class="facts">{facts_html}</div><div class="grid"><div>{best}</div>{counts}</div>'
     return section("summary", "Summary", body)
 
@@ -142,10 +143,11 @@ def _per_class(run: RunData, save: _Plots) -> str:
     for i in order:
         r = rows[i]
         weak = r["support"] > 0 and r["recall"] < acc - RECALL_GAP
-        cells = "".join(f'<td class="num" data-metric="{m}" data-value="{r[m]!r}">{num(r[m])}{bar(r[m], colors[m])}</td>'
-                        for m in ("precision", "recall", "f1"))
+        cells = "".join(f'<td class="num" data-metric="{m}" data-value="{r[m]!r}">{num(r[m])}'
+                        f'{bar(r[m], colors[m])}</td>' for m in ("precision", "recall", "f1"))
         train_n = run.train_counts[i] if run.train_counts else "–"
-        out.append(f'<tr data-class="{esc(r["class"])}"{" class=weak" if weak else ""}><th>{esc(r["class"])}</th>{cells}'
+        out.append(f'<tr data-class="{esc(r["class"])}"{" class=weak" if weak else ""}>'
+                   f'<th>{esc(r["class"])}</th>{cells}'
                    f'<td class="num" data-metric="support" data-value="{r["support"]}">{r["support"]}</td>'
                    f'<td class="num">{train_n}</td></tr>')
     save("per_class", plots.per_class_bars([rows[i]["class"] for i in order], [rows[i] for i in order]))
@@ -240,8 +242,9 @@ def _calibration(run: RunData, save: _Plots) -> str:
             f"on average the confidence (the top probability) is {bins['ece'] * 100:.1f} points away from the "
             f"accuracy of the images with that confidence. Mean confidence {conf:.3f}, accuracy {acc:.3f}"
             f" ({_confidence_word(conf, acc)}).</p>")
-    return section("calibration", "Calibration (reliability diagram)", f'<div class="grid">{img(uri, "reliability diagram")}'
-                   f"<div>{text}</div></div>", f"Confidence in {plots.ECE_BINS} equal-width bins.")
+    body = f'<div class="grid">{img(uri, "reliability diagram")}<div>{text}</div></div>'
+    return section("calibration", "Calibration (reliability diagram)", body,
+                   f"Confidence in {plots.ECE_BINS} equal-width bins.")
 
 
 def _figure(ex: Example, with_cam: bool) -> str:
@@ -263,7 +266,8 @@ def _small_figure(ex: Example) -> str:
 def _galleries(run: RunData, gradcam: bool) -> tuple[str, str]:
     if run.predictions is None:
         note = '<p class="note">val_predictions.csv is missing.</p>'
-        return section("mistakes", "Most confident mistakes", note), section("hardest", "Hardest correct examples", note)
+        return (section("mistakes", "Most confident mistakes", note),
+                section("hardest", "Hardest correct examples", note))
     mistakes, hardest, cam_note = build_gallery(run, gradcam=gradcam)
     with_cam = any(ex.cam for ex in mistakes)
     if mistakes:

@@ -26,7 +26,7 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _finite(x: Sequence[float]) -> np.ndarray:
+def _arr(x: Sequence[float]) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
@@ -35,15 +35,15 @@ def curves(epochs: Sequence[float], train_loss, val_loss, metrics: dict[str, Seq
     """Three panels over epochs: losses, the given metrics (e.g. monitor and accuracy), learning rate."""
     fig = Figure(figsize=(12, 3.3), layout="constrained")
     ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
-    ep = _finite(epochs)
+    ep = _arr(epochs)
     marker = "o" if len(ep) <= 30 else None
-    ax_loss.plot(ep, _finite(train_loss), marker=marker, ms=3, label="train")
-    ax_loss.plot(ep, _finite(val_loss), marker=marker, ms=3, label="validation")
+    ax_loss.plot(ep, _arr(train_loss), marker=marker, ms=3, label="train")
+    ax_loss.plot(ep, _arr(val_loss), marker=marker, ms=3, label="validation")
     ax_loss.set_title("loss")
     for name, values in metrics.items():
-        ax_metric.plot(ep, _finite(values), marker=marker, ms=3, label=name)
+        ax_metric.plot(ep, _arr(values), marker=marker, ms=3, label=name)
     ax_metric.set_title("validation metrics")
-    ax_lr.plot(ep, _finite(lr), marker=marker, ms=3, color="tab:green")
+    ax_lr.plot(ep, _arr(lr), marker=marker, ms=3, color="tab:green")
     ax_lr.set_title("learning rate (after each epoch)")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_loss, ax_metric, ax_lr):
