@@ -5,10 +5,10 @@ For timm resnet18 (random weights, 10 classes) at 64x64 px, batch 64, on the CPU
   * decode:     load_image + the eval transform (resize, centre crop), one process, images/s;
   * end-to-end: Predictor.predict_files on JPEG files (decode in DataLoader workers, normalise,
                 forward, softmax), for 0, 1 and 2 workers, images/s and as % of forward.
-Each number is the median of --repeats timed passes after one warm-up pass; the stages take turns.
+Each rate is the median (and range) of --repeats timed passes after one warm-up pass; the stages take turns.
 Writes (or replaces) its section of BENCHMARKS.md unless --no-write.
 
-    python bench/bench_predict.py [--images 1536] [--repeats 3] [--no-write]
+    python bench/bench_predict.py [--images 768] [--repeats 5] [--no-write]
 """
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def cpu_name() -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1536, help="JPEG files per end-to-end pass")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--images", type=int, default=768, help="JPEG files per end-to-end pass")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -149,13 +149,13 @@ def main(argv=None) -> dict:
         e2e = {w: rates(len(paths), sec[w]) for w in WORKERS}
 
     # Serial bound: one process alternating decode and forward; anything above it is overlap.
-    serial = 1 / (1 / forward_rate + 1 / decode_rate)
+    serial = 1 / (1 / forward["median"] + 1 / decode["median"])
     result = {
-        "command": "python bench/bench_predict.py" + (f" --images {a.images}" if a.images != 1536 else "")
-                   + (f" --repeats {a.repeats}" if a.repeats != 3 else ""),
+        "command": "python bench/bench_predict.py" + (f" --images {a.images}" if a.images != 768 else "")
+                   + (f" --repeats {a.repeats}" if a.repeats != 5 else ""),
         "machine": f"{torch.get_num_threads()}-thread CPU ({cpu_name()}), no GPU",
         "torch": torch.__version__, "repeats": a.repeats, "images": a.images,
-        "forward": forward_rate, "decode": decode_rate, "serial_bound": serial,
+        "forward": forward, "decode": decode, "serial_bound": serial,
         "end_to_end": e2e, "seconds": time.perf_counter() - t_start,
         "others_cores": max(0.0, others),
     }
@@ -168,33 +168,38 @@ def main(argv=None) -> dict:
 
 
 def report(r: dict) -> str:
-    best = max(r["end_to_end"], key=r["end_to_end"].get)
+    fwd, e2e = r["forward"]["median"], {w: v["median"] for w, v in r["end_to_end"].items()}
+    best = max(e2e, key=e2e.get)
+
+    def row(stage: str, v: dict, pct: bool = True) -> str:
+        share = f"{100 * v['median'] / fwd:.0f}%" if pct else ""
+        return f"| {stage} | {v['median']:.0f} | {v['min']:.0f}-{v['max']:.0f} | {share} |"
+
     lines = [
         "## Predict throughput (`imgcls predict`)",
         "",
         f"timm `{ARCH}`, random weights, {CLASSES} classes, {SIZE}x{SIZE} px JPEG inputs, batch {BATCH}, float32, "
-        f"CPU. Median of {r['repeats']} timed passes over {r['images']} images after a warm-up pass.",
+        f"CPU. {r['repeats']} timed passes per stage ({r['images']} images each for predict) after a warm-up pass; "
+        "the stages take turns.",
         "",
         f"- command: `{r['command']}` ({r['seconds']:.0f} s)",
         f"- machine: {r['machine']}; torch {r['torch']}; other processes kept {r['others_cores']:.2f} cores busy "
         "on average during the measurement",
         "",
-        "| stage | images/s | % of forward |",
-        "|---|---:|---:|",
-        f"| forward only (normalised tensors in memory) | {r['forward']:.0f} | 100% |",
-        f"| decode + resize/crop (1 process) | {r['decode']:.0f} | |",
-        f"| serial bound: decode then forward, no overlap | {r['serial_bound']:.0f} | "
-        f"{100 * r['serial_bound'] / r['forward']:.0f}% |",
+        "| stage | images/s (median) | range | % of forward |",
+        "|---|---:|---:|---:|",
+        row("forward only (normalised tensors in memory)", r["forward"]),
+        row("decode + resize/crop (1 process)", r["decode"], pct=False),
+        f"| serial bound: decode then forward, no overlap | {r['serial_bound']:.0f} | | "
+        f"{100 * r['serial_bound'] / fwd:.0f}% |",
     ]
-    for w, rate in r["end_to_end"].items():
-        lines.append(f"| predict end-to-end, {w} DataLoader worker(s) | {rate:.0f} | {100 * rate / r['forward']:.0f}% |")
-    pct = 100 * r["end_to_end"][best] / r["forward"]
-    serial_pct = 100 * r["serial_bound"] / r["forward"]
-    e2e = r["end_to_end"]
+    lines += [row(f"predict end-to-end, {w} DataLoader worker(s)", v) for w, v in r["end_to_end"].items()]
+    pct = 100 * e2e[best] / fwd
     lines += ["", f"Best end-to-end: {e2e[best]:.0f} images/s with {best} worker(s), {pct:.0f}% of the bare "
               f"forward rate (target at least 80%: {'met' if pct >= 80 else 'not met'}). Decoding and cropping a "
-              f"{SIZE} px JPEG costs {1e3 / r['decode']:.2f} ms against {1e3 / r['forward']:.2f} ms of forward per "
-              f"image, so even with no overlap at all predict reaches {serial_pct:.0f}% of the forward rate."]
+              f"{SIZE} px JPEG costs {1e3 / r['decode']['median']:.2f} ms against {1e3 / fwd:.2f} ms of forward per "
+              f"image, so even with no overlap at all predict reaches {100 * r['serial_bound'] / fwd:.0f}% of the "
+              "forward rate."]
     if best == 0:
         lines.append(f"Workers cannot add compute here: the model's {torch.get_num_threads()} threads already fill "
                      "every core, so a worker's decoding takes turns with them (stalling both threads at their next "
@@ -204,8 +209,8 @@ def report(r: dict) -> str:
     else:
         lines.append(f"Here {best} worker(s) beat in-process decoding by {100 * (e2e[best] / e2e[0] - 1):.0f}%.")
     if not r["others_cores"] < 0.1:
-        lines.append("Other processes shared the cores during the measurement, which depresses and scatters "
-                     "every rate; rerun on an idle machine for clean numbers.")
+        lines.append("Other processes shared the cores during the measurement, which depresses every rate and "
+                     "widens the ranges; rerun on an idle machine for clean numbers.")
     return "\n".join(lines)
 
 

@@ -17,14 +17,13 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data.dataset import ImageDataset
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
-from .data.decode import (IMAGE_EXTENSIONS, BadImageError, _composite_on_white, _convert_channels,
-                          _pil_to_tensor, _to_uint8)
+from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, pil_image_to_tensor
 from .data.transforms import eval_transform, normalize
 from .engine.checkpoint import atomic_write_text, load_weights, read_model_json
 from .errors import UserError
@@ -77,16 +76,13 @@ def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
 def _to_image(item: Any, channels: int) -> torch.Tensor:
     """An in-memory PIL image or uint8 [C,H,W] tensor -> uint8 [channels,H,W], as its file would decode."""
     if isinstance(item, Image.Image):
-        img = _to_uint8(_pil_to_tensor(ImageOps.exif_transpose(item), "<PIL image>"))
-        if img.shape[0] in (2, 4):
-            img = _composite_on_white(img)
-        return _convert_channels(img, channels)
+        return pil_image_to_tensor(item, channels)
     if isinstance(item, torch.Tensor):
         if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3):
             raise UserError(f"a tensor input must be uint8 [C,H,W] with 1 or 3 channels (as load_image returns), "
                             f"got {item.dtype} {tuple(item.shape)}; convert 0-1 floats with "
                             "(x * 255).round().to(torch.uint8).")
-        return _convert_channels(item.cpu(), channels)
+        return convert_channels(item.cpu(), channels)
     raise UserError(f"cannot predict on a {type(item).__name__}; pass paths, PIL images or uint8 tensors.")
 
 

@@ -140,6 +140,14 @@ def test_ensemble_with_itself_equals_the_run_and_class_lists_must_match(small_ru
     twice = imgcls.load(run, ensemble=[run]).predict(paths).probs
     torch.testing.assert_close(twice, single, atol=1e-7, rtol=0)
 
+    # Members with other preprocessing (here 12 px) each get their own view of the images.
+    small = copy_run(run, tmp_path / "small")
+    edit_model_json(small, image_size=12, resize=12)
+    mixed = imgcls.load(run, ensemble=[small]).predict(paths).probs
+    alone = imgcls.load(small).predict(paths).probs
+    assert (alone - single).abs().max() > 1e-6
+    torch.testing.assert_close(mixed, (single + alone) / 2, atol=1e-7, rtol=0)
+
     other = copy_run(run, tmp_path / "other")
     edit_model_json(other, classes=["cat", "dog", "wolf"])
     with pytest.raises(UserError, match="different class lists"):

@@ -72,6 +72,20 @@ def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     return _convert_channels(img, channels)
 
 
+def pil_image_to_tensor(im: Image.Image, channels: int | None = None) -> torch.Tensor:
+    """An in-memory PIL image -> uint8 [C,H,W], exactly as the same image would decode from a file
+    (EXIF rotation, 16-bit scaling, transparency on white, channel conversion)."""
+    img = _to_uint8(_pil_to_tensor(ImageOps.exif_transpose(im), "<PIL image>"))
+    if img.shape[0] in (2, 4):
+        img = _composite_on_white(img)
+    return _convert_channels(img, channels)
+
+
+def convert_channels(img: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """uint8 [C,H,W] -> ``channels`` channels (luma for gray, repeat for RGB); None keeps it."""
+    return _convert_channels(img, channels)
+
+
 def image_channels(path: str | os.PathLike) -> int:
     """Channels `load_image(path)` returns (1 or 3), read from the header only (no pixel decode)."""
     _read_bytes(path, header_only=True)

@@ -1,0 +1,12 @@
+"""Run every benchmark in bench/ (each writes its own section of BENCHMARKS.md)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("bench_train_demo.py", "bench_predict.py"):
+    print(f"== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)
