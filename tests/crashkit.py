@@ -8,6 +8,7 @@ a fresh ``python -m imgcls`` costs ~5 s of imports. A few tests use the real CLI
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import multiprocessing as mp
 import os
@@ -37,6 +38,9 @@ def context():
 # ---------------------------------------------------------------- the child side
 
 def _child(argv: list[str], kill_at: Optional[tuple[str, int]], how: str, log: str, env: dict) -> None:
+    # A forkserver child would start DataLoader workers through a forkserver of its own (~4 s of
+    # imports each time); fork them, as `python -m imgcls` does on Linux.
+    mp.set_start_method("fork", force=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -50,11 +54,12 @@ def _child(argv: list[str], kill_at: Optional[tuple[str, int]], how: str, log: s
             seen = [0]
 
             def hook(at: str) -> None:
-                if at == label:
+                if label in (at, "*"):  # "*": the n-th hook of any kind
                     seen[0] += 1
                     if seen[0] == n:
                         sys.stdout.flush()
                         sys.stderr.flush()
+                        os.write(1, f"\n@hook {at}\n".encode())
                         if how == "exit":      # a crash without any clean-up
                             os._exit(3)
                         os.kill(os.getpid(), getattr(signal, how))  # SIGKILL, SIGSTOP, SIGTERM, SIGINT
@@ -64,25 +69,45 @@ def _child(argv: list[str], kill_at: Optional[tuple[str, int]], how: str, log: s
     except BaseException:
         traceback.print_exc()
         rc = 99
+    gc.collect()  # shuts down persistent DataLoader workers before the process ends
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(rc)
+    sys.exit(rc)
+
+
+def start_child(argv: list[str], log: Path, kill_at: Optional[tuple[str, int]] = None, how: str = "SIGKILL",
+                env: Optional[dict] = None):
+    """Start ``imgcls <argv>`` in a forked child (see run_child) and return its multiprocessing.Process."""
+    p = context().Process(target=_child, args=(argv, kill_at, how, str(log), dict(env or {})))
+    p.start()
+    return p
 
 
 def run_child(argv: list[str], log: Path, kill_at: Optional[tuple[str, int]] = None, how: str = "SIGKILL",
               timeout: float = 120, env: Optional[dict] = None) -> int:
-    """Run ``imgcls <argv>`` in a forked child; with ``kill_at=(hook label, n)`` it dies at the n-th such hook.
+    """Run ``imgcls <argv>`` in a forked child; with ``kill_at=(hook label, n)`` it dies at the n-th such hook
+    (label "*": any hook), after writing "@hook <label>" to ``log``.
 
     Returns the exit status (negative signal number when killed by a signal).
     """
-    p = context().Process(target=_child, args=(argv, kill_at, how, str(log), dict(env or {})))
-    p.start()
+    p = start_child(argv, log, kill_at, how, env)
     p.join(timeout)
     if p.is_alive():
         p.kill()
         p.join()
         raise AssertionError(f"child {argv} did not finish within {timeout} s; log:\n{Path(log).read_text()}")
     return p.exitcode
+
+
+def wait_stopped(pid: int, timeout: float = 60) -> None:
+    """Wait until process ``pid`` is stopped (SIGSTOP delivered), so its files no longer change."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(") ", 1)[1][0] in "tT":
+                return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 # ---------------------------------------------------------------- the real CLI
@@ -110,6 +135,7 @@ def kill_mid_epoch(proc: subprocess.Popen, run_dir: Path, after_step: int = 0, t
             raise AssertionError(f"the run ended (status {proc.returncode}) before a mid-epoch checkpoint")
         if last.exists():
             proc.send_signal(signal.SIGSTOP)
+            wait_stopped(proc.pid)
             state = load_last(last)
             if state["epoch_state"] is not None and state["global_step"] > after_step:
                 proc.kill()

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,6 +26,11 @@ from ..errors import UserError
 
 # Test hook: called with a label at moments inside a save, so tests can kill there cheaply.
 _SAVE_HOOK: Optional[Callable[[str], None]] = None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (some, e.g. from an empty file, have none)."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:120]
 
 
 def _hook(label: str) -> None:
@@ -115,15 +121,18 @@ def load_last(path: Path) -> dict:
     """Load ``last.pt`` with ``weights_only=True``; never falls back to unsafe unpickling."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"'{path}' does not exist; resume needs a run folder with a last.pt "
-                        "(written at the end of each epoch).")
+        raise UserError(f"'{path}' does not exist; resume needs the last.pt that 'imgcls train' keeps in "
+                        "the run folder (written before the first epoch and after each one).")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message goes on about loading the file unsafely; keep only what was refused.
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
+        what = found.group(0) if found else _first_line(e)
         raise UserError(f"'{path}' holds objects other than tensors and plain values and was not loaded "
-                        f"(unsafe pickle refused: {str(e).splitlines()[0][:120]}); use a last.pt written by imgcls.")
+                        f"(unsafe pickle refused: {what}); use a last.pt written by imgcls.")
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"'{path}' is damaged and cannot be read ({str(e).splitlines()[0][:120]}); "
+        raise UserError(f"'{path}' is damaged and cannot be read ({_first_line(e)}); "
                         "restore it from a backup or start a new run.")
 
 
@@ -148,7 +157,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return st_load(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as e:
-        raise UserError(f"weights file '{path}' is truncated or malformed ({str(e).splitlines()[0][:120]}); "
+        raise UserError(f"weights file '{path}' is truncated or malformed ({_first_line(e)}); "
                         "re-copy it or retrain.")
 
 
@@ -193,7 +202,7 @@ def load_run_model(run_dir: Path, weights: str = "best.safetensors") -> tuple[to
     if missing or unexpected or wrong:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         head_w = f"{cfg.get('classifier')}.weight"  # timm names the output layer in pretrained_cfg
-        if head_w in wrong:
+        if head_w in wrong and state[head_w].shape[0] != len(meta["classes"]):
             raise UserError(f"'{run_dir / 'model.json'}' names {len(meta['classes'])} classes but "
                             f"'{run_dir / weights}' has an output layer for {state[head_w].shape[0]}; "
                             "re-copy the run folder so both files come from the same run.")

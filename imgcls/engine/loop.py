@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -117,6 +118,53 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     if not skip_nonfinite:
         _raise_if_nonfinite(first_bad, epoch)
     return state, global_step
+
+
+def fit_micro_batch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, image_shape: Sequence[int], num_classes: int, batch_size: int,
+                    accumulate: int = 1, precision: str = "32") -> tuple[int, int]:
+    """The largest micro-batch ``batch_size / 2**k`` whose training step fits in GPU memory.
+
+    Returns (micro_batch, accumulate'), with micro_batch * accumulate' == batch_size * accumulate:
+    the effective batch, and so the learning dynamics, stay those configured. Each probe is a
+    full step on random data (forward, backward, optimizer.step, which allocates the optimizer
+    state: part of the peak); the model, optimizer and RNG states are restored afterwards.
+    """
+    saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved_optim = copy.deepcopy(optimizer.state_dict())  # empty state before training: cheap
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    micro = batch_size
+    try:
+        while True:
+            try:
+                x = torch.randn(micro, *image_shape, device=device)
+                y = torch.randint(0, num_classes, (micro,), device=device)
+                model.train()
+                with autocast_context(device, precision):
+                    loss = criterion(model(x).float(), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return micro, accumulate * (batch_size // micro)
+            except torch.cuda.OutOfMemoryError:
+                x = y = loss = None  # drop the references before freeing the cache
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if micro % 2:
+                    raise UserError(f"not even a micro-batch of {micro} fits in GPU memory; lower data.image_size, "
+                                    "use train.precision=bf16, or pick a smaller model.") from None
+                micro //= 2
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optim)
+        optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int) -> None:
