@@ -127,9 +127,10 @@ def test_tta_refuses_flip_for_a_digits_model_and_scales_match_resized_inputs(sma
     x = torch.stack([load_image(p) for p in paths]).float() / 255
     x = (x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(1, -1, 1, 1)
     model = predictor.members[0].model
+    x = x.to(next(model.parameters()).device)  # the predictor's device: CUDA when there is one
     with torch.no_grad():
         big = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", antialias=True)
-        ref = (model(x).softmax(1) + model(big).softmax(1)) / 2
+        ref = ((model(x).softmax(1) + model(big).softmax(1)) / 2).cpu()
     torch.testing.assert_close(probs, ref, atol=1e-6, rtol=0)
 
 
