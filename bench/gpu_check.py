@@ -75,6 +75,27 @@ def main(out: Path) -> None:
     except Exception as e:  # report, don't hide
         res["predict_error"] = repr(e)
 
+    # train.batch_size=auto on a GPU made small on purpose (2 GiB): it must halve from 256 until
+    # a resnet50 step at 224 px fits, keeping the effective batch; a fixed 256 must fail clearly.
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(2 * 2**30 / total)
+    big = base.replace(**{"model.name": "resnet50", "data.image_size": 224, "train.epochs": 1,
+                          "data.augment": "none"})
+    lines = []
+    try:
+        r = train(big.replace(**{"train.batch_size": "auto", "run.dir": str(out / "auto")}), log=lines.append)
+        res["auto_batch"] = {"log": [l for l in lines if "auto" in l], "best_acc": r.best_metrics["val/acc"]}
+    except Exception as e:
+        res["auto_batch"] = {"error": repr(e), "log": lines[-3:]}
+    torch.cuda.empty_cache()
+    try:
+        train(big.replace(**{"train.batch_size": 256, "run.dir": str(out / "oom")}), log=lambda *a: None)
+        res["oom_message"] = "no OOM?"
+    except Exception as e:
+        res["oom_message"] = f"{type(e).__name__}: {e}"
+    torch.cuda.set_per_process_memory_fraction(1.0)
+
     (out / "gpu_check.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 

@@ -83,7 +83,7 @@ class SchedConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 64                 # per micro-batch
+    batch_size: Union[int, str] = 64     # per micro-batch; auto (GPU): largest that fits, from 256
     accumulate: int = 1                  # micro-batches per optimizer step
     precision: Literal["32", "bf16", "16"] = "32"
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
@@ -224,6 +224,10 @@ def _check_ranges(cfg: Config) -> None:
     for key, lo in _MIN.items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
+        if key == "train.batch_size" and v == "auto":
+            continue
+        if isinstance(v, str):
+            raise UserError(f"config key '{key}' must be a number{' or auto' if key == 'train.batch_size' else ''}, got {v!r}.")
         if v is not None and v < lo:
             raise UserError(f"config key '{key}' must be at least {lo}, got {v}.")
     if not 0.0 < cfg.data.val_fraction < 1.0:

@@ -63,3 +63,26 @@ def test_no_data_trains_on_the_demo(tmp_path, monkeypatch):
     assert str(cache) in lines[0]
     assert sum(1 for _ in (cache / "demo" / "mnist5k" / "train").rglob("*.png")) == 4000
     assert res.best_metrics["val/acc"] > 0.2  # chance is 0.1 after one short epoch
+
+
+def test_batch_size_auto_needs_a_gpu(tiny_folder, tmp_path):
+    import torch
+    from imgcls.errors import UserError
+    cfg = small_config(tiny_folder, tmp_path / "run", **{"train.batch_size": "auto", "train.device": "cpu"})
+    with pytest.raises(UserError, match="train.batch_size=auto probes GPU memory"):
+        train(cfg, log=lambda *a: None)
+    with pytest.raises(UserError, match="must be a number or auto"):
+        cfg.replace(**{"train.batch_size": "big"})
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_batch_size_auto_on_gpu_keeps_the_effective_batch(tiny_folder, tmp_path):
+    import torch
+    cfg = small_config(tiny_folder, tmp_path / "run", **{"train.batch_size": "auto", "train.accumulate": 2,
+                                                         "train.epochs": 1})
+    lines = []
+    res = train(cfg, log=lines.append)
+    line = next(l for l in lines if "train.batch_size=auto" in l)
+    assert "effective batch 512" in line
+    last = torch.load(res.run_dir / "last.pt", weights_only=True)
+    assert last["batch_size"] * last["accumulate"] == 512

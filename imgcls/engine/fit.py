@@ -36,7 +36,7 @@ from ..models import count_parameters, create_model
 from ..optim import create_optimizer, create_scheduler, get_lr
 from .checkpoint import (atomic_write_json, atomic_write_text, load_last, remove_temp_files, rng_state,
                          save_last, save_weights, set_rng_state)
-from .loop import EpochState, train_epoch, validate
+from .loop import EpochState, fit_micro_batch, train_epoch, validate
 
 CSV_COLUMNS = ["epoch", "lr", "train/loss", *METRIC_NAMES[1:], "seconds"]
 
@@ -228,24 +228,28 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
         raise UserError(f"data.mean and data.std need {channels} value(s) for {channels}-channel images.")
     preset = get_preset(d.augment)
 
-    train_ds = ImageDataset(split.train.paths, split.train.labels, channels,
-                            train_transform(d.augment, d.image_size, channels), seed=cfg.train.seed)
-    val_ds = ImageDataset(split.val.paths, split.val.labels, channels, eval_transform(d.image_size, d.crop_pct))
-    weights = balanced_weights(split.train.labels, K) if d.sampler == "balanced" else None
-    sampler = EpochBatchSampler(len(train_ds), cfg.train.batch_size, cfg.train.seed, True, weights)
-    val_sampler = EpochBatchSampler(len(val_ds), cfg.train.batch_size * 2, 0, shuffle=False)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, sampler, d.num_workers, pin)
-    val_loader = make_loader(val_ds, val_sampler, d.num_workers, pin)
-
-    # ---- model, loss, optimizer, schedule
+    # ---- model, loss, optimizer
     model = create_model(cfg.model.name, K, channels, cfg.model.pretrained, cfg.model.drop_rate).to(device)
     cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights)
     criterion = create_loss(cfg.loss.name, K, class_weights=None if cw is None else cw.to(device),
                             gamma=cfg.loss.gamma, alpha=cfg.loss.alpha, smoothing=cfg.loss.smoothing)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
                                  momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
-    steps_per_epoch = math.ceil(len(sampler) / cfg.train.accumulate)
+    batch_size, accumulate = _resolve_batch(cfg, start, model, criterion, optimizer, device, channels, K, log)
+
+    # ---- data loaders
+    train_ds = ImageDataset(split.train.paths, split.train.labels, channels,
+                            train_transform(d.augment, d.image_size, channels), seed=cfg.train.seed)
+    val_ds = ImageDataset(split.val.paths, split.val.labels, channels, eval_transform(d.image_size, d.crop_pct))
+    weights = balanced_weights(split.train.labels, K) if d.sampler == "balanced" else None
+    sampler = EpochBatchSampler(len(train_ds), batch_size, cfg.train.seed, True, weights)
+    val_sampler = EpochBatchSampler(len(val_ds), batch_size * 2, 0, shuffle=False)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_ds, sampler, d.num_workers, pin)
+    val_loader = make_loader(val_ds, val_sampler, d.num_workers, pin)
+
+    # ---- schedule
+    steps_per_epoch = math.ceil(len(sampler) / accumulate)
     s = cfg.sched
     scheduler = create_scheduler(optimizer, s.name, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch,
                                  warmup_epochs=s.warmup_epochs, step_size=s.step_size, gamma=s.gamma,
@@ -311,6 +315,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "epoch": epoch, "global_step": global_step, "best_value": best_value, "best_epoch": best_epoch,
             "bad_epochs": bad_epochs, "rng": rng_state(), "imgcls": __version__,
+            "batch_size": batch_size, "accumulate": accumulate,
             "epoch_state": None if es is None else {
                 "batches_done": es.batches_done, "loss_sum": es.loss_sum.detach().cpu(),
                 "samples": es.samples, "skipped_steps": es.skipped_steps},
@@ -337,10 +342,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                     checkpoint(epoch, st)
                 return False
 
-            with _explain_oom(cfg.train.batch_size, cfg.train.accumulate, "training"):
+            with _explain_oom(batch_size, accumulate, "training"):
                 es, global_step = train_epoch(
                     model, train_loader, criterion, optimizer, scheduler, device=device, mean=mean, std=std,
-                    batch_sizes=sizes, accumulate=cfg.train.accumulate, precision=cfg.train.precision,
+                    batch_sizes=sizes, accumulate=accumulate, precision=cfg.train.precision,
                     scaler=scaler, clip_grad=cfg.optim.clip_grad, mix=mix, state=es, global_step=global_step,
                     skip_nonfinite=cfg.train.skip_nonfinite, epoch=epoch, after_step=after_step,
                     progress=cfg.train.progress, check_every=every)
@@ -348,7 +353,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                 checkpoint(epoch, es)
                 raise TrainingInterrupted(run_dir, stop.signum)
 
-            with _explain_oom(cfg.train.batch_size, cfg.train.accumulate, "validation"):
+            with _explain_oom(batch_size, accumulate, "validation"):
                 scalars, details, probs, indices = validate(
                     model, val_loader, criterion, metrics, device=device, mean=mean, std=std,
                     precision=cfg.train.precision)
@@ -407,6 +412,31 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
         log(f"report: {write_report(run_dir)}")
     log(f"run folder: {run_dir}")
     return RunResult(run_dir, best_epoch, best_scalars, stopped)
+
+
+AUTO_BATCH_START = 256  # train.batch_size=auto: effective batch 256 x train.accumulate
+
+
+def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimizer, device, channels: int,
+                   num_classes: int, log) -> tuple[int, int]:
+    """(micro-batch, accumulate). ``auto`` halves from 256 until a training step fits in GPU memory,
+    raising accumulate so the effective batch stays 256 x train.accumulate; a resume reuses the
+    sizes it started with, so its batches are those of the uninterrupted run."""
+    if cfg.train.batch_size != "auto":
+        return cfg.train.batch_size, cfg.train.accumulate
+    if start is not None and "batch_size" in start:
+        return start["batch_size"], start["accumulate"]
+    if device.type != "cuda":
+        raise UserError(f"train.batch_size=auto probes GPU memory, but the device is '{device.type}'; "
+                        "set a number instead, e.g. train.batch_size=64.")
+    size = cfg.data.image_size
+    micro, accumulate = fit_micro_batch(model, criterion, optimizer, device=device,
+                                        image_shape=(channels, size, size), num_classes=num_classes,
+                                        batch_size=AUTO_BATCH_START, accumulate=cfg.train.accumulate,
+                                        precision=cfg.train.precision)
+    log(f"train.batch_size=auto: micro-batch {micro} x accumulate {accumulate} "
+        f"(effective batch {micro * accumulate})")
+    return micro, accumulate
 
 
 @contextlib.contextmanager
