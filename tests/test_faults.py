@@ -97,6 +97,9 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tiny_folder, tmp_path, monkey
     assert sum("1 optimizer step(s) skipped for a non-finite loss" in ln for ln in lines) == 2
     assert result.best_epoch >= 1 and _all_finite(load_file(tmp_path / "run" / "best.safetensors"))
     assert _all_finite(load_last(tmp_path / "run" / "last.pt")["model"])
+    # the skipped steps' losses stay out of the epoch's train/loss
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows)
 
 
 def test_non_finite_model_never_becomes_best(tiny_folder, tmp_path, monkeypatch):

@@ -66,6 +66,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     state.loss_sum = state.loss_sum.to(device)
     windows = window_sizes(batch_sizes, accumulate)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # checked without a per-step sync
+    window_loss = torch.zeros((), dtype=torch.float64, device=device)  # joins the epoch's mean at the step
+    window_n = 0
     model.train()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, total=len(batch_sizes), desc=f"epoch {epoch + 1}", leave=False,
@@ -82,8 +84,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         # Weight by share of the window: the sum over the window is the mean over its samples.
         scaled = loss * (n / windows[i])
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        state.loss_sum += loss.detach().double() * n
-        state.samples += n
+        window_loss += loss.detach().double() * n
+        window_n += n
         state.batches_done += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
                                 torch.tensor(global_step, device=device), first_bad)
@@ -92,9 +94,11 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
             continue  # still inside the accumulation window
         if skip_nonfinite and int(first_bad) >= 0:  # a host sync per step, only when asked for
             optimizer.zero_grad(set_to_none=True)
-            state.skipped_steps += 1
+            state.skipped_steps += 1  # its loss stays out of train/loss
             first_bad.fill_(-1)
         else:
+            state.loss_sum += window_loss
+            state.samples += window_n
             if clip_grad:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -105,6 +109,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        window_loss.zero_()
+        window_n = 0
         global_step += 1
         scheduler.step_update(global_step)  # the LR for the next optimizer step
         if progress and global_step % 10 == 0:
