@@ -23,7 +23,7 @@ from imgcls.cli import main
 from imgcls.config import to_yaml
 from imgcls.engine import checkpoint
 from imgcls.engine.checkpoint import load_last, load_weights, read_model_json
-from imgcls.engine.fit import CSV_COLUMNS
+from imgcls.engine.rundir import CSV_COLUMNS
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="kills and freezes processes the Linux way (fork, /proc)")

@@ -5,16 +5,10 @@ Checkpointing, early stopping and logging are ordinary calls in the epoch loop b
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
-import platform
 import random
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import Config, from_dict, load_config, to_yaml
+from ..config import Config, load_config, to_yaml
 from ..data import build_split, demo_root, write_split_csv
 from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
 from ..data.decode import image_channels
@@ -37,8 +31,10 @@ from ..optim import create_optimizer, create_scheduler, get_lr
 from .checkpoint import (atomic_write_json, atomic_write_text, load_last, remove_temp_files, rng_state,
                          save_last, save_weights, set_rng_state)
 from .loop import EpochState, fit_micro_batch, train_epoch, validate
+from .rundir import (append_metrics_row, create_run_dir, env_info, tensorboard_writer,
+                     truncate_metrics, val_predictions_csv)
+from .signals import StopFlag, TrainingInterrupted
 
-CSV_COLUMNS = ["epoch", "lr", "train/loss", *METRIC_NAMES[1:], "seconds"]
 
 
 @dataclass
@@ -75,50 +71,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def next_run_dir(root: str, name: str) -> Path:
-    base = Path(root)
-    n = 1
-    while (base / f"{name}-{n}").exists():
-        n += 1
-    return base / f"{name}-{n}"
-
-
-def create_run_dir(cfg: Config) -> Path:
-    """A new folder, never an existing one (resume is the only way to write into one)."""
-    for _ in range(100):  # another process may take the same number: retry with the next one
-        run_dir = Path(cfg.run.dir) if cfg.run.dir else next_run_dir(cfg.run.root, cfg.run.name)
-        try:
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            if cfg.run.dir:
-                raise UserError(f"run folder '{run_dir}' already exists; choose another run.dir, "
-                                f"or continue it with 'imgcls train --resume {run_dir}'.")
-    raise UserError(f"could not create a run folder under '{cfg.run.root}'; set run.dir explicitly.")
-
-
-def git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def env_info(device: torch.device, seed: int) -> dict:
-    import timm
-    import torchvision
-    return {
-        "imgcls": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "git_commit": git_commit(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "seed": seed, "argv": sys.argv,
-    }
-
-
 def detect_channels(paths: list[str], setting) -> int:
     """1 when every sampled image is grayscale, else 3 (a header read, no full decode)."""
     if setting != "auto":
@@ -127,62 +79,8 @@ def detect_channels(paths: list[str], setting) -> int:
     return 1 if all(image_channels(p) == 1 for p in paths[::step][:64]) else 3
 
 
-def _append_csv(path: Path, row: dict) -> None:
-    """Rewrite metrics.csv atomically with one more row: a crash never leaves a torn line."""
-    old = path.read_text() if path.exists() else ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    if not old:
-        w.writeheader()
-    w.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-    atomic_write_text(path, old + buf.getvalue())
-
-
 def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-def _val_predictions_csv(paths, labels, probs, indices, classes) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "pred", *[f"prob_{c}" for c in classes]])
-    pred = probs.argmax(1).tolist()
-    for row, i in enumerate(indices.tolist()):
-        w.writerow([paths[i], classes[labels[i]], classes[pred[row]], *[f"{p:.6g}" for p in probs[row].tolist()]])
-    return buf.getvalue()
-
-
-class _StopFlag:
-    """SIGTERM / Ctrl-C: finish the current step, save last.pt, exit 143 / 130."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-class TrainingInterrupted(Exception):
-    def __init__(self, run_dir: Path, signum: int):
-        self.run_dir, self.signum = run_dir, signum
-        self.exit_code = 130 if signum == signal.SIGINT else 143
-        super().__init__(f"stopped by signal {signum}; last.pt saved. Resume with: "
-                         f"imgcls train --resume {run_dir}")
 
 
 # ---------------------------------------------------------------- the run
@@ -295,9 +193,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
         # A kill can land after an epoch's rows/files were written but before its last.pt:
         # forget what comes after last.pt (it is redone identically) and half-written temp files.
         remove_temp_files(run_dir)
-        _truncate_metrics(run_dir / "metrics.csv", first_epoch)
+        truncate_metrics(run_dir / "metrics.csv", first_epoch)
 
-    writer = _tensorboard(run_dir, purge_step=first_epoch + 1 if resume is not None else None)
+    writer = tensorboard_writer(run_dir, purge_step=first_epoch + 1 if resume is not None else None)
     meta = {
         "format": 1, "architecture": cfg.model.name, "classes": classes, "channels": channels,
         "image_size": d.image_size, "resize": int(round(d.image_size / d.crop_pct)), "crop_pct": d.crop_pct,
@@ -325,7 +223,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
     every = cfg.train.checkpoint_every_steps
     if start is None:
         checkpoint(0, None)  # resumable from the start: a kill before epoch 1 ends loses nothing
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for epoch in range(first_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
             es = epoch_state or EpochState()
@@ -361,7 +259,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
             scheduler.step_epoch(scalars.get(cfg.train.monitor))
             row = {"epoch": epoch + 1, "lr": get_lr(optimizer), "train/loss": train_loss, **scalars,
                    "seconds": round(time.perf_counter() - t0, 3)}
-            _append_csv(run_dir / "metrics.csv", row)
+            append_metrics_row(run_dir / "metrics.csv", row)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch":
@@ -377,7 +275,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                 meta.update(epoch=epoch + 1, monitor={"name": cfg.train.monitor, "value": value})
                 save_weights(run_dir / "best.safetensors", model)
                 atomic_write_json(run_dir / "model.json", meta)
-                atomic_write_text(run_dir / "val_predictions.csv", _val_predictions_csv(
+                atomic_write_text(run_dir / "val_predictions.csv", val_predictions_csv(
                     split.val.paths, split.val.labels, probs, indices, classes))
                 atomic_write_json(run_dir / "val_metrics.json", {
                     "epoch": epoch + 1, "monitor": cfg.train.monitor, **scalars, "train/loss": train_loss,
@@ -450,28 +348,6 @@ def _explain_oom(batch_size: int, accumulate: int, phase: str):
             f"the GPU ran out of memory during {phase} with train.batch_size={batch_size}; use "
             f"train.batch_size={half} train.accumulate={accumulate * 2} (the same effective batch), "
             "or lower data.image_size or use train.precision=bf16.") from None
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep the header and the rows of the first ``epochs_done`` epochs of metrics.csv."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= epochs_done]
-    if keep != lines:
-        if len(keep) > 1:
-            atomic_write_text(path, "".join(keep))
-        else:
-            path.unlink()
-
-
-def _tensorboard(run_dir: Path, purge_step: Optional[int] = None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboard is a dependency
-        return None
-    # purge_step: on resume, events of epochs after last.pt are dropped (they are logged again).
-    return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
 
 def _make_mix(mixup: float, cutmix: float, num_classes: int):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 

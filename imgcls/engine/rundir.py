@@ -1,0 +1,107 @@
+"""The run folder: its creation, provenance (env.json), metrics.csv rows, predictions, TensorBoard."""
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from ..config import Config
+from ..errors import UserError
+from ..metrics import METRIC_NAMES
+from .checkpoint import atomic_write_text
+
+CSV_COLUMNS = ["epoch", "lr", "train/loss", *METRIC_NAMES[1:], "seconds"]
+
+
+def next_run_dir(root: str, name: str) -> Path:
+    base = Path(root)
+    n = 1
+    while (base / f"{name}-{n}").exists():
+        n += 1
+    return base / f"{name}-{n}"
+
+
+def create_run_dir(cfg: Config) -> Path:
+    """A new folder, never an existing one (resume is the only way to write into one)."""
+    for _ in range(100):  # another process may take the same number: retry with the next one
+        run_dir = Path(cfg.run.dir) if cfg.run.dir else next_run_dir(cfg.run.root, cfg.run.name)
+        try:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            if cfg.run.dir:
+                raise UserError(f"run folder '{run_dir}' already exists; choose another run.dir, "
+                                f"or continue it with 'imgcls train --resume {run_dir}'.")
+    raise UserError(f"could not create a run folder under '{cfg.run.root}'; set run.dir explicitly.")
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def env_info(device: torch.device, seed: int) -> dict:
+    import timm
+    import torchvision
+    return {
+        "imgcls": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "timm": timm.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "git_commit": git_commit(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "seed": seed, "argv": sys.argv,
+    }
+
+
+def append_metrics_row(path: Path, row: dict) -> None:
+    """Rewrite metrics.csv atomically with one more row: a crash never leaves a torn line."""
+    old = path.read_text() if path.exists() else ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    if not old:
+        w.writeheader()
+    w.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    atomic_write_text(path, old + buf.getvalue())
+
+
+def val_predictions_csv(paths, labels, probs, indices, classes) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "pred", *[f"prob_{c}" for c in classes]])
+    pred = probs.argmax(1).tolist()
+    for row, i in enumerate(indices.tolist()):
+        w.writerow([paths[i], classes[labels[i]], classes[pred[row]], *[f"{p:.6g}" for p in probs[row].tolist()]])
+    return buf.getvalue()
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the header and the rows of the first ``epochs_done`` epochs of metrics.csv."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= epochs_done]
+    if keep != lines:
+        if len(keep) > 1:
+            atomic_write_text(path, "".join(keep))
+        else:
+            path.unlink()
+
+
+def tensorboard_writer(run_dir: Path, purge_step: Optional[int] = None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return None
+    # purge_step: on resume, events of epochs after last.pt are dropped (they are logged again).
+    return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
