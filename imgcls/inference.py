@@ -25,9 +25,8 @@ from .data.dataset import ImageDataset
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
 from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, pil_image_to_tensor
 from .data.transforms import eval_transform, normalize
-from .engine.checkpoint import atomic_write_text, load_weights, read_model_json
+from .engine.checkpoint import atomic_write_text, load_run_model
 from .errors import UserError
-from .models import create_model
 
 TOP_K = 5
 
@@ -49,14 +48,7 @@ def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") 
     if not (run_dir / "model.json").is_file():
         raise UserError(f"'{run_dir}' is not a trained run folder (no model.json); pass a folder written by "
                         "'imgcls train'.")
-    meta = read_model_json(run_dir / "model.json")
-    model = create_model(meta["architecture"], len(meta["classes"]), meta["channels"])
-    try:
-        model.load_state_dict(load_weights(run_dir / "best.safetensors"))
-    except RuntimeError as e:
-        raise UserError(f"'{run_dir / 'best.safetensors'}' does not fit the architecture "
-                        f"'{meta['architecture']}' of its model.json ({str(e).splitlines()[0][:150]}); "
-                        "re-copy the run folder.") from None
+    model, meta = load_run_model(run_dir)
     return Member(run_dir, meta, model.eval().to(device))
 
 

@@ -131,12 +131,9 @@ def gradcam_overlays(run: RunData, examples: Sequence[Example]) -> Optional[list
 
     from ..data.decode import BadImageError, load_image
     from ..data.transforms import eval_transform, normalize
-    from ..engine.checkpoint import load_weights
-    from ..models import create_model
+    from ..engine.checkpoint import load_run_model
 
-    model = create_model(meta["architecture"], len(meta["classes"]), meta["channels"])
-    model.load_state_dict(load_weights(weights))
-    model.eval()
+    model, _ = load_run_model(weights.parent, weights.name)
     layer = cam_target_layer(model)
     if layer is None:
         return None
