@@ -19,10 +19,9 @@ from typing import Optional
 from PIL import Image
 
 from .data.decode import IMAGE_EXTENSIONS, check_image
-from .data.sources import read_csv
+from .data.sources import SPLIT_NAMES, read_csv
 from .errors import UserError
 
-_SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
 @dataclass
@@ -77,7 +76,7 @@ def _collect(path: Path, side: str, report: DataCheck) -> None:
         _collect_csv(path, side, report)
     elif path.is_dir():
         subdirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if "train" in subdirs and set(subdirs) <= set(_SPLIT_NAMES):
+        if "train" in subdirs and set(subdirs) <= set(SPLIT_NAMES):
             for name in subdirs:  # train/, val/, ...: each split folder is a side
                 _collect_folder(path / name, "train" if name == "train" else "val", report)
         else:

@@ -28,7 +28,7 @@ from .data.transforms import eval_transform, normalize
 from .engine.checkpoint import atomic_write_text, load_run_model
 from .errors import UserError
 
-TOP_K = 5
+from .metrics import TOP_K  # noqa: E402  (one top-k for metrics and predictions)
 
 
 # ---------------------------------------------------------------- loading a run

@@ -110,9 +110,10 @@ class ClassificationMetrics:
         for metric in (self._topk, self._auroc):
             metric.to(device)
         self._confmat = self._confmat.to(device)
-        self._ece_count = self._ece_count.to(device)
-        self._ece_conf = self._ece_conf.to(device)
-        self._ece_correct = self._ece_correct.to(device)
+        acc = accumulator_dtype(device)
+        self._ece_count = self._ece_count.to(device, acc)
+        self._ece_conf = self._ece_conf.to(device, acc)
+        self._ece_correct = self._ece_correct.to(device, acc)
 
     def update(self, logits: Tensor, target: Tensor, loss_sum: float | Tensor | None = None) -> None:
         """Add a batch: ``logits`` [N, K], integer ``target`` [N] in [0, K), and optionally the
@@ -140,12 +141,12 @@ class ClassificationMetrics:
         self._auroc.update(probs, target)
 
         confidence = probs.max(dim=1).values
-        correct = (predicted == target).double()
+        correct = (predicted == target).to(self._ece_correct.dtype)
         # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
         inner_edges = torch.linspace(0, 1, ECE_BINS + 1, device=logits.device)[1:]
         bins = torch.bucketize(confidence, inner_edges).clamp_(max=ECE_BINS - 1)
         self._ece_count.index_put_((bins,), torch.ones_like(correct), accumulate=True)
-        self._ece_conf.index_put_((bins,), confidence.double(), accumulate=True)
+        self._ece_conf.index_put_((bins,), confidence.to(self._ece_conf.dtype), accumulate=True)
         self._ece_correct.index_put_((bins,), correct, accumulate=True)
 
         self._num_samples += n
@@ -222,7 +223,15 @@ class ClassificationMetrics:
         return copy.deepcopy(self._summary()[1])
 
 
-def recall_warnings(scalars: dict, details: dict, gap: float = 0.2) -> list[str]:
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums over a whole epoch, except on Apple MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+RECALL_GAP = 0.2  # a class whose recall is this far (absolute) below accuracy is called out, in the log and the report
+
+
+def recall_warnings(scalars: dict, details: dict, gap: float = RECALL_GAP) -> list[str]:
     """Sentences for classes whose recall is more than ``gap`` below overall accuracy, worst first.
 
     Classes absent from the targets are skipped: their recall of 0 is a convention, not a failure.

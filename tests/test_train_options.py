@@ -86,3 +86,20 @@ def test_batch_size_auto_on_gpu_keeps_the_effective_batch(tiny_folder, tmp_path)
     assert "effective batch 512" in line
     last = torch.load(res.run_dir / "last.pt", weights_only=True)
     assert last["batch_size"] * last["accumulate"] == 512
+
+
+def test_plateau_gets_the_monitored_value_even_for_train_loss(tiny_folder, tmp_path, monkeypatch):
+    from imgcls.engine import fit
+    seen = []
+    real = fit.create_scheduler
+
+    def create_scheduler(*a, **k):
+        sch = real(*a, **k)
+        step_epoch = sch.step_epoch
+        sch.step_epoch = lambda v: (seen.append(v), step_epoch(v))
+        return sch
+    monkeypatch.setattr(fit, "create_scheduler", create_scheduler)
+    cfg = small_config(tiny_folder, tmp_path / "run", **{"sched.name": "plateau", "train.monitor": "train/loss"})
+    train(cfg, log=lambda *a: None)
+    rows = _rows(tmp_path / "run")
+    assert seen == pytest.approx([float(r["train/loss"]) for r in rows])

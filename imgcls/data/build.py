@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -30,6 +30,7 @@ class DataSplit:
     train: Side
     val: Side
     classes: list[str]
+    bad: list = field(default_factory=list)  # (path, problem) left out by data.on_bad_image=skip
 
     def counts(self, side: str) -> list[int]:
         labels = getattr(self, side).labels
@@ -65,7 +66,7 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
         names = resolve_classes(labels, [str(c) for c in classes] if classes else None)
         code = {c: i for i, c in enumerate(names)}
         full = Side(paths, [code[l] for l in labels], groups)
-        tr, va = split_indices(full.labels, groups, val_fraction, seed)
+        tr, va = split_indices(full.labels, groups, val_fraction, seed, names)
         train, val = full.subset(tr), full.subset(va)
     present = sorted(set(train.labels))
     if len(present) < 2:

@@ -13,7 +13,7 @@ from pathlib import Path
 from imgcls.data.decode import IMAGE_EXTENSIONS
 from imgcls.errors import UserError
 
-_SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
+SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
 
 
 def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -29,7 +29,7 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     if not class_dirs:
         raise UserError(f"image folder '{root}' has no class subfolders; put the images of each class in their own subfolder.")
     names = {d.name for d in class_dirs}
-    if "train" in names and names <= _SPLIT_NAMES:
+    if "train" in names and names <= SPLIT_NAMES:
         raise UserError(
             f"image folder '{root}' holds split folders ({', '.join(sorted(names))}), not classes; "
             f"point the training data at '{root / 'train'}' and the validation data at its sibling."

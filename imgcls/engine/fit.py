@@ -117,7 +117,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
         log(f"no data configured: training on the MNIST-5k demo in {demo}")
     split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
                         d.path_column, d.label_column, d.group_column, d.classes)
-    split = _drop_bad_images(split, d.on_bad_image, start is None and resume is None, log)
+    split = _drop_bad_images(split, d.on_bad_image, log)
     classes, K = split.classes, len(split.classes)
     channels = detect_channels(split.train.paths, d.channels)
     mean, std = default_mean_std(channels)
@@ -256,7 +256,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                     model, val_loader, criterion, metrics, device=device, mean=mean, std=std,
                     precision=cfg.train.precision)
             train_loss = (es.loss_sum / max(es.samples, 1)).item()
-            scheduler.step_epoch(scalars.get(cfg.train.monitor))
+            value = scalars.get(cfg.train.monitor, train_loss if cfg.train.monitor == "train/loss" else None)
+            scheduler.step_epoch(value)
             row = {"epoch": epoch + 1, "lr": get_lr(optimizer), "train/loss": train_loss, **scalars,
                    "seconds": round(time.perf_counter() - t0, 3)}
             append_metrics_row(run_dir / "metrics.csv", row)
@@ -266,7 +267,6 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                         writer.add_scalar(k, v, epoch + 1)
                 writer.flush()
 
-            value = scalars.get(cfg.train.monitor, train_loss if cfg.train.monitor == "train/loss" else None)
             finite = value is not None and math.isfinite(value) and all(
                 torch.isfinite(p).all() for p in model.parameters())
             improved = finite and (best_value is None or (value < best_value if direction == "min" else value > best_value))
@@ -362,7 +362,7 @@ def _make_mix(mixup: float, cutmix: float, num_classes: int):
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
-def _drop_bad_images(split, on_bad: str, first_start: bool, log):
+def _drop_bad_images(split, on_bad: str, log):
     """Quick scan before training: 'error' names every bad file at once, 'skip' leaves them out."""
     from ..data.decode import check_image
     bad = []

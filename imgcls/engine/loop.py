@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..data.transforms import normalize
 from ..errors import UserError
+from ..metrics import accumulator_dtype
 
 
 @dataclass
@@ -62,10 +63,11 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     steps (the mid-epoch checkpoint cadence, so a non-finite model is never checkpointed).
     """
     state = state or EpochState()
-    state.loss_sum = state.loss_sum.to(device)
+    acc = accumulator_dtype(device)
+    state.loss_sum = state.loss_sum.to(device, acc)
     windows = window_sizes(batch_sizes, accumulate)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # checked without a per-step sync
-    window_loss = torch.zeros((), dtype=torch.float64, device=device)  # joins the epoch's mean at the step
+    window_loss = torch.zeros((), dtype=acc, device=device)  # joins the epoch's mean at the step
     window_n = 0
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -83,7 +85,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         # Weight by share of the window: the sum over the window is the mean over its samples.
         scaled = loss * (n / windows[i])
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        window_loss += loss.detach().double() * n
+        window_loss += loss.detach().to(acc) * n
         window_n += n
         state.batches_done += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),

@@ -12,10 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .rundata import RunData
+from ..metrics import RECALL_GAP  # one threshold for the epoch log and the report
 
 IMBALANCE_RATIO = 3.0     # largest / smallest training class
 RARE_FRACTION = 1 / 3     # a class is "rare" below this fraction of the median training count
-RECALL_GAP = 0.10         # recall this far (absolute) below accuracy "trails" it
 OVERFIT_RISE = 0.10       # val loss this much (relative) above its minimum ...
 OVERFIT_EPOCHS = 2        # ... at least this many epochs after the minimum
 LR_END_FRACTION = 0.10    # a final LR above this fraction of the peak "ends high"
