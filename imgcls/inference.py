@@ -21,9 +21,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data.dataset import ImageDataset
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
-from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, pil_image_to_tensor
+from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
 from .data.transforms import eval_transform, normalize
 from .engine.checkpoint import atomic_write_text, load_run_model
 from .errors import UserError
@@ -81,15 +80,12 @@ def _to_image(item: Any, channels: int) -> torch.Tensor:
 class _InferenceImages(Dataset):
     """Items (index, one preprocessed uint8 image per view, None) or (index, None, reason) for a bad input.
 
-    Decoding goes through ImageDataset (the training loader's decoder); the eval transform is applied
-    here, outside ImageDataset's per-sample RNG seeding, which a deterministic transform does not need.
+    Files decode with ``load_image``, as in training; in-memory images convert as their files would.
     """
 
     def __init__(self, items: Sequence[Any], views: Sequence[tuple[int, int, float]]):
         self.items = list(items)
         self.views = list(views)
-        paths = [str(i) if isinstance(i, (str, os.PathLike)) else "" for i in self.items]
-        self.decoders = [ImageDataset(paths, [0] * len(paths), channels) for channels, _, _ in self.views]
         self.transforms = [eval_transform(size, crop) for _, size, crop in self.views]
 
     def __len__(self) -> int:
@@ -102,8 +98,8 @@ class _InferenceImages(Dataset):
         try:
             out = []
             is_path = isinstance(item, (str, os.PathLike))
-            for decoder, transform, (channels, _, _) in zip(self.decoders, self.transforms, self.views):
-                img = decoder[i][0] if is_path else _to_image(item, channels)
+            for transform, (channels, _, _) in zip(self.transforms, self.views):
+                img = load_image(item, channels=channels) if is_path else _to_image(item, channels)
                 out.append(transform(img))
             return i, out, None
         except BadImageError as e:
