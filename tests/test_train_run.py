@@ -149,3 +149,16 @@ def test_grouped_csv_run_keeps_groups_apart(tiny_folder, tmp_path):
     tr = {r["group"] for r in csv.DictReader(open(res.run_dir / "split/train.csv"))}
     va = {r["group"] for r in csv.DictReader(open(res.run_dir / "split/val.csv"))}
     assert tr and va and not tr & va
+
+
+def test_resume_refuses_changed_data(tiny_folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    run = tmp_path / "r"
+    train(small_config(data, run, **{"train.epochs": 1}), log=lambda *a: None)
+    (data / "cat" / "cat_000.png").unlink()  # the data changed under the run
+    before = (run / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "data differs from the run's" in err and "split" in err
+    assert (run / "last.pt").read_bytes() == before

@@ -75,6 +75,24 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
     return DataSplit(train, val, names)
 
 
+def check_same_split(split: DataSplit, folder: Path) -> None:
+    """On resume: the files and labels must be those the run started with (``folder/train.csv``,
+    ``folder/val.csv``), or the batches, and so the result, silently differ from the original run."""
+    for side in ("train", "val"):
+        path = Path(folder) / f"{side}.csv"
+        if not path.is_file():
+            continue  # killed before the split was written: nothing to compare with
+        with open(path, newline="") as f:
+            recorded = [(r["path"], r["label"]) for r in csv.DictReader(f)]
+        s = getattr(split, side)
+        now = [(p, split.classes[y]) for p, y in zip(s.paths, s.labels)]
+        if now != recorded:
+            changed = len(set(now) ^ set(recorded))
+            raise UserError(f"the {side} data differs from the run's {path} ({changed} file(s) added, removed or "
+                            "relabelled, or their order changed); restore the original files to resume, or start "
+                            "a new run.")
+
+
 def write_split_csv(side: Side, classes: list[str], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..config import Config, load_config, to_yaml
 from ..data import build_split, demo_root, write_split_csv
+from ..data.build import check_same_split
 from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
 from ..data.decode import image_channels
 from ..data.transforms import default_mean_std, eval_transform, get_preset, train_transform
@@ -118,6 +119,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
     split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
                         d.path_column, d.label_column, d.group_column, d.classes)
     split = _drop_bad_images(split, d.on_bad_image, log)
+    if start is not None:
+        check_same_split(split, run_dir / "split")
     classes, K = split.classes, len(split.classes)
     channels = detect_channels(split.train.paths, d.channels)
     mean, std = default_mean_std(channels)
