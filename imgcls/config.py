@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "small_cnn"             # imgcls list models: any timm name, or small_cnn
+    name: str = "resnet18"              # imgcls list models: any timm name, or small_cnn (tiny images)
     pretrained: Union[bool, str] = False  # false, or a path to a local weights file
     drop_rate: float = 0.0
 
@@ -303,8 +303,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or start from defaults), apply ``key=value`` overrides, validate."""
+    """Read a YAML file (or start from defaults), apply ``key=value`` overrides, validate.
+
+    With no file and no data override, the start is the demo's recipe (configs/demo.yaml): that is
+    the run `imgcls train` makes on the embedded demo data, and 224 px photo defaults would not fit it.
+    """
     d: dict = {}
+    if path is None and not any(o.split("=", 1)[0].strip() in ("data.root", "data.csv") for o in overrides):
+        import copy
+        from .data.demo import DEMO_RECIPE
+        d = copy.deepcopy(DEMO_RECIPE)
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -99,3 +99,11 @@ def test_demo_config_matches_the_documented_recipe():
     cfg = load_config(ROOT / "configs/demo.yaml")
     assert cfg.data.root is None and cfg.data.csv is None  # -> the embedded demo data
     assert cfg.data.augment == "digits" and cfg.model.name == "small_cnn"
+
+
+def test_bare_train_uses_the_demo_recipe_equal_to_configs_demo_yaml():
+    assert load_config(None) == load_config(ROOT / "configs/demo.yaml")
+    assert load_config(None, ["train.epochs=2"]).train.epochs == 2
+    # with data given, the photo defaults apply
+    cfg = load_config(None, ["data.root=photos"])
+    assert cfg.data.image_size == Config().data.image_size and cfg.data.augment == "default"
