@@ -241,7 +241,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, epochs: Optional[int
                     return True
                 if every and step % every == 0 and st.batches_done < len(sampler):
                     checkpoint(epoch, st)
-                return False
+                return stop.signum is not None  # a signal during that save: stop now, not a step later
 
             with _explain_oom(batch_size, accumulate, "training"):
                 es, global_step = train_epoch(
