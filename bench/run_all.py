@@ -7,6 +7,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_train_demo.py", "bench_predict.py"):
-    print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
+for script, args in (("bench_train_demo.py", ["--repeats", "3"]), ("bench_predict.py", [])):
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
