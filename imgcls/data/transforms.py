@@ -6,7 +6,7 @@ normalisation happen once per batch on the training device (see ``normalize``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -90,8 +90,11 @@ def default_mean_std(channels: int) -> tuple[list[float], list[float]]:
     return [0.5] * channels, [0.5] * channels
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 [N,C,H,W] (any device) -> float32 normalised; done once per batch on the device."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [N,C,H,W] (any device) -> float32 normalised; done once per batch on the device.
+
+    ``mean``/``std`` are sequences, or float32 tensors already on the device (no copy per batch).
+    """
+    m = torch.as_tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     return (x.float() / 255.0 - m) / s

@@ -69,6 +69,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # checked without a per-step sync
     window_loss = torch.zeros((), dtype=acc, device=device)  # joins the epoch's mean at the step
     window_n = 0
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # once, not per batch
     model.train()
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, total=len(batch_sizes), desc=f"epoch {epoch + 1}", leave=False,
@@ -89,7 +90,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         window_n += n
         state.batches_done += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                torch.tensor(global_step, device=device), first_bad)
+                                global_step, first_bad)
 
         if (i + 1) % accumulate and i + 1 != len(batch_sizes):
             continue  # still inside the accumulation window
@@ -189,13 +190,15 @@ def validate(model: nn.Module, loader, criterion: nn.Module, metrics, *, device:
     model.eval()
     metrics.reset()
     probs, indices = [], []
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     for images, labels, idx in tqdm(loader, desc="validate", leave=False, disable=not progress):
         x = normalize(images.to(device, non_blocking=True), mean, std)
         y = labels.to(device, non_blocking=True)
         with autocast_context(device, precision):
             logits = model(x).float()
         loss = criterion(logits, y) if criterion is not None else None
-        metrics.update(logits, y, None if loss is None else float(loss) * len(y))
+        # the loss stays on the device: no host sync per batch for it
+        metrics.update(logits, y, None if loss is None else loss.detach().to(accumulator_dtype(device)) * len(y))
         probs.append(logits.softmax(dim=1).cpu())
         indices.append(idx)
     return metrics.compute(), metrics.details(), torch.cat(probs), torch.cat(indices)
