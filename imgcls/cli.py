@@ -10,25 +10,21 @@ from .errors import UserError
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from .config import load_config, parse_override
-    from .engine import train
+    from .api import resume, resume_overrides, train
+    from .config import load_config
 
-    if a.resume:
-        extra = [parse_override(o) for o in ([a.config] if a.config else []) + a.overrides]
-        epochs = None
-        for key, value in extra:
-            if key != "train.epochs":
-                raise UserError(f"only train.epochs may change on resume, not '{key}'; start a new run to "
-                                "change other settings.")
-            epochs = value
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-            raise UserError(f"config key 'train.epochs' must be a positive integer, got {epochs!r}.")
-        train(None, resume=a.resume, epochs=epochs)
-        return 0
-    config, overrides = a.config, list(a.overrides)
-    if config and "=" in config and not Path(config).exists():  # `imgcls train key=value ...`
-        config, overrides = None, [config] + overrides
-    train(load_config(config, overrides))
+    with _WarningsPrinted():
+        if a.resume:
+            words = ([a.config] if a.config else []) + a.overrides
+            if a.config and "=" not in a.config:
+                raise UserError(f"'{a.config}' cannot be given with --resume: a resumed run keeps the config in "
+                                f"{a.resume}/config.yaml; pass only train.epochs=N to train longer.")
+            resume(a.resume, epochs=resume_overrides(words))
+            return 0
+        config, overrides = a.config, list(a.overrides)
+        if config and "=" in config and not Path(config).exists():  # `imgcls train key=value ...`
+            config, overrides = None, [config] + overrides
+        train(load_config(config, overrides))
     return 0
 
 
@@ -90,23 +86,25 @@ def _add_inference_options(p) -> None:
 
 
 class _WarningsPrinted:
-    """imgcls's own warnings as one 'warning: ...' line each (also when the command fails); others as Python shows them."""
+    """imgcls's own warnings as one 'warning: ...' line each, shown when they happen; others as Python shows them."""
 
     def __enter__(self):
         import warnings
 
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
+        self._catcher = warnings.catch_warnings()  # restores showwarning on exit
+        self._catcher.__enter__()
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if "imgcls" in Path(filename).parts:
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
 
     def __exit__(self, *exc):
-        import warnings
-
         self._catcher.__exit__(*exc)
-        for w in self._caught:
-            if "imgcls" in Path(w.filename).parts:
-                print(f"warning: {w.message}", file=sys.stderr)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         return False
 
 
@@ -274,13 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .engine.fit import TrainingInterrupted
+    from .api import ReportInterrupted
+    from .engine.signals import TrainingInterrupted
     try:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as e:
+    except (TrainingInterrupted, ReportInterrupted) as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

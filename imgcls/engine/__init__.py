@@ -1,5 +1,12 @@
-"""The training engine: the loop (train_epoch, validate), checkpoints, and the whole run (train)."""
-from .fit import RunResult, TrainingInterrupted, train
-from .loop import EpochState, train_epoch, validate
+"""The training engine: build a Run (build.py), run its epochs (fit.py) through the loop (loop.py:
+train_epoch, validate), with last.pt (checkpoint.py), the run folder (rundir.py) and signals.
 
-__all__ = ["RunResult", "TrainingInterrupted", "train", "EpochState", "train_epoch", "validate"]
+Use ``imgcls.train`` / ``imgcls.resume`` (imgcls/api.py) to train with the report at the end.
+"""
+from .build import FitConfig, Progress, Run, build_run
+from .fit import RunResult, fit
+from .loop import BatchPrep, EpochState, StepConfig, train_epoch, validate
+from .signals import TrainingInterrupted
+
+__all__ = ["Run", "Progress", "FitConfig", "build_run", "fit", "RunResult", "TrainingInterrupted",
+           "EpochState", "StepConfig", "BatchPrep", "train_epoch", "validate"]

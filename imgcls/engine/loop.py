@@ -1,39 +1,65 @@
-"""The training process, explicit: one function trains an epoch, one validates."""
+"""The training process, explicit: one function trains an epoch, one validates.
+
+``train_epoch`` is the course's five steps in order, plus gradient accumulation:
+
+    model.train(); optimizer.zero_grad(); loss = criterion(model(x), y); loss.backward(); optimizer.step()
+
+The knobs fixed for a run live in ``StepConfig``; what turns a loader batch into model input lives in
+``BatchPrep`` (imgcls.data.prep); where the run stands lives in ``EpochState``. EMA and similar
+additions hook in through ``on_step``; DDP's gradient sync through the wrapped model.
+"""
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from ..data.transforms import normalize
+from ..data.prep import BatchPrep
+from ..device import accumulator_dtype, autocast_context
 from ..errors import UserError
-from ..metrics import accumulator_dtype
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What every optimizer step of a run does the same way."""
+    batch_sizes: tuple[int, ...]        # micro-batch sizes of one epoch, in order (see window_sizes)
+    accumulate: int = 1                 # micro-batches per optimizer step
+    precision: str = "32"               # 32 | bf16 | 16 (16 scales the loss with a GradScaler)
+    clip_grad: Optional[float] = None   # max global gradient norm; None = off
+    skip_nonfinite: bool = False        # skip (and count) a step whose loss is NaN/inf, instead of stopping
+    check_every: int = 0                # also check for a non-finite loss every N steps (the checkpoint cadence)
 
 
 @dataclass
 class EpochState:
-    """Progress inside one epoch; saved in mid-epoch checkpoints so a resume continues exactly."""
+    """Where training stands: the epoch, the optimizer steps so far, and the running sums of the epoch.
+
+    ``train_epoch`` writes every field but ``epoch``, which only ``next_epoch`` advances. Saved in
+    last.pt (also mid-epoch), so a resume continues exactly.
+    """
+    epoch: int = 0                        # 0-based index of the epoch being trained
+    global_step: int = 0                  # optimizer steps since the run began
     batches_done: int = 0                 # micro-batches consumed this epoch
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
-    samples: int = 0
+    samples: int = 0                      # samples behind loss_sum (skipped steps excluded)
     skipped_steps: int = 0                # optimizer steps skipped for a non-finite loss
+
+    @property
+    def mean_loss(self) -> float:
+        """train/loss: NaN when no step of the epoch was finite."""
+        return (self.loss_sum / self.samples).item() if self.samples else float("nan")
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done, self.samples, self.skipped_steps = 0, 0, 0
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
 
 
 class NonFiniteLoss(UserError):
     pass
-
-
-def autocast_context(device: torch.device, precision: str):
-    """One precision context for the whole step: fp32 (no-op), bf16 or fp16 autocast."""
-    if precision == "32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def window_sizes(batch_sizes: Sequence[int], accumulate: int) -> list[int]:
@@ -45,87 +71,100 @@ def window_sizes(batch_sizes: Sequence[int], accumulate: int) -> list[int]:
     return out
 
 
-def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler, *, device: torch.device, mean: Sequence[float], std: Sequence[float],
-                batch_sizes: Sequence[int], accumulate: int = 1, precision: str = "32",
-                scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None,
-                mix: Optional[Callable] = None, state: Optional[EpochState] = None,
-                global_step: int = 0, skip_nonfinite: bool = False, epoch: int = 0,
-                after_step: Optional[Callable[[int, EpochState], bool]] = None,
-                progress: bool = True, check_every: int = 0) -> tuple[EpochState, int]:
-    """Train one epoch (or its remainder, from ``state.batches_done``); returns (state, global_step).
+def train_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler, step: StepConfig, prep: BatchPrep, state: EpochState,
+                scaler: torch.amp.GradScaler, on_step: Optional[Callable[[EpochState], bool]] = None) -> EpochState:
+    """Train one epoch, or its remainder from ``state.batches_done``; ``loader`` yields what is left.
 
-    ``batch_sizes`` are the sizes of the remaining micro-batches, so each micro-batch's loss
-    can be weighted by its share of its window's samples: every window, including a partial
-    last one, then equals one large batch of its actual size.
-    ``after_step(global_step, state)`` runs after each optimizer step; returning True stops early.
-    The loss is checked for NaN/inf every 50 optimizer steps, at the end, and every ``check_every``
-    steps (the mid-epoch checkpoint cadence, so a non-finite model is never checkpointed).
+    Each micro-batch's loss is weighted by its share of its accumulation window, so every window,
+    a partial last one included, equals one large batch of its actual size. ``scaler`` is a
+    GradScaler, enabled only for precision 16 (a no-op otherwise). ``on_step(state)`` runs after each
+    optimizer step; returning True stops the epoch there. The loss is checked for NaN/inf every 50
+    optimizer steps, every ``step.check_every`` steps and at the end (one host sync each, not per step).
     """
-    state = state or EpochState()
-    acc = accumulator_dtype(device)
+    device, acc = prep.device, accumulator_dtype(prep.device)
+    n_batches = len(step.batch_sizes)
+    windows = window_sizes(step.batch_sizes, step.accumulate)
     state.loss_sum = state.loss_sum.to(device, acc)
-    windows = window_sizes(batch_sizes, accumulate)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # checked without a per-step sync
-    window_loss = torch.zeros((), dtype=acc, device=device)  # joins the epoch's mean at the step
+    window_loss = torch.zeros((), dtype=acc, device=device)  # joins the epoch's sum at the step
     window_n = 0
-    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # once, not per batch
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, total=len(batch_sizes), desc=f"epoch {epoch + 1}", leave=False,
-               disable=not progress, dynamic_ncols=True)
-    for i, (images, labels, _) in enumerate(bar):
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        y = labels.to(device, non_blocking=True)
-        if mix is not None:
-            x, y = mix(x, y)  # MixUp/CutMix: y becomes class probabilities
-        with autocast_context(device, precision):
-            output = model(x)
-            loss = criterion(output.float(), y)
+    for images, targets, _ in loader:
+        j = state.batches_done  # this micro-batch's index in the epoch
+        x, y = prep(images, targets)  # on the device, normalised; MixUp/CutMix make y probabilities
+        with autocast_context(device, step.precision):
+            output = model(x)                                # forward
+            loss = criterion(output.float(), y)              # loss = criterion(output, labels)
         n = images.shape[0]
-        # Weight by share of the window: the sum over the window is the mean over its samples.
-        scaled = loss * (n / windows[i])
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        scaler.scale(loss * (n / windows[j])).backward()     # loss.backward(), weighted by window share
         window_loss += loss.detach().to(acc) * n
         window_n += n
         state.batches_done += 1
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
-                                global_step, first_bad)
-
-        if (i + 1) % accumulate and i + 1 != len(batch_sizes):
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.global_step, first_bad)
+        if (j + 1) % step.accumulate and j + 1 != n_batches:
             continue  # still inside the accumulation window
-        if skip_nonfinite and int(first_bad) >= 0:  # a host sync per step, only when asked for
-            optimizer.zero_grad(set_to_none=True)
+
+        if step.skip_nonfinite and int(first_bad) >= 0:  # a host sync per step, only when asked for
             state.skipped_steps += 1  # its loss stays out of train/loss
             first_bad.fill_(-1)
         else:
             state.loss_sum += window_loss
             state.samples += window_n
-            if clip_grad:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if step.clip_grad:
+                scaler.unscale_(optimizer)                   # true gradients before clipping
+                nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad)
+            scaler.step(optimizer)                           # optimizer.step()
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)                # optimizer.zero_grad() for the next window
         window_loss.zero_()
         window_n = 0
-        global_step += 1
-        scheduler.step_update(global_step)  # the LR for the next optimizer step
-        if progress and global_step % 10 == 0:
-            bar.set_postfix(loss=f"{(state.loss_sum / max(state.samples, 1)).item():.4f}")
-        if not skip_nonfinite and (global_step % 50 == 0 or i + 1 == len(batch_sizes)
-                                   or (check_every and global_step % check_every == 0)):
-            _raise_if_nonfinite(first_bad, epoch)
-        if after_step is not None and after_step(global_step, state):
+        state.global_step += 1
+        scheduler.step_update(state.global_step)  # the LR of the next optimizer step
+        s = state.global_step
+        if not step.skip_nonfinite and (s % 50 == 0 or j + 1 == n_batches
+                                        or (step.check_every and s % step.check_every == 0)):
+            _raise_if_nonfinite(first_bad, state.epoch)
+        if on_step is not None and on_step(state):
             break
-    bar.close()
-    if not skip_nonfinite:
-        _raise_if_nonfinite(first_bad, epoch)
-    return state, global_step
+    if not step.skip_nonfinite:
+        _raise_if_nonfinite(first_bad, state.epoch)
+    return state
+
+
+def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise NonFiniteLoss(f"the loss became NaN or infinite at epoch {epoch + 1}, optimizer step {step + 1}; "
+                            "lower optim.lr, set optim.clip_grad, or set train.skip_nonfinite=true.")
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(dim=1)
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, loader: Iterable, criterion: Optional[nn.Module], metrics, prep: BatchPrep, *,
+             precision: str = "32", probabilities: Callable = _softmax
+             ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Inference on held-out data under model.eval(), no gradients: (scalars, details,
+    probabilities [N, K] on the CPU, dataset indices [N]). ``probabilities`` is the task's."""
+    model.eval()
+    metrics.reset()
+    probs, indices = [], []
+    acc = accumulator_dtype(prep.device)
+    for images, targets, idx in loader:
+        x = prep.images(images)
+        y = targets.to(prep.device, non_blocking=True)
+        with autocast_context(prep.device, precision):
+            logits = model(x).float()
+        loss = criterion(logits, y) if criterion is not None else None
+        # the loss stays on the device: no host sync per batch for it
+        metrics.update(logits, y, None if loss is None else loss.detach().to(acc) * len(y))
+        probs.append(probabilities(logits).cpu())
+        indices.append(idx)
+    return metrics.compute(), metrics.details(), torch.cat(probs), torch.cat(indices)
 
 
 def fit_micro_batch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -173,32 +212,3 @@ def fit_micro_batch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-
-
-def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad)
-    if step >= 0:
-        raise NonFiniteLoss(f"the loss became NaN or infinite at epoch {epoch + 1}, optimizer step {step + 1}; "
-                            "lower optim.lr, set optim.clip_grad, or set train.skip_nonfinite=true.")
-
-
-@torch.inference_mode()
-def validate(model: nn.Module, loader, criterion: nn.Module, metrics, *, device: torch.device,
-             mean: Sequence[float], std: Sequence[float], precision: str = "32",
-             progress: bool = False) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
-    """Inference on held-out data: returns (scalars, details, probabilities [N,K], dataset indices [N])."""
-    model.eval()
-    metrics.reset()
-    probs, indices = [], []
-    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
-    for images, labels, idx in tqdm(loader, desc="validate", leave=False, disable=not progress):
-        x = normalize(images.to(device, non_blocking=True), mean, std)
-        y = labels.to(device, non_blocking=True)
-        with autocast_context(device, precision):
-            logits = model(x).float()
-        loss = criterion(logits, y) if criterion is not None else None
-        # the loss stays on the device: no host sync per batch for it
-        metrics.update(logits, y, None if loss is None else loss.detach().to(accumulator_dtype(device)) * len(y))
-        probs.append(logits.softmax(dim=1).cpu())
-        indices.append(idx)
-    return metrics.compute(), metrics.details(), torch.cat(probs), torch.cat(indices)

@@ -1,4 +1,4 @@
-"""The run folder: its creation, provenance (env.json), metrics.csv rows, predictions, TensorBoard."""
+"""The run folder: its creation, provenance (env.json), metrics.csv rows, TensorBoard."""
 from __future__ import annotations
 
 import csv
@@ -12,12 +12,13 @@ from typing import Optional
 import torch
 
 from .. import __version__
-from ..config import Config
 from ..errors import UserError
-from ..metrics import METRIC_NAMES
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
-CSV_COLUMNS = ["epoch", "lr", "train/loss", *METRIC_NAMES[1:], "seconds"]
+
+def csv_columns(metric_names: list[str]) -> list[str]:
+    """metrics.csv's header: epoch, lr, the task's scalars (train/loss first), seconds."""
+    return ["epoch", "lr", *metric_names, "seconds"]
 
 
 def next_run_dir(root: str, name: str) -> Path:
@@ -28,19 +29,33 @@ def next_run_dir(root: str, name: str) -> Path:
     return base / f"{name}-{n}"
 
 
-def create_run_dir(cfg: Config) -> Path:
-    """A new folder, never an existing one (resume is the only way to write into one)."""
+def create_run_dir(explicit: Optional[str], root: str, name: str) -> Path:
+    """A new folder (``run.dir``, else ``root/name-<n>``), never an existing one: resume is the only
+    way to write into one."""
     for _ in range(100):  # another process may take the same number: retry with the next one
-        run_dir = Path(cfg.run.dir) if cfg.run.dir else next_run_dir(cfg.run.root, cfg.run.name)
+        run_dir = Path(explicit) if explicit else next_run_dir(root, name)
+        key = "run.dir" if explicit else "run.root"
+        blocker = next((p for p in [run_dir.parent, *run_dir.parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserError(f"{key} '{run_dir}' lies inside '{blocker}', which is a file, not a folder; "
+                            f"choose another {key}.")
         try:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             run_dir.mkdir()
             return run_dir
         except FileExistsError:
-            if cfg.run.dir:
+            if explicit:
+                if not run_dir.is_dir():
+                    raise UserError(f"run.dir '{run_dir}' is an existing file; choose another run.dir.") from None
                 raise UserError(f"run folder '{run_dir}' already exists; choose another run.dir, "
-                                f"or continue it with 'imgcls train --resume {run_dir}'.")
-    raise UserError(f"could not create a run folder under '{cfg.run.root}'; set run.dir explicitly.")
+                                f"or continue it with 'imgcls train --resume {run_dir}'.") from None
+        except PermissionError:
+            raise UserError(f"cannot create the run folder '{run_dir}' (permission denied); choose a writable "
+                            f"{key}.") from None
+        except OSError as e:
+            raise UserError(f"cannot create the run folder '{run_dir}' ({e.strerror or e}); choose a writable "
+                            f"{key}.") from None
+    raise UserError(f"could not create a run folder under '{root}'; set run.dir explicitly.")
 
 
 def git_commit() -> Optional[str]:
@@ -64,25 +79,15 @@ def env_info(device: torch.device, seed: int) -> dict:
     }
 
 
-def append_metrics_row(path: Path, row: dict) -> None:
+def append_metrics_row(path: Path, row: dict, columns: list[str]) -> None:
     """Rewrite metrics.csv atomically with one more row: a crash never leaves a torn line."""
     old = path.read_text() if path.exists() else ""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     if not old:
         w.writeheader()
-    w.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    w.writerow({k: row.get(k, "") for k in columns})
     atomic_write_text(path, old + buf.getvalue())
-
-
-def val_predictions_csv(paths, labels, probs, indices, classes) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "pred", *[f"prob_{c}" for c in classes]])
-    pred = probs.argmax(1).tolist()
-    for row, i in enumerate(indices.tolist()):
-        w.writerow([paths[i], classes[labels[i]], classes[pred[row]], *[f"{p:.6g}" for p in probs[row].tolist()]])
-    return buf.getvalue()
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:

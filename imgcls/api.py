@@ -1,0 +1,101 @@
+"""The public entry points: train a new run, resume one. They compose the engine (build_run + fit)
+and the report, which is why they live above both.
+
+``resume`` owns the rule of what may change when a run continues: only ``train.epochs`` (exact resume
+needs everything else, the data included, to be what the run started with).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import Config, load_config, parse_override
+from .engine.build import build_run
+from .engine.checkpoint import load_last
+from .engine.fit import OnEpoch, RunResult, fit
+from .errors import UserError
+
+RESUMABLE_KEYS = ("train.epochs",)  # what may differ on resume; everything else comes from the run folder
+
+
+def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], None] = print,
+          on_epoch: Optional[OnEpoch] = None, **unexpected) -> RunResult:
+    """Train with ``cfg`` into a new run folder; ``report`` None follows ``run.report``.
+
+    ``on_epoch(epoch, row) -> bool`` is called after each epoch's metrics row is written; True stops.
+    """
+    if "resume" in unexpected:
+        raise UserError("imgcls.train does not resume runs; call imgcls.resume(run_dir, epochs=...) instead.")
+    if unexpected:
+        raise TypeError(f"train() got unexpected keyword argument(s) {', '.join(unexpected)}")
+    if not isinstance(cfg, Config):
+        raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
+    run = build_run(cfg, log=log)
+    result = fit(run, on_epoch)
+    _finish(result, cfg.run.report if report is None else report, log)
+    return result
+
+
+def resume_overrides(texts: Sequence[str]) -> Optional[object]:
+    """The CLI's ``key=value`` words on ``--resume``: the new train.epochs value (or None); any other
+    key is refused in one sentence."""
+    epochs = None
+    for text in texts:
+        if "=" not in text:
+            raise UserError(f"'{text}' is not a key=value override; a resumed run keeps its config file, so pass "
+                            "only train.epochs=N after --resume RUN.")
+        key, value = parse_override(text)
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"only train.epochs may change on resume, not '{key}'; start a new run to "
+                            "change other settings.")
+        epochs = value
+    return epochs
+
+
+def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
+           log: Callable[[str], None] = print, on_epoch: Optional[OnEpoch] = None) -> RunResult:
+    """Continue ``run_dir`` from its last.pt; ``epochs`` may raise train.epochs (never lower it below
+    the epochs already done). More epochs re-lay the LR schedule over the new length."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
+                        "'imgcls train'.")
+    cfg = load_config(run_dir / "config.yaml")
+    # No last.pt and no metrics.csv: killed before its first checkpoint, so nothing was trained yet
+    # and the run starts again in its own folder. Otherwise last.pt is required.
+    start = None
+    if (run_dir / "last.pt").exists() or (run_dir / "metrics.csv").exists():
+        start = load_last(run_dir / "last.pt")
+    if epochs is not None:
+        old = cfg.train.epochs
+        cfg = cfg.replace(**{"train.epochs": epochs})
+        done = start["epoch"] if start else 0
+        if cfg.train.epochs < done:
+            raise UserError(f"train.epochs={cfg.train.epochs} is fewer than the {done} epoch(s) '{run_dir}' has "
+                            f"already trained; pass train.epochs={done} or more, or start a new run.")
+        if cfg.train.epochs != old:
+            log(f"train.epochs {old} -> {cfg.train.epochs}: the {cfg.sched.name} LR schedule is laid over the "
+                "new length, so the learning rate continues from where that longer schedule stands at this epoch")
+    run = build_run(cfg, run_dir=run_dir, start=start, log=log)
+    result = fit(run, on_epoch)
+    _finish(result, cfg.run.report if report is None else report, log)
+    return result
+
+
+class ReportInterrupted(Exception):
+    """Ctrl-C while the report was being written: training itself had finished."""
+    exit_code = 130
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted while writing the report; training had finished and {run_dir} holds "
+                         f"the trained model. Rebuild the report with: imgcls report {run_dir}")
+
+
+def _finish(result: RunResult, report: bool, log) -> None:
+    if report:
+        from .report import write_report
+        try:
+            log(f"report: {write_report(result.run_dir)}")
+        except KeyboardInterrupt:
+            raise ReportInterrupted(result.run_dir) from None
+    log(f"run folder: {result.run_dir}")

@@ -1,0 +1,306 @@
+"""Build a run: from a validated Config to a ``Run`` holding everything the epoch loop needs.
+
+``build_run`` does every check that can fail before the run folder is created, then creates it (a
+new run) or restores ``last.pt`` into the Run (a resume). ``Run.state_dict()`` is the one place
+that knows what last.pt holds. Tests replace a Run's parts (criterion, validate inputs...) directly.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import Config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
+from ..data import DataSplit, build_split, demo_root, write_split_csv
+from ..data.build import check_same_split
+from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
+from ..data.decode import image_channels
+from ..data.prep import BatchPrep
+from ..data.transforms import default_mean_std, get_preset, train_transform
+from ..device import resolve_device, rng_state, seed_everything, set_rng_state
+from ..errors import UserError
+from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
+from ..losses import class_weights_from_counts, create_loss
+from ..modelinfo import ModelInfo
+from ..models import create_model
+from ..optim import create_optimizer, create_scheduler, scheduler_takes
+from ..tasks import Task, get_task
+from .loop import EpochState, StepConfig, fit_micro_batch
+from .rundir import create_run_dir, env_info, truncate_metrics
+
+AUTO_BATCH_START = 256  # train.batch_size=auto: effective batch 256 x train.accumulate
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What the epoch loop decides by: fixed for a run."""
+    epochs: int
+    monitor: str                 # the metric that picks best.safetensors, stops early, drives plateau
+    direction: str               # 'max' | 'min', from the task's table
+    patience: Optional[int]      # early stopping: epochs without improvement; None = off
+    checkpoint_every: int        # mid-epoch last.pt every N optimizer steps; 0 = off
+    progress: bool               # per-batch bar (the per-epoch line is always printed)
+
+
+@dataclass
+class Progress:
+    """The run's counters; ``position`` is written by train_epoch, the rest by fit."""
+    position: EpochState = field(default_factory=EpochState)
+    best_value: Optional[float] = None
+    best_epoch: int = -1          # 1-based epoch of best.safetensors; -1 = none yet
+    bad_epochs: int = 0           # epochs since the monitor last improved
+
+    def state_dict(self) -> dict:
+        p = self.position
+        return {"epoch": p.epoch, "global_step": p.global_step, "best_value": self.best_value,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "epoch_state": None if p.batches_done == 0 else {
+                    "batches_done": p.batches_done, "loss_sum": p.loss_sum.detach().cpu(),
+                    "samples": p.samples, "skipped_steps": p.skipped_steps}}
+
+    def load_state_dict(self, d: dict) -> None:
+        es = d.get("epoch_state") or {}
+        self.position = EpochState(d["epoch"], d["global_step"], es.get("batches_done", 0),
+                                   es["loss_sum"].double() if es else torch.zeros((), dtype=torch.float64),
+                                   es.get("samples", 0), es.get("skipped_steps", 0))
+        self.best_value, self.best_epoch, self.bad_epochs = d["best_value"], d["best_epoch"], d["bad_epochs"]
+
+
+@dataclass
+class Run:
+    cfg: Config
+    run_dir: Path
+    task: Task
+    info: ModelInfo               # the model record; fit updates epoch/monitor value at each best
+    split: DataSplit
+    device: torch.device
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler  # enabled for precision 16 only (a no-op otherwise)
+    sampler: EpochBatchSampler
+    train_loader: object
+    val_loader: object
+    step: StepConfig
+    prep: BatchPrep               # training batches (with MixUp/CutMix)
+    eval_prep: BatchPrep          # validation batches
+    metrics: object
+    plan: FitConfig
+    progress: Progress = field(default_factory=Progress)
+    resumed: bool = False
+    log: Callable[[str], None] = print
+
+    def state_dict(self) -> dict:
+        """What last.pt holds: tensors and plain values only (loads with weights_only=True)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() or None,
+                **self.progress.state_dict(), "rng": rng_state(), "imgcls": __version__,
+                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.scheduler.load_state_dict(d["scheduler"])
+        if d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
+        self.progress.load_state_dict(d)
+        set_rng_state(d["rng"])
+
+
+# ---------------------------------------------------------------- the pieces, in data-flow order
+
+def _device(cfg: Config) -> torch.device:
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "16" and device.type != "cuda":
+        raise UserError("train.precision=16 needs a CUDA GPU (it uses a GradScaler); use bf16 or 32 on "
+                        f"'{device.type}'.")
+    return device
+
+
+def _split(cfg: Config, log) -> DataSplit:
+    d = cfg.data
+    root, val_root, csv_path, val_csv = d.root, d.val_root, d.csv, d.val_csv
+    if not (root or csv_path):
+        demo = demo_root()
+        root, val_root, csv_path, val_csv = str(demo / "train"), str(demo / "val"), None, None
+        log(f"no data configured: training on the MNIST-5k demo in {demo}")
+    split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
+                        d.path_column, d.label_column, d.group_column, d.classes)
+    return _drop_bad_images(split, d.on_bad_image, log)
+
+
+def _drop_bad_images(split: DataSplit, on_bad: str, log) -> DataSplit:
+    """Quick scan before training: 'error' names every bad file at once, 'skip' leaves them out."""
+    from ..data.decode import check_image
+    bad = []
+    for side in ("train", "val"):
+        s = getattr(split, side)
+        bad_here = [(i, why) for i, why in ((i, check_image(p)) for i, p in enumerate(s.paths)) if why]
+        if not bad_here:
+            continue
+        bad += [(s.paths[i], why) for i, why in bad_here]
+        if on_bad == "skip":
+            drop = {i for i, _ in bad_here}
+            setattr(split, side, s.subset([i for i in range(len(s)) if i not in drop]))
+    if bad and on_bad == "error":
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise UserError(f"{len(bad)} unreadable image(s): {listing}; remove them or set data.on_bad_image=skip.")
+    if bad:
+        log(f"skipping {len(bad)} unreadable image(s); listed in bad_images.csv")
+    split.bad = bad
+    return split
+
+
+def _detect_channels(paths: list[str], setting) -> int:
+    """1 when every sampled image is grayscale, else 3 (a header read, no full decode)."""
+    if setting != "auto":
+        return int(setting)
+    step = max(1, len(paths) // 64)
+    return 1 if all(image_channels(p) == 1 for p in paths[::step][:64]) else 3
+
+
+def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str) -> ModelInfo:
+    d = cfg.data
+    channels = _detect_channels(split.train.paths, d.channels)
+    mean, std = default_mean_std(channels)
+    mean, std = list(d.mean or mean), list(d.std or std)
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"data.mean and data.std need {channels} value(s) for {channels}-channel images.")
+    return ModelInfo(architecture=cfg.model.name, classes=tuple(split.classes), channels=channels,
+                     image_size=d.image_size, crop_pct=d.crop_pct, mean=tuple(mean), std=tuple(std),
+                     augment=d.augment, allows_flip=get_preset(d.augment).allows_flip, task=task.name,
+                     monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__)
+
+
+def _criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
+    cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights)
+    return create_loss(task.resolve_loss(cfg.loss.name), task.head_size(split.classes),
+                       class_weights=None if cw is None else cw.to(device), **loss_kwargs(cfg))
+
+
+def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimizer, device, info: ModelInfo,
+                   log) -> tuple[int, int]:
+    """(micro-batch, accumulate). ``auto`` halves from 256 until a training step fits in GPU memory,
+    raising accumulate so the effective batch stays 256 x train.accumulate; a resume reuses the
+    sizes it started with, so its batches are those of the uninterrupted run."""
+    if cfg.train.batch_size != "auto":
+        return cfg.train.batch_size, cfg.train.accumulate
+    if start is not None and "batch_size" in start:  # the micro-batch the run started with
+        return start["batch_size"], start["accumulate"]
+    if device.type != "cuda":
+        raise UserError(f"train.batch_size=auto probes GPU memory, but the device is '{device.type}'; "
+                        "set a number instead, e.g. train.batch_size=64.")
+    size = info.image_size
+    micro, accumulate = fit_micro_batch(model, criterion, optimizer, device=device,
+                                        image_shape=(info.channels, size, size), num_classes=info.num_outputs,
+                                        batch_size=AUTO_BATCH_START, accumulate=cfg.train.accumulate,
+                                        precision=cfg.train.precision)
+    log(f"train.batch_size=auto: micro-batch {micro} x accumulate {accumulate} "
+        f"(effective batch {micro * accumulate})")
+    return micro, accumulate
+
+
+def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device):
+    d = cfg.data
+    train_ds = ImageDataset(split.train.paths, split.train.labels, info.channels,
+                            train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed)
+    val_ds = ImageDataset(split.val.paths, split.val.labels, info.channels, info.eval_transform())
+    weights = balanced_weights(split.train.labels, len(split.classes)) if d.sampler == "balanced" else None
+    sampler = EpochBatchSampler(len(train_ds), batch_size, cfg.train.seed, True, weights)
+    val_sampler = EpochBatchSampler(len(val_ds), batch_size * 2, 0, shuffle=False)
+    pin = device.type == "cuda"
+    return sampler, make_loader(train_ds, sampler, d.num_workers, pin), make_loader(val_ds, val_sampler,
+                                                                                   d.num_workers, pin)
+
+
+def _make_mix(mixup: float, cutmix: float, num_classes: int):
+    if not (mixup or cutmix):
+        return None
+    from torchvision.transforms import v2
+    ops = []
+    if mixup:
+        ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix:
+        ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+
+def _show_progress(setting) -> bool:
+    """train.progress: auto shows the per-batch bar only on a terminal (not in CI logs or files)."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
+# ---------------------------------------------------------------- build
+
+def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[dict] = None,
+              log: Callable[[str], None] = print) -> Run:
+    """Everything for ``fit``. ``run_dir`` None creates a new folder; else it is the folder being
+    resumed, with ``start`` its last.pt (None when killed before the first checkpoint)."""
+    task = get_task(cfg.task.type)
+    monitor = task.resolve_monitor(cfg.train.monitor)
+    device = _device(cfg)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    split = _split(cfg, log)
+    if start is not None:
+        check_same_split(split, Path(run_dir) / "split")
+    info = _model_info(cfg, task, split, monitor)
+    model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
+                         cfg.model.drop_rate).to(device)
+    criterion = _criterion(cfg, task, split, device)
+    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
+    batch_size, accumulate = _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log)
+    sampler, train_loader, val_loader = _loaders(cfg, info, split, batch_size, device)
+    sizes = tuple(len(b) for b in sampler.batches(0))  # the same every epoch: order changes, sizes do not
+    direction = task.direction(monitor)
+    mode = {"mode": direction} if scheduler_takes(cfg.sched.name, "mode") else {}
+    scheduler = create_scheduler(optimizer, cfg.sched.name, epochs=cfg.train.epochs,
+                                 steps_per_epoch=math.ceil(len(sizes) / accumulate), **sched_kwargs(cfg), **mode)
+    t = cfg.train
+    run = Run(cfg=cfg, run_dir=Path(run_dir) if run_dir else Path(), task=task, info=info, split=split,
+              device=device, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+              scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "16"),
+              sampler=sampler, train_loader=train_loader, val_loader=val_loader,
+              step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
+                              t.checkpoint_every_steps),
+              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs)),
+              eval_prep=info.batch_prep(device), metrics=task.create_metrics(split.classes),
+              plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
+                             _show_progress(t.progress)),
+              resumed=start is not None, log=log)
+    _open_folder(run, start)
+    return run
+
+
+def _open_folder(run: Run, start: Optional[dict]) -> None:
+    """A new run writes its config, provenance and split; a resume restores last.pt and forgets
+    what a kill left after it (rows of later epochs, half-written temporary files)."""
+    if start is not None:
+        run.load_state_dict(start)
+        atomic_write_text(run.run_dir / "config.yaml", to_yaml(run.cfg))  # train.epochs may have changed
+        remove_temp_files(run.run_dir)
+        p = run.progress.position
+        truncate_metrics(run.run_dir / "metrics.csv", p.epoch)
+        run.log(f"resuming {run.run_dir} at epoch {p.epoch + 1}" + (f", batch {p.batches_done + 1}" if p.batches_done else ""))
+        return
+    r = run.cfg.run
+    if run.run_dir == Path():
+        run.run_dir = create_run_dir(r.dir, r.root, r.name)
+    else:  # resumed before its first checkpoint: nothing was trained, start again in its own folder
+        run.log(f"{run.run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
+        remove_temp_files(run.run_dir)
+        truncate_metrics(run.run_dir / "metrics.csv", 0)
+    folder = run.run_dir
+    atomic_write_text(folder / "config.yaml", to_yaml(run.cfg))
+    atomic_write_json(folder / "env.json", env_info(run.device, run.cfg.train.seed))
+    (folder / "split").mkdir(exist_ok=True)
+    write_split_csv(run.split.train, run.split.classes, folder / "split" / "train.csv")
+    write_split_csv(run.split.val, run.split.classes, folder / "split" / "val.csv")
+    if run.split.bad:
+        atomic_write_text(folder / "bad_images.csv", csv_text(["path", "problem"], run.split.bad))

@@ -1,0 +1,90 @@
+"""Files every later step reads: written atomically, CSVs always through the csv module.
+
+Every file is written to a temporary file in the same folder, fsynced, then renamed over the old
+one: a crash at any moment leaves the previous good file. The new file gets the mode an ordinary
+file gets under the process's umask (a temporary file alone would be 0600).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+# Test hook: called with a label at moments inside a save, so tests can kill there cheaply.
+_SAVE_HOOK: Optional[Callable[[str], None]] = None
+
+
+def _hook(label: str) -> None:
+    if _SAVE_HOOK is not None:
+        _SAVE_HOOK(label)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data[: len(data) // 2])
+            _hook(f"write:{path.name}")
+            f.write(data[len(data) // 2:])
+            f.flush()
+            os.fchmod(f.fileno(), _umask_mode())
+            os.fsync(f.fileno())
+        _hook(f"rename:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left in ``folder``; returns them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A CSV document (header + rows), quoted by the csv module, with \\n line ends."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV atomically (see ``atomic_write_bytes``)."""
+    atomic_write_text(path, csv_text(header, rows))
