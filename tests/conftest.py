@@ -64,6 +64,6 @@ def small_config(data_root: Path, run_dir: Path, **overrides):
 @pytest.fixture(scope="session")
 def small_run(tiny_folder, tmp_path_factory):
     """One 2-epoch run on the tiny folder; tests that only READ a run folder share it."""
-    from imgcls.engine import train
+    from imgcls import train
     run_dir = tmp_path_factory.mktemp("runs") / "small"
     return train(small_config(tiny_folder, run_dir), log=lambda *a: None)

@@ -31,7 +31,7 @@ def context():
     global _CTX
     if _CTX is None:
         _CTX = mp.get_context("forkserver")
-        _CTX.set_forkserver_preload(["imgcls.cli", "imgcls.engine.fit", "crashkit"])
+        _CTX.set_forkserver_preload(["imgcls.cli", "imgcls.engine.fit", "imgcls.io", "crashkit"])
     return _CTX
 
 
@@ -47,7 +47,7 @@ def _child(argv: list[str], kill_at: Optional[tuple[str, int]], how: str, log: s
     os.environ.update(env)
     try:
         from imgcls.cli import main
-        from imgcls.engine import checkpoint
+        from imgcls import io as checkpoint
 
         if kill_at is not None:
             label, n = kill_at

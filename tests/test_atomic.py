@@ -21,9 +21,13 @@ import crashkit as ck
 from conftest import small_config
 from imgcls.cli import main
 from imgcls.config import to_yaml
-from imgcls.engine import checkpoint
-from imgcls.engine.checkpoint import load_last, load_weights, read_model_json
-from imgcls.engine.rundir import CSV_COLUMNS
+from imgcls import io as checkpoint  # the atomic writer and its test hook
+from imgcls.engine.checkpoint import load_last
+from imgcls.engine.rundir import csv_columns
+from imgcls.modelinfo import ModelInfo, load_weights
+from imgcls.tasks import get_task
+
+CSV_COLUMNS = csv_columns(get_task("multiclass").metric_names())
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="kills and freezes processes the Linux way (fork, /proc)")
@@ -58,7 +62,7 @@ def _assert_files_readable(run_dir) -> None:
     if (run_dir / "best.safetensors").exists():
         assert "fc.weight" in load_weights(run_dir / "best.safetensors")
     if (run_dir / "model.json").exists():
-        read_model_json(run_dir / "model.json")
+        ModelInfo.read(run_dir / "model.json")
     if (run_dir / "val_metrics.json").exists():
         assert "val/loss" in json.loads((run_dir / "val_metrics.json").read_text())
     if (run_dir / "metrics.csv").exists():

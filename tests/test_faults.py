@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 from conftest import make_image_folder, small_config
 from imgcls.cli import main
 from imgcls.config import to_yaml
-from imgcls.engine import fit, train
-from imgcls.engine.checkpoint import load_last, read_model_json
+from imgcls.api import train
+from imgcls.engine import build_run, fit
+from imgcls.engine.checkpoint import load_last
+from imgcls.modelinfo import ModelInfo
 from imgcls.errors import UserError
 
 STEPS = 4  # 54 training images in batches of 16
@@ -39,60 +41,50 @@ class _LossSpy(torch.nn.Module):
         return loss
 
 
-def _spy_loss(monkeypatch, nan_at=()):
-    spies = []
-
-    def create(*a, **k):
-        spies.append(_LossSpy(real(*a, **k), nan_at))
-        return spies[-1]
-    real = fit.create_loss
-    monkeypatch.setattr(fit, "create_loss", create)
-    return spies
+def _run(cfg, nan_at=None):
+    """A built run whose loss is wrapped by a spy (tests replace a Run's parts, not module globals)."""
+    run = build_run(cfg, log=_quiet)
+    if nan_at is not None:
+        run.criterion = _LossSpy(run.criterion, nan_at)
+    return run
 
 
 def _all_finite(state: dict) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_exploding_lr_stops_naming_epoch_and_first_bad_step(tiny_folder, tmp_path, monkeypatch, capsys):
-    spies = _spy_loss(monkeypatch)
+def test_exploding_lr_stops_naming_epoch_and_first_bad_step(tiny_folder, tmp_path):
     cfg = small_config(tiny_folder, tmp_path / "run", **{"optim.lr": 1e30, "train.checkpoint_every_steps": 1})
-    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
-    assert main(["train", str(tmp_path / "c.yaml")]) == 2
-    err = capsys.readouterr().err.strip()
-    first_bad = spies[0].finite.index(False) + 1  # accumulate=1: one loss call per optimizer step
-    assert f"the loss became NaN or infinite at epoch 1, optimizer step {first_bad};" in err
-    assert "train.skip_nonfinite=true" in err and err.count("\n") == 0 and "Traceback" not in err
+    run = _run(cfg, nan_at=())
+    with pytest.raises(UserError) as e:
+        fit(run)
+    first_bad = run.criterion.finite.index(False) + 1  # accumulate=1: one loss call per optimizer step
+    msg = str(e.value)
+    assert f"the loss became NaN or infinite at epoch 1, optimizer step {first_bad};" in msg
+    assert "train.skip_nonfinite=true" in msg and "\n" not in msg
     # Checked at every checkpoint: last.pt never holds the poisoned model, and nothing became best.
     assert _all_finite(load_last(tmp_path / "run" / "last.pt")["model"])
     assert not (tmp_path / "run" / "best.safetensors").exists()
 
 
-def test_nan_in_epoch_two_keeps_epoch_one_best(tiny_folder, tmp_path, monkeypatch):
-    _spy_loss(monkeypatch, nan_at={STEPS + 2})  # epoch 2, its second step: global step 6
+def test_nan_in_epoch_two_keeps_epoch_one_best(tiny_folder, tmp_path):
     cfg = small_config(tiny_folder, tmp_path / "run", **{"train.checkpoint_every_steps": 1})
     with pytest.raises(UserError, match=f"at epoch 2, optimizer step {STEPS + 2};"):
-        train(cfg, log=_quiet)
+        fit(_run(cfg, nan_at={STEPS + 2}))  # epoch 2, its second step: global step 6
     run = tmp_path / "run"
-    assert read_model_json(run / "model.json")["epoch"] == 1
+    assert ModelInfo.read(run / "model.json").epoch == 1
     assert _all_finite(load_file(run / "best.safetensors"))
     last = load_last(run / "last.pt")
     assert _all_finite(last["model"]) and last["global_step"] <= STEPS + 1
 
 
-def test_skip_nonfinite_skips_and_counts_the_steps(tiny_folder, tmp_path, monkeypatch):
-    _spy_loss(monkeypatch, nan_at={2, STEPS + 3})
-    steps = []
-    real_opt = fit.create_optimizer
-
-    def create_optimizer(*a, **k):
-        opt = real_opt(*a, **k)
-        opt.register_step_post_hook(lambda *_: steps.append(1))
-        return opt
-    monkeypatch.setattr(fit, "create_optimizer", create_optimizer)
-    lines = []
+def test_skip_nonfinite_skips_and_counts_the_steps(tiny_folder, tmp_path):
+    lines, steps = [], []
     cfg = small_config(tiny_folder, tmp_path / "run", **{"train.skip_nonfinite": True})
-    result = train(cfg, log=lines.append)
+    run = _run(cfg, nan_at={2, STEPS + 3})
+    run.log = lines.append
+    run.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    result = fit(run)
     assert len(steps) == 2 * STEPS - 2  # optimizer.step() never ran for the two NaN losses
     assert sum("1 optimizer step(s) skipped for a non-finite loss" in ln for ln in lines) == 2
     assert result.best_epoch >= 1 and _all_finite(load_file(tmp_path / "run" / "best.safetensors"))
@@ -102,38 +94,78 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tiny_folder, tmp_path, monkey
     assert all(math.isfinite(float(r["train/loss"])) for r in rows)
 
 
-def test_non_finite_model_never_becomes_best(tiny_folder, tmp_path, monkeypatch):
-    """Epoch 2 reports a better score, but its weights are NaN: best stays at epoch 1."""
-    real_validate = fit.validate
-    calls = []
+def test_epoch_with_no_finite_step_logs_nan_and_says_so(tiny_folder, tmp_path):
+    lines = []
+    cfg = small_config(tiny_folder, tmp_path / "run", **{"train.skip_nonfinite": True, "train.epochs": 2})
+    run = _run(cfg, nan_at=set(range(STEPS + 1, 2 * STEPS + 1)))  # every step of epoch 2
+    run.log = lines.append
+    fit(run)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert math.isfinite(float(rows[0]["train/loss"])) and math.isnan(float(rows[1]["train/loss"]))
+    assert any(f"{STEPS} optimizer step(s) skipped" in ln and "train/loss is NaN" in ln for ln in lines)
 
-    def validate(model, *a, **k):
-        scalars, details, probs, idx = real_validate(model, *a, **k)
-        calls.append(1)
-        if len(calls) == 2:
+
+class _ScoreOverride:
+    """Wraps a run's metrics: epoch 1 scores 0.5, epoch 2 scores 0.9 but poisons ``poison`` first."""
+
+    def __init__(self, inner, poison):
+        self.inner, self.poison, self.calls = inner, poison, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def compute(self):
+        self.calls += 1
+        if self.calls == 2:
             with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
-        scalars["val/f1_macro"] = 0.5 if len(calls) == 1 else 0.9
-        return scalars, details, probs, idx
-    monkeypatch.setattr(fit, "validate", validate)
-    result = train(small_config(tiny_folder, tmp_path / "run"), log=_quiet)
+                self.poison()
+        return {**self.inner.compute(), "val/f1_macro": 0.5 if self.calls == 1 else 0.9}
+
+
+@pytest.mark.parametrize("what", ["parameter", "buffer"])
+def test_non_finite_model_never_becomes_best(tiny_folder, tmp_path, what):
+    """Epoch 2 reports a better score, but its weights (or batch-norm statistics) are NaN: best stays at epoch 1."""
+    run = _run(small_config(tiny_folder, tmp_path / "run"))
+    target = next(run.model.parameters()) if what == "parameter" else next(
+        b for n, b in run.model.named_buffers() if n.endswith("running_mean"))
+    run.metrics = _ScoreOverride(run.metrics, lambda: target.fill_(float("nan")))
+    result = fit(run)
     assert result.best_epoch == 1 and result.best_metrics["val/f1_macro"] == 0.5
-    assert read_model_json(tmp_path / "run" / "model.json")["monitor"]["value"] == 0.5
+    assert ModelInfo.read(tmp_path / "run" / "model.json").monitor_value == 0.5
     assert _all_finite(load_file(tmp_path / "run" / "best.safetensors"))
 
 
-@pytest.mark.parametrize("where", ["train_epoch", "validate"])
-def test_gpu_out_of_memory_suggests_smaller_batch_with_accumulation(tiny_folder, tmp_path, monkeypatch,
-                                                                    capsys, where):
-    def oom(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    monkeypatch.setattr(fit, where, oom)
+class _OutOfMemory(torch.nn.Module):
+    def __init__(self, inner, when_training):
+        super().__init__()
+        self.inner, self.when_training = inner, when_training
+
+    def forward(self, x):
+        if self.training == self.when_training:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("phase", ["training", "validation"])
+def test_gpu_out_of_memory_suggests_smaller_batch_with_accumulation(tiny_folder, tmp_path, phase):
     cfg = small_config(tiny_folder, tmp_path / "run", **{"train.batch_size": 16, "train.accumulate": 2})
-    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
-    assert main(["train", str(tmp_path / "c.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert "ran out of memory" in err and "train.batch_size=8 train.accumulate=4" in err
-    assert "Traceback" not in err and err.count("\n") == 1
+    run = _run(cfg)
+    run.model = _OutOfMemory(run.model, when_training=phase == "training")
+    with pytest.raises(UserError) as e:
+        fit(run)
+    msg = str(e.value)
+    assert f"ran out of memory during {phase}" in msg and "train.batch_size=8 train.accumulate=4" in msg
+    assert "\n" not in msg
+
+
+def test_explain_oom_turns_only_out_of_memory_into_advice():
+    from imgcls.engine.fit import _explain_oom
+    with pytest.raises(UserError, match="train.batch_size=32 train.accumulate=6 .the same effective batch"):
+        with _explain_oom(64, 3, "training"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(RuntimeError, match="other"):  # anything else passes through untouched
+        with _explain_oom(64, 3, "training"):
+            raise RuntimeError("other")
 
 
 # ---------------------------------------------------------------- bad images during training

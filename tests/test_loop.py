@@ -8,13 +8,16 @@ import torch
 from torch import nn
 
 from imgcls.data.dataset import EpochBatchSampler
-from imgcls.engine.loop import EpochState, train_epoch, validate, window_sizes
+from imgcls.data.prep import BatchPrep
+from imgcls.engine.loop import EpochState, StepConfig, train_epoch, validate, window_sizes
 from imgcls.losses import create_loss
 from imgcls.metrics import ClassificationMetrics
 from imgcls.optim import create_optimizer, create_scheduler, get_lr
 
 N, C, H, K = 70, 1, 4, 5
 MEAN, STD = [0.5], [0.25]
+PREP = BatchPrep("cpu", MEAN, STD)
+SCALER = torch.amp.GradScaler("cpu", enabled=False)  # precision 32: a no-op, as in a run
 
 
 def _data(seed=0):
@@ -44,18 +47,18 @@ def _train(batch_size, accumulate, epochs=2, optim="sgd", sched="none"):
     steps = math.ceil(len(sampler) / accumulate)
     sch = create_scheduler(opt, sched, epochs=epochs, steps_per_epoch=steps, warmup_epochs=0.5 if sched == "cosine" else 0)
     crit = create_loss("cross_entropy", K)
-    step, lrs = 0, []
+    lrs = []
+    step = StepConfig(tuple(len(b) for b in sampler.batches(0)), accumulate)
+    state = EpochState()
+
+    def record(st):
+        lrs.append(get_lr(opt))
+        return False
+
     for epoch in range(epochs):
-        sizes = [len(b) for b in sampler.batches(epoch)]
-
-        def record(s, st):
-            lrs.append(get_lr(opt))
-            return False
-
-        _, step = train_epoch(model, _loader(x, y, sampler, epoch), crit, opt, sch, device=torch.device("cpu"),
-                              mean=MEAN, std=STD, batch_sizes=sizes, accumulate=accumulate, global_step=step,
-                              epoch=epoch, after_step=record, progress=False)
-    return model, step, lrs
+        train_epoch(model, _loader(x, y, sampler, epoch), crit, opt, sch, step, PREP, state, SCALER, record)
+        state.next_epoch()
+    return model, state.global_step, lrs
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw"])
@@ -126,10 +129,10 @@ def test_nonfinite_loss_stops_with_epoch_and_step():
     opt = create_optimizer(model, "sgd", 0.1)
     sampler = EpochBatchSampler(N, 16, seed=0)
     sch = create_scheduler(opt, "none", epochs=1, steps_per_epoch=len(sampler))
+    step = StepConfig(tuple(len(b) for b in sampler.batches(0)))
     with pytest.raises(NonFiniteLoss, match="epoch 3, optimizer step 1"):
         train_epoch(model, _loader(x.to(torch.uint8), y, sampler, 0), create_loss("cross_entropy", K), opt, sch,
-                    device=torch.device("cpu"), mean=MEAN, std=STD, batch_sizes=[len(b) for b in sampler.batches(0)],
-                    epoch=2, progress=False)
+                    step, PREP, EpochState(epoch=2), SCALER)
 
 
 def test_validate_matches_direct_computation():
@@ -138,8 +141,7 @@ def test_validate_matches_direct_computation():
     sampler = EpochBatchSampler(N, 16, seed=0, shuffle=False)
     metrics = ClassificationMetrics(K, [str(k) for k in range(K)])
     crit = create_loss("cross_entropy", K)
-    scalars, details, probs, idx = validate(model, _loader(x, y, sampler, 0), crit, metrics,
-                                            device=torch.device("cpu"), mean=MEAN, std=STD)
+    scalars, details, probs, idx = validate(model, _loader(x, y, sampler, 0), crit, metrics, PREP)
     from imgcls.data.transforms import normalize
     with torch.no_grad():
         logits = model(normalize(x, MEAN, STD))
