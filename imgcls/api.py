@@ -13,6 +13,7 @@ from .config import Config, load_config, parse_override
 from .engine.build import build_run
 from .engine.checkpoint import load_last
 from .engine.fit import OnEpoch, RunResult, fit
+from .engine.rundir import RunLock
 from .errors import UserError
 
 RESUMABLE_KEYS = ("train.epochs",)  # what may differ on resume; everything else comes from the run folder
@@ -31,8 +32,11 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
     run = build_run(cfg, log=log)
-    result = fit(run, on_epoch)
-    _finish(result, cfg.run.report if report is None else report, log)
+    try:
+        result = fit(run, on_epoch)
+        _finish(result, cfg.run.report if report is None else report, log)
+    finally:
+        run.lock.release()
     return result
 
 
@@ -60,6 +64,14 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
                         "'imgcls train'.")
+    lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
+    try:
+        return _resume_locked(run_dir, epochs, report, log, on_epoch)
+    finally:
+        lock.release()
+
+
+def _resume_locked(run_dir: Path, epochs, report, log, on_epoch) -> RunResult:
     cfg = load_config(run_dir / "config.yaml")
     # No last.pt and no metrics.csv: killed before its first checkpoint, so nothing was trained yet
     # and the run starts again in its own folder. Otherwise last.pt is required.

@@ -158,7 +158,7 @@ class ModelInfo:
     # ---- the model itself
     def create_model(self) -> torch.nn.Module:
         from .models import create_model
-        return create_model(self.architecture, self.num_outputs, self.channels)
+        return create_model(self.architecture, self.num_outputs, self.channels, image_size=self.image_size)
 
     def check_weights(self, model: torch.nn.Module, state: dict, where: str) -> None:
         """The weights must fit the architecture and head size exactly; else one sentence."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 import timm
 import torch
@@ -53,25 +53,11 @@ class SmallCNN(nn.Module):
 @register_model
 def small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     """timm entry point, so ``timm.create_model('small_cnn')`` and ``list_models`` know it.
-
-    With ``pretrained=True`` and ``pretrained_cfg_overlay=dict(file=...)`` it loads that local file
-    through timm's ``load_pretrained``: a head of another size is dropped, the first conv adapted.
-    """
-    from timm.models import load_pretrained
-    from timm.models._pretrained import PretrainedCfg
-
+    Local weights are loaded by ``create_model`` (strictly, see ``load_pretrained_file``)."""
     kwargs.pop("pretrained_cfg", None)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
-    model = SmallCNN(**kwargs)
-    if pretrained:
-        state = timm.models.load_state_dict(overlay["file"])
-        head = state.get("fc.weight")
-        cfg = PretrainedCfg(state_dict=state, first_conv="features.0", classifier="fc",
-                            num_classes=-1 if head is None else head.shape[0]).to_dict()
-        cfg["state_dict"] = state
-        load_pretrained(model, cfg, num_classes=model.num_classes, in_chans=kwargs.get("in_chans", 3),
-                        strict=False)
-    return model
+    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs.pop("img_size", None)
+    return SmallCNN(**kwargs)
 
 
 def list_models(pattern: str = "") -> list[str]:
@@ -79,12 +65,29 @@ def list_models(pattern: str = "") -> list[str]:
     return timm.list_models(f"*{pattern}*" if pattern else "")
 
 
+def _cfg_value(name: str, key: str, default=None):
+    from timm.models import get_pretrained_cfg_value
+    try:
+        value = get_pretrained_cfg_value(name, key)
+    except RuntimeError:  # no pretrained cfg registered (small_cnn)
+        return default
+    return default if value is None else value
+
+
+def fixed_input_size(name: str) -> bool:
+    """True for timm models built for one input size (ViT-style position embeddings)."""
+    return bool(_cfg_value(name, "fixed_input_size", False))
+
+
 def create_model(name: str, num_classes: int, in_chans: int = 3,
-                 pretrained: Union[bool, str, Path] = False, drop_rate: float = 0.0) -> nn.Module:
+                 pretrained: Union[bool, str, Path] = False, drop_rate: float = 0.0,
+                 image_size: Optional[int] = None, log: Optional[Callable[[str], None]] = None) -> nn.Module:
     """Build ``name`` with a ``num_classes`` head for ``in_chans`` input channels.
 
-    ``pretrained`` is False or a local weights file (.safetensors, .pth, .bin); the classifier
-    head is re-initialised when its size differs, and the first conv adapted to ``in_chans``.
+    ``image_size`` is passed to models built for one input size (``img_size=``), so a ViT works at
+    the configured size. ``pretrained`` is False or a local weights file (.safetensors, .pth, .bin),
+    loaded strictly except for the classifier head (re-initialised when its size differs) and the
+    first convolution (adapted to ``in_chans``); see ``load_pretrained_file``.
     """
     if not timm.is_model(name):
         raise unknown_name("model", name, list_models())
@@ -92,19 +95,83 @@ def create_model(name: str, num_classes: int, in_chans: int = 3,
         raise UserError("model.pretrained is true, but weights are never downloaded; set it to the path "
                         "of a local weights file (.safetensors, .pth or .bin).")
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if image_size is not None and fixed_input_size(name):
+        kwargs["img_size"] = image_size
+    model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise UserError(f"model.pretrained file '{path}' does not exist; pass the path of a local "
-                            "weights file (.safetensors, .pth or .bin).")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach for a hub
-        try:
-            return timm.create_model(name, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"model.pretrained file '{path}' does not fit model '{name}' "
-                            f"({str(e).splitlines()[0][:200]}); pass weights saved from that architecture.")
-    return timm.create_model(name, pretrained=False, **kwargs)
+        load_pretrained_file(model, Path(pretrained).expanduser(), name, log)
+    return model
+
+
+PREFIXES = ("module.", "backbone.", "model.", "encoder.", "net.", "_orig_mod.")  # what training scripts wrap with
+
+
+def _read_state(path: Path, name: str) -> dict:
+    if not path.is_file():
+        raise UserError(f"model.pretrained file '{path}' does not exist; pass the path of a local "
+                        "weights file (.safetensors, .pth or .bin).")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach for a hub
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as e:  # torch/safetensors raise many kinds for a file that is not weights
+        raise UserError(f"model.pretrained file '{path}' cannot be read as weights ({str(e).splitlines()[0][:160]}); "
+                        "pass a .safetensors, .pth or .bin state dict.") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # a training checkpoint around the weights
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(state: dict, expected: set) -> dict:
+    """Remove a wrapper prefix (module., backbone., ...) when that makes the keys match the model's."""
+    best = state
+    for _ in range(3):  # nested wrappers, e.g. module.model.
+        if len(set(best) & expected) == len(best):
+            break
+        for prefix in PREFIXES:
+            if best and all(k.startswith(prefix) for k in best):
+                best = {k[len(prefix):]: v for k, v in best.items()}
+                break
+        else:
+            break
+    return best
+
+
+def load_pretrained_file(model: nn.Module, path: Path, name: str, log=None) -> None:
+    """Load local weights strictly: every tensor must match, except the classifier head (kept at its
+    fresh initialisation when its class count differs) and the first convolution (adapted when the
+    channel count differs). Anything else missing, unexpected or mis-shaped is one sentence."""
+    from timm.models import adapt_input_conv
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    first = cfg.get("first_conv")
+    first_w = f"{first}.weight" if isinstance(first, str) else None
+    expected = model.state_dict()
+    state = _strip_prefix(_read_state(path, name), set(expected))
+    is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
+    head_reset = False
+    if first_w in state and first_w in expected and state[first_w].shape != expected[first_w].shape \
+            and state[first_w].shape[0] == expected[first_w].shape[0]:
+        state[first_w] = adapt_input_conv(expected[first_w].shape[1], state[first_w])
+    for k in [k for k in state if is_head(k)]:
+        if k not in expected or state[k].shape != expected[k].shape:
+            del state[k]
+            head_reset = True
+    missing = [k for k in expected if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        shown = ", ".join(repr(k) for k in (wrong + missing + unexpected)[:4])
+        raise UserError(f"model.pretrained file '{path}' does not fit model '{name}': {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected and {len(wrong)} mis-shaped tensor(s) (e.g. {shown}); "
+                        "pass weights saved from that architecture.")
+    head_reset = head_reset or any(is_head(k) and k not in state for k in expected)
+    model.load_state_dict(state, strict=False)
+    if log is not None:
+        n_head = getattr(model, "num_classes", None)
+        log(f"loaded {len(state)} tensors from {path}" +
+            (f"; head re-initialised for {n_head} classes" if head_reset else ""))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -71,3 +71,39 @@ def test_local_file_with_same_head_keeps_it(tmp_path):
     model = create_model("small_cnn", num_classes=4, in_chans=1, pretrained=path)
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def _save(tmp_path, state, name="w.safetensors"):
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("prefix", ["module.", "backbone.", "model.module."])
+def test_prefixed_weights_are_loaded_after_stripping_the_prefix(tmp_path, prefix):
+    src = timm.create_model("resnet18", num_classes=1000)
+    path = _save(tmp_path, {prefix + k: v for k, v in src.state_dict().items()})
+    lines = []
+    model = create_model("resnet18", num_classes=4, pretrained=path, log=lines.append)
+    torch.testing.assert_close(model.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    torch.testing.assert_close(model.bn1.running_mean, src.bn1.running_mean)
+    n_body = len([k for k in src.state_dict() if not k.startswith("fc.")])
+    assert lines == [f"loaded {n_body} tensors from {path}; head re-initialised for 4 classes"]
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    """resnet34 into resnet18: most tensors share names and shapes, but not all: fail, never half-load."""
+    path = _save(tmp_path, timm.create_model("resnet34", num_classes=1000).state_dict())
+    with pytest.raises(UserError, match=r"does not fit model 'resnet18': 0 missing, \d+ unexpected and 0 mis-shaped"):
+        create_model("resnet18", num_classes=4, pretrained=path)
+
+
+def test_weights_with_an_unknown_prefix_are_refused(tmp_path):
+    path = _save(tmp_path, {"trunk." + k: v for k, v in timm.create_model("resnet18").state_dict().items()})
+    with pytest.raises(UserError, match=r"\d+ missing, \d+ unexpected"):
+        create_model("resnet18", num_classes=4, pretrained=path)
+
+
+def test_fixed_input_size_models_are_built_for_the_configured_size():
+    model = create_model("vit_tiny_patch16_224", num_classes=3, image_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)

@@ -32,7 +32,7 @@ from ..models import create_model
 from ..optim import create_optimizer, create_scheduler, scheduler_takes
 from ..tasks import Task, get_task
 from .loop import EpochState, StepConfig, fit_micro_batch
-from .rundir import create_run_dir, env_info, truncate_metrics
+from .rundir import RunLock, create_run_dir, env_info, truncate_metrics
 
 AUTO_BATCH_START = 256  # train.batch_size=auto: effective batch 256 x train.accumulate
 
@@ -96,6 +96,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
     log: Callable[[str], None] = print
+    lock: Optional[RunLock] = None  # held from the folder's creation (or the resume) until released
 
     def state_dict(self) -> dict:
         """What last.pt holds: tensors and plain values only (loads with weights_only=True)."""
@@ -179,6 +180,17 @@ def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str) -> Mode
                      monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__)
 
 
+def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monitor: str) -> None:
+    """Mistakes that would otherwise surface only after training, caught before the folder exists."""
+    if monitor == "val/auroc" and len(set(split.val.labels)) < 2:
+        raise UserError("train.monitor=val/auroc needs at least two classes in the validation set (AUROC is "
+                        f"undefined with {len(set(split.val.labels))}); monitor val/f1_macro or add validation images.")
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if cfg.train.batch_size == 1 and has_bn:
+        raise UserError(f"train.batch_size=1 cannot train model '{cfg.model.name}': batch norm needs at least 2 "
+                        "samples per batch; use train.batch_size=2 or more (with train.accumulate for memory).")
+
+
 def _criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
     cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights)
     return create_loss(task.resolve_loss(cfg.loss.name), task.head_size(split.classes),
@@ -252,7 +264,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
         check_same_split(split, Path(run_dir) / "split")
     info = _model_info(cfg, task, split, monitor)
     model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
-                         cfg.model.drop_rate).to(device)
+                         cfg.model.drop_rate, image_size=info.image_size, log=log).to(device)
+    _check_before_folder(cfg, model, split, monitor)
     criterion = _criterion(cfg, task, split, device)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
     batch_size, accumulate = _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log)
@@ -292,6 +305,7 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
     r = run.cfg.run
     if run.run_dir == Path():
         run.run_dir = create_run_dir(r.dir, r.root, r.name)
+        run.lock = RunLock(run.run_dir).acquire()
     else:  # resumed before its first checkpoint: nothing was trained, start again in its own folder
         run.log(f"{run.run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
         remove_temp_files(run.run_dir)

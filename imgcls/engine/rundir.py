@@ -110,3 +110,68 @@ def tensorboard_writer(run_dir: Path, purge_step: Optional[int] = None):
         return None
     # purge_step: on resume, events of epochs after last.pt are dropped (they are logged again).
     return SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+
+
+LOCK_NAME = ".imgcls.lock"
+
+
+class RunLock:
+    """An advisory lock on a run folder, held while a process trains or writes into it.
+
+    The lock file holds the owner's pid and host. A second writer is refused in one sentence naming
+    the holder; a lock whose process no longer exists on this host (killed) is stale and taken over.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        import os
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+        return True
+
+    def acquire(self) -> "RunLock":
+        import os
+        import socket
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid_text, _, host = self.path.read_text().strip().partition(" ")
+                    pid = int(pid_text)
+                except (OSError, ValueError):
+                    pid, host = -1, ""  # torn or unreadable: its writer died mid-write
+                if pid == os.getpid() and host == socket.gethostname():
+                    self.held = True  # already ours (re-entrant within one process)
+                    return self
+                if pid > 0 and (host != socket.gethostname() or self._alive(pid)):
+                    raise UserError(f"run folder '{self.path.parent}' is in use by process {pid} on {host} "
+                                    f"(lock file {self.path}); wait for it to finish or stop it, or delete the "
+                                    "lock file if that process is gone.") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                raise UserError(f"cannot write into the run folder '{self.path.parent}' (permission denied); "
+                                "make it writable or copy the run elsewhere.") from None
+            except OSError as e:
+                raise UserError(f"cannot write into the run folder '{self.path.parent}' ({e.strerror or e}); "
+                                "make it writable or copy the run elsewhere.") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise UserError(f"could not take the lock {self.path}; another process keeps taking it.")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
