@@ -64,6 +64,8 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
                         "'imgcls train'.")
+    if epochs is not None:  # the same rule as a new run's, checked before anything is touched
+        epochs = Config().replace(**{"train.epochs": epochs}).train.epochs
     lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
     try:
         return _resume_locked(run_dir, epochs, report, log, on_epoch)

@@ -46,7 +46,7 @@ class Task:
 
     def check_monitor(self, name: str, key: str = "train.monitor") -> str:
         if name not in self.metric_names():
-            raise unknown_name(f"{key} metric for task '{self.name}'", name, self.metric_names())
+            raise unknown_name("monitor metric", name, self.metric_names())
         return name
 
     def direction(self, name: str) -> str:
@@ -61,7 +61,7 @@ class Task:
         if name == "auto":
             return self.default_loss
         if name not in self.losses:
-            raise unknown_name(f"loss for task '{self.name}' (loss.name)", name, self.losses)
+            raise unknown_name("loss", name, self.losses)
         return name
 
     def resolve_monitor(self, name: str) -> str:

@@ -64,7 +64,11 @@ CASES = {
     "resume with changes": (lambda p: ["train", "--resume", str(p["run"]), "optim.lr=0.1"],
                             "only train.epochs may change on resume"),
     "resume zero epochs": (lambda p: ["train", "--resume", str(p["run"]), "train.epochs=0"],
-                           "'train.epochs' must be a positive integer"),
+                           "'train.epochs' must be at least 1"),
+    "resume with a config file": (lambda p: ["train", "--resume", str(p["run"]), str(p["root"] / "good.yaml")],
+                                  "cannot be given with --resume"),
+    "resume with fewer epochs": (lambda p: ["train", "--resume", str(p["run"]), "train.epochs=1"],
+                                 "is fewer than the 2 epoch(s)"),
     "check-data missing": (lambda p: ["check-data", str(p["root"] / "nope")], "does not exist"),
 }
 

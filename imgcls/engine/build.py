@@ -244,6 +244,18 @@ def _make_mix(mixup: float, cutmix: float, num_classes: int):
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
+def _absolute_data_paths(cfg: Config) -> Config:
+    """Data paths as absolute paths, so config.yaml and split/*.csv mean the same files wherever the
+    run folder is opened from (evaluate, predict, report, resume from another directory)."""
+    keys = ("data.root", "data.csv", "data.val_root", "data.val_csv")
+    changes = {}
+    for key in keys:
+        value = getattr(cfg.data, key.split(".")[1])
+        if value:
+            changes[key] = str(Path(value).expanduser().resolve())
+    return cfg.replace(**changes) if changes else cfg
+
+
 def _show_progress(setting) -> bool:
     """train.progress: auto shows the per-batch bar only on a terminal (not in CI logs or files)."""
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
@@ -255,6 +267,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               log: Callable[[str], None] = print) -> Run:
     """Everything for ``fit``. ``run_dir`` None creates a new folder; else it is the folder being
     resumed, with ``start`` its last.pt (None when killed before the first checkpoint)."""
+    if start is None and run_dir is None:
+        cfg = _absolute_data_paths(cfg)
     task = get_task(cfg.task.type)
     monitor = task.resolve_monitor(cfg.train.monitor)
     device = _device(cfg)
