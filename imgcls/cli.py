@@ -46,21 +46,33 @@ def _cmd_config_show(a: argparse.Namespace) -> int:
 
 def _cmd_list(a: argparse.Namespace) -> int:
     from . import losses, metrics, models, optim
+    from .config import Config
     from .data.transforms import PRESETS
 
+    defaults = Config()
+
+    def entry(name: str, description: str, section: str, params: tuple[str, ...]) -> str:
+        """'focal: description (loss.gamma=2.0, loss.alpha=None)': each parameter as its config key=default."""
+        shown = [f"{section}.{p}={getattr(getattr(defaults, section), p)}" if hasattr(getattr(defaults, section), p)
+                 else f"{p} from train.monitor's direction" for p in params]  # mode: passed by the engine
+        return f"{name}: {description} ({', '.join(shown) or 'no parameters'})"
+
     if a.what == "models":
-        names = models.list_models(a.pattern or "")
+        lines = models.list_models(a.pattern or "")
     elif a.what == "losses":
-        names = losses.list_losses()
+        lines = [entry(n, losses.loss_info(n).description, "loss", losses.loss_info(n).params)
+                 for n in losses.list_losses()] + ["every loss also takes loss.class_weights (none | balanced | a list)"]
     elif a.what == "optimizers":
-        names = optim.list_optimizers()
+        lines = [entry(n, optim.optim_info(n).description, "optim", optim.optim_info(n).params)
+                 for n in optim.list_optimizers()] + ["every optimizer also takes optim.lr and optim.weight_decay"]
     elif a.what == "schedulers":
-        names = optim.list_schedulers()
+        lines = [entry(n, optim.sched_info(n).description, "sched", optim.sched_info(n).params)
+                 for n in optim.list_schedulers()]
     elif a.what == "metrics":
-        names = [f"{m} ({metrics.metric_direction(m)})" for m in metrics.list_metrics()]
+        lines = [f"{m} ({metrics.metric_direction(m)})" for m in metrics.list_metrics()]
     else:
-        names = [f"{p.name}: {p.description}" for p in PRESETS.values()]
-    print("\n".join(names))
+        lines = [entry(p.name, p.description, "data", p.params) for p in PRESETS.values()]
+    print("\n".join(lines))
     return 0
 
 

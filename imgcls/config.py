@@ -1,13 +1,22 @@
 """One typed config: YAML file + ``key=value`` overrides -> a validated, frozen object.
 
-Every key lives in a section (``data.root``, ``train.epochs``, ...). Unknown keys and bad
-values fail once, at start, with one sentence naming the key and the valid choices.
+Every key lives in a section (``data.root``, ``train.epochs``, ...). ``from_dict`` checks every field
+and every cross-field rule, asking the registries (losses, optimizers, schedules, presets) and the
+task, before anything else happens; a mistake is one sentence naming a real key.
 Below this module, functions take explicit arguments, never the whole config.
+
+Values are typed by the field, not by YAML 1.1: the loader below resolves only ``null``, so every
+other scalar arrives as a string and ``_coerce`` converts it by the field's annotation. That is why
+``optim.lr=1e-4`` is a float, ``run.name=001`` stays the string '001', ``train.epochs=010`` is 10
+(never octal 8), and ``yes``/``no`` in ``data.classes`` stay class names.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -16,7 +25,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, unknown_name
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    type: str = "multiclass"            # imgcls.tasks: what a label is (one class per image)
 
 
 @dataclass(frozen=True)
@@ -25,16 +39,16 @@ class DataConfig:
     csv: Optional[str] = None           # CSV with path,label[,group]; paths relative to the CSV
     val_root: Optional[str] = None      # a separate validation folder ...
     val_csv: Optional[str] = None       # ... or CSV; else val_fraction of the training data
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2           # 0 is allowed (unused) with val_root / val_csv
     path_column: str = "path"
     label_column: str = "label"
-    group_column: Optional[str] = None  # e.g. a person id: one group never on both sides
-    classes: Optional[list] = None      # explicit class order = integer codes
+    group_column: Optional[str] = "auto"  # auto: a column named 'group'; none/null: no grouping; or a name
+    classes: Optional[list[str]] = None  # explicit class order = integer codes
     image_size: int = 224               # side of the square the model sees (px)
     crop_pct: float = 1.0               # eval: resize to image_size / crop_pct, then centre crop
     channels: Union[int, str] = "auto"  # auto: 1 if the data is grayscale, else 3
-    mean: Optional[list] = None         # per channel, 0-1 pixel scale; default ImageNet / 0.5
-    std: Optional[list] = None
+    mean: Optional[list[float]] = None  # per channel, 0-1 pixel scale; default ImageNet / 0.5
+    std: Optional[list[float]] = None
     augment: str = "default"            # a preset name: imgcls list augment
     mixup: float = 0.0                  # MixUp alpha (0 = off)
     cutmix: float = 0.0                 # CutMix alpha (0 = off)
@@ -52,8 +66,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "cross_entropy"
-    class_weights: Union[None, str, list] = None  # none | balanced | [w0, w1, ...]
+    name: str = "auto"                   # auto: the task's default (multiclass: cross_entropy)
+    class_weights: Union[None, str, list[float]] = None  # none | balanced | [w0, w1, ...]
     gamma: float = 2.0                   # focal
     alpha: Optional[float] = None        # focal
     smoothing: float = 0.1               # label_smoothing: eps spread over all K classes
@@ -66,16 +80,17 @@ class OptimConfig:
     weight_decay: float = 0.05           # never applied to biases and norm weights
     momentum: float = 0.9                # sgd
     nesterov: bool = True                # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     clip_grad: Optional[float] = None    # max global grad norm; null = off
 
 
 @dataclass(frozen=True)
 class SchedConfig:
     name: str = "cosine"
-    warmup_epochs: float = 0.0           # epochs, applied per optimizer step
+    warmup_epochs: float = 0.0           # epochs, applied per optimizer step (not onecycle)
     step_size: float = 30.0              # step: epochs between decays
     gamma: float = 0.1                   # step: decay factor
-    min_lr: float = 0.0                  # cosine floor
+    min_lr: float = 0.0                  # cosine, plateau: LR floor
     patience: int = 2                    # plateau: epochs without improvement before a cut
     factor: float = 0.1                  # plateau: LR multiplier at a cut
 
@@ -87,13 +102,13 @@ class TrainConfig:
     accumulate: int = 1                  # micro-batches per optimizer step
     precision: Literal["32", "bf16", "16"] = "32"
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
-    monitor: str = "val/f1_macro"        # picks best.safetensors, early stopping, plateau
+    monitor: str = "auto"                # picks best.safetensors, early stopping, plateau; auto: the task's
     patience: Optional[int] = None       # early stopping: epochs without improvement; null = off
     seed: int = 0
     deterministic: bool = False          # torch.use_deterministic_algorithms
     checkpoint_every_steps: int = 0      # mid-epoch last.pt every N optimizer steps; 0 = off
     skip_nonfinite: bool = False         # skip (and count) steps whose loss is NaN/inf
-    progress: bool = True                # tqdm bar per epoch
+    progress: Union[bool, str] = "auto"  # per-batch bar: auto = only when stderr is a terminal
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -125,27 +141,87 @@ class Config:
         return from_dict(d)
 
 
-SECTIONS = {f.name: f.type for f in fields(Config)}
-_SECTION_TYPES = {
-    "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
-    "sched": SchedConfig, "train": TrainConfig, "run": RunConfig,
-}
+_SECTION_TYPES = {f.name: f.default_factory for f in fields(Config)}  # section -> its dataclass
+_PATH_KEYS = {"data.root", "data.csv", "data.val_root", "data.val_csv", "run.dir", "run.root", "model.pretrained"}
 
 
 def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in _SECTION_TYPES.items() for f in fields(cls)]
 
 
+# ---------------------------------------------------------------- YAML without YAML 1.1's guesses
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that resolves only null (``~``, ``null``, empty); every other plain scalar is a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _check_duplicates(node: yaml.Node, where: str, prefix: str = "") -> None:
+    """A key given twice is an error (YAML keeps the last one silently, dropping a whole section)."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            if not prefix and isinstance(value_node, yaml.MappingNode):
+                raise UserError(f"{where} has two '{key}:' sections (lines {seen[key]} and {line}); "
+                                "merge them into one.")
+            raise UserError(f"{where} sets '{prefix}{key}' twice (lines {seen[key]} and {line}); keep one of them.")
+        seen[key] = line
+        _check_duplicates(value_node, where, f"{prefix}{key}.")
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    """Parse one YAML document with ``_Loader``; syntax errors keep their line and column."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, where)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(f"{where} is not valid YAML{at} ({e.problem or e.context}); fix its syntax.") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{where} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax.") from None
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------- keys and did-you-mean
+
+# The names people try first, mapped to the real key whatever section they put them in.
+_ALIASES = {"lr": "optim.lr", "learning_rate": "optim.lr", "bs": "train.batch_size", "batch": "train.batch_size",
+            "workers": "data.num_workers", "amp": "train.precision"}
+
+
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, all_keys(), n=1)
-    if not close:  # a bare key name in the wrong section, e.g. 'lr' -> 'optim.lr'
-        close = [k for k in all_keys() if k.split(".")[1] == key.split(".")[-1]][:1]
+    keys = all_keys()
+    section, _, name = key.rpartition(".")
+    close = [_ALIASES[name]] if name in _ALIASES else []
+    if not close and section and section not in _SECTION_TYPES:  # 'optimizer.lr' -> 'optim.lr'
+        near = difflib.get_close_matches(section, list(_SECTION_TYPES), n=1)
+        if near and f"{near[0]}.{name}" in keys:
+            close = [f"{near[0]}.{name}"]
+    if not close:  # the right name in the wrong section: 'train.warmup_epochs' -> 'sched.warmup_epochs'
+        close = [k for k in keys if k.split(".")[1] == name][:1]
+    if not close:
+        close = difflib.get_close_matches(key, keys, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _unknown_key(key: str) -> UserError:
-    return UserError(f"unknown config key '{key}'{_did_you_mean(key)}; "
-                     f"'imgcls config show' lists every key.")
+    return UserError(f"unknown config key '{key}'{_did_you_mean(key)}; 'imgcls config show' lists every key.")
 
 
 def _set(d: dict, key: str, value: Any) -> None:
@@ -155,7 +231,23 @@ def _set(d: dict, key: str, value: Any) -> None:
     section, name = parts
     if name not in {f.name for f in fields(_SECTION_TYPES[section])}:
         raise _unknown_key(key)
-    d.setdefault(section, {})[name] = value
+    if d.get(section) is None:
+        d[section] = {}
+    if not isinstance(d[section], dict):
+        raise UserError(f"config section '{section}' must be a mapping of keys, got {d[section]!r}.")
+    d[section][name] = value
+
+
+# ---------------------------------------------------------------- values typed by their field
+
+# Numbers as people write them: 3, 010, 1_000, 0.5, .001, 1e-4, 3E-4, 2.5e3 (no inf/nan: no key wants one).
+_INT = re.compile(r"[-+]?[0-9](?:_?[0-9])*")
+_FLOAT = re.compile(r"[-+]?(?:[0-9](?:_?[0-9])*(?:\.(?:[0-9](?:_?[0-9])*)?)?|\.[0-9](?:_?[0-9])*)(?:[eE][-+]?[0-9]+)?")
+_TRUE, _FALSE = {"true", "yes", "on"}, {"false", "no", "off"}
+
+
+class _NoMatch(Exception):
+    pass
 
 
 def _describe(tp: Any) -> str:
@@ -164,63 +256,92 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0])}" if args else "a list"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation; YAML already gave numbers, bools and lists."""
+def _scalar(value: Any, tp: Any) -> Any:
+    """``value`` (a string from YAML, or a Python value) as type ``tp``; raises _NoMatch."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+    elif tp in (int, float):
+        if isinstance(value, str):
+            text = value.strip()
+            if _INT.fullmatch(text):
+                value = int(text.replace("_", ""))  # decimal: 010 is 10, never octal
+            elif _FLOAT.fullmatch(text):
+                value = float(text.replace("_", ""))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _NoMatch
+        if tp is float:
+            return float(value)
+        if isinstance(value, int) or value.is_integer():  # 4.0 and 1e3 are whole numbers of epochs
+            return int(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):  # from Python: data.classes=[0, 1]
+            return str(value)
+    else:  # pragma: no cover - a new annotation kind
+        raise TypeError(f"unsupported config annotation {tp!r}")
+    raise _NoMatch
+
+
+def _convert(value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(key, value, a)
-            except UserError:
-                pass
-        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}.")
+            if a is not type(None):
+                try:
+                    return _convert(value, a)
+                except _NoMatch:
+                    pass
+        raise _NoMatch
     if origin is Literal:
-        choices = typing.get_args(tp)
-        if str(value) in choices:
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) in typing.get_args(tp):
             return str(value)
-        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    else:  # pragma: no cover - a new annotation kind
-        raise TypeError(f"unsupported config annotation {tp!r}")
-    raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}.")
+        raise _NoMatch
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise _NoMatch
+        (elem,) = typing.get_args(tp) or (Any,)
+        return [v if elem is Any else _scalar(v, elem) for v in value]
+    return _scalar(value, tp)
 
 
-_MIN = {  # key -> smallest allowed value (inclusive)
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` converted by the annotation ``tp`` of config key ``key``, or one sentence."""
+    try:
+        value = _convert(value, tp)
+    except _NoMatch:
+        raise UserError(f"config key '{key}' must be {_describe(tp)}, got {value!r}.") from None
+    if key in _PATH_KEYS and isinstance(value, str):
+        value = os.path.expanduser(value)
+    return value
+
+
+# ---------------------------------------------------------------- rules
+
+_MIN = {  # key -> smallest allowed value (inclusive); registry parameters are checked by their registry
     "train.epochs": 1, "train.batch_size": 1, "train.accumulate": 1, "data.image_size": 8,
-    "data.num_workers": 0, "optim.lr": 0.0, "optim.weight_decay": 0.0, "data.mixup": 0.0,
-    "data.cutmix": 0.0, "sched.warmup_epochs": 0.0, "loss.gamma": 0.0, "loss.smoothing": 0.0,
-    "train.checkpoint_every_steps": 0, "sched.patience": 0, "train.patience": 1,
-    "sched.step_size": 1e-9, "data.crop_pct": 1e-9,
+    "data.num_workers": 0, "data.mixup": 0.0, "data.cutmix": 0.0, "train.checkpoint_every_steps": 0,
+    "train.patience": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
 }
 
 
-def _check_ranges(cfg: Config) -> None:
+def _check_fields(cfg: Config) -> None:
+    from .optim import check_lr, check_weight_decay
+
     for key, lo in _MIN.items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
@@ -230,28 +351,103 @@ def _check_ranges(cfg: Config) -> None:
             raise UserError(f"config key '{key}' must be a number{' or auto' if key == 'train.batch_size' else ''}, got {v!r}.")
         if v is not None and v < lo:
             raise UserError(f"config key '{key}' must be at least {lo}, got {v}.")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise UserError(f"config key 'data.val_fraction' must be between 0 and 1, got {cfg.data.val_fraction}.")
-    if cfg.data.crop_pct > 1.0:
-        raise UserError(f"config key 'data.crop_pct' must be at most 1.0, got {cfg.data.crop_pct}.")
-    if cfg.loss.smoothing >= 1.0:
-        raise UserError(f"config key 'loss.smoothing' must be below 1.0, got {cfg.loss.smoothing}.")
-    if cfg.data.channels not in ("auto", 1, 3):
-        raise UserError(f"config key 'data.channels' must be one of 'auto', 1, 3, got {cfg.data.channels!r}.")
-    if cfg.data.root and cfg.data.csv:
+    d = cfg.data
+    if d.val_fraction == 0 and not (d.val_root or d.val_csv):
+        raise UserError("config key 'data.val_fraction' is 0, but neither data.val_root nor data.val_csv is set; "
+                        "give a validation folder or CSV, or a fraction between 0 and 1.")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise UserError(f"config key 'data.val_fraction' must be between 0 and 1, got {d.val_fraction}.")
+    if d.crop_pct > 1.0:
+        raise UserError(f"config key 'data.crop_pct' must be at most 1.0, got {d.crop_pct}.")
+    if d.channels not in ("auto", 1, 3):
+        raise UserError(f"config key 'data.channels' must be one of 'auto', 1, 3, got {d.channels!r}.")
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        if values is not None and len(values) not in (1, 3):
+            raise UserError(f"config key '{key}' must list 1 or 3 values (one per channel), got {values}.")
+    if d.std is not None and not all(s > 0 for s in d.std):
+        raise UserError(f"config key 'data.std' must hold positive numbers, got {d.std}.")
+    if d.root and d.csv:
         raise UserError("config keys 'data.root' and 'data.csv' are both set; give one of them.")
-    if cfg.data.val_root and cfg.data.val_csv:
+    if d.val_root and d.val_csv:
         raise UserError("config keys 'data.val_root' and 'data.val_csv' are both set; give one of them.")
+    cw = cfg.loss.class_weights
+    if isinstance(cw, str) and cw not in ("balanced", "none"):
+        raise unknown_name("loss.class_weights mode", cw, ["balanced", "none"])
+    if isinstance(cw, list) and not (cw and all(w > 0 for w in cw)):
+        raise UserError(f"config key 'loss.class_weights' must list positive numbers, one per class, got {cw}.")
     if cfg.model.pretrained is True:
         raise UserError("config key 'model.pretrained' is true, but weights are never downloaded; "
                         "set it to the path of a local weights file (.safetensors, .pth or .bin).")
+    check_lr(cfg.optim.lr)
+    check_weight_decay(cfg.optim.weight_decay)
+    if cfg.optim.clip_grad is not None and not cfg.optim.clip_grad > 0:
+        raise UserError(f"config key 'optim.clip_grad' must be > 0 (the largest global gradient norm), got "
+                        f"{cfg.optim.clip_grad}; use null to turn clipping off.")
+    if cfg.train.progress not in ("auto", True, False):
+        raise UserError(f"config key 'train.progress' must be auto, true or false, got {cfg.train.progress!r}.")
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UserError(f"config key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got '{dev}'.")
 
 
+def _registries():
+    """section -> (what an entry is called, the entry names, entry name -> the parameters it takes)."""
+    from . import losses, optim
+    return {
+        "loss": ("loss", losses.list_losses(), lambda n: losses.loss_info(n).params),
+        "optim": ("optimizer", optim.list_optimizers(), lambda n: optim.optim_info(n).params),
+        "sched": ("schedule", optim.list_schedulers(), lambda n: optim.sched_info(n).params),
+    }
+
+
+def _check_unused(cfg: Config, section: str, chosen: str) -> None:
+    """A parameter key the chosen entry does not use may only hold its default (so config.yaml reloads)."""
+    noun, names, params_of = _registries()[section]
+    values, defaults = getattr(cfg, section), _SECTION_TYPES[section]()
+    for f in fields(values):
+        users = [n for n in names if f.name in params_of(n)]
+        if not users or chosen in users or getattr(values, f.name) == getattr(defaults, f.name):
+            continue
+        key = f"{section}.{f.name}"
+        if len(users) == 1:
+            raise UserError(f"{key} is used only by the {users[0]} {noun}; remove it or set {section}.name={users[0]}.")
+        plural = "losses" if noun == "loss" else noun + "s"
+        raise UserError(f"{key} is used only by the {_join(users)} {plural}; remove it or set "
+                        f"{section}.name to one of them.")
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _check_registries(cfg: Config) -> None:
+    """Names, the task's rules and every registry parameter, checked at start, not after an hour of training."""
+    from .data.transforms import list_augments
+    from .losses import check_loss_params, list_losses
+    from .optim import check_optim_params, check_sched_params, list_optimizers, list_schedulers
+    from .tasks import get_task
+
+    task = get_task(cfg.task.type)
+    for kind, value, valid in (("loss", cfg.loss.name, [*list_losses(), "auto"]),
+                               ("optimizer", cfg.optim.name, list_optimizers()),
+                               ("scheduler", cfg.sched.name, list_schedulers()),
+                               ("augment preset", cfg.data.augment, list_augments())):
+        if value not in valid:
+            raise unknown_name(kind, value, valid)
+    if cfg.train.monitor != "auto" and cfg.train.monitor not in task.metric_names():
+        close = difflib.get_close_matches(cfg.train.monitor, task.metric_names(), n=1)
+        hint = f"unknown monitor metric '{cfg.train.monitor}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+        raise UserError(f"{hint}; set train.monitor to auto or one of {', '.join(task.metric_names())}.")
+    loss = task.resolve_loss(cfg.loss.name)
+    for section, chosen in (("loss", loss), ("optim", cfg.optim.name), ("sched", cfg.sched.name)):
+        _check_unused(cfg, section, chosen)
+    check_loss_params(loss, loss_kwargs(cfg))
+    check_optim_params(cfg.optim.name, optim_kwargs(cfg))
+    check_sched_params(cfg.sched.name, sched_kwargs(cfg), epochs=cfg.train.epochs, lr=cfg.optim.lr)
+
+
 def from_dict(d: dict) -> Config:
-    """Validate a nested dict (as read from YAML) into a frozen Config."""
+    """Validate a nested dict (as read from YAML, or Python values) into a frozen Config."""
     if not isinstance(d, dict):
         raise UserError("the config file must be a mapping of sections (data:, model:, train:, ...).")
     sections = {}
@@ -270,62 +466,98 @@ def from_dict(d: dict) -> Config:
             if name not in hints:
                 raise _unknown_key(key)
             kwargs[name] = _coerce(key, value, hints[name])
+        if section == "data" and "group_column" in kwargs:
+            g = kwargs["group_column"]
+            kwargs["group_column"] = None if g is None or g.lower() == "none" else ("auto" if g.lower() == "auto" else g)
         sections[section] = cls(**kwargs)
     cfg = Config(**sections)
-    _check_ranges(cfg)
-    _check_names(cfg)
+    _check_fields(cfg)
+    _check_registries(cfg)
     return cfg
 
 
-def _check_names(cfg: Config) -> None:
-    """Registry names are checked at start, not after an hour of training."""
-    from .losses import list_losses
-    from .metrics import check_monitor
-    from .optim import list_optimizers, list_schedulers
-    from .errors import unknown_name
-    from .data.transforms import list_augments
+# ---------------------------------------------------------------- what the engine asks
 
-    for kind, value, valid in (("loss", cfg.loss.name, list_losses()),
-                               ("optimizer", cfg.optim.name, list_optimizers()),
-                               ("scheduler", cfg.sched.name, list_schedulers()),
-                               ("augment preset", cfg.data.augment, list_augments())):
-        if value not in valid:
-            raise unknown_name(kind, value, valid)
-    check_monitor(cfg.train.monitor)
+def loss_kwargs(cfg: Config) -> dict[str, Any]:
+    """The parameters the chosen loss takes (``loss.name`` auto resolved through the task), from cfg."""
+    from .losses import loss_info
+    from .tasks import get_task
+    name = get_task(cfg.task.type).resolve_loss(cfg.loss.name)
+    return {p: getattr(cfg.loss, p) for p in loss_info(name).params}
 
+
+def optim_kwargs(cfg: Config) -> dict[str, Any]:
+    """The parameters the chosen optimizer takes besides lr and weight_decay, from cfg."""
+    from .optim import optim_info
+    return {p: getattr(cfg.optim, p) for p in optim_info(cfg.optim.name).params}
+
+
+def sched_kwargs(cfg: Config) -> dict[str, Any]:
+    """The parameters the chosen schedule takes that are config keys (``mode`` is the engine's), from cfg."""
+    from .optim import sched_info
+    keys = {f.name for f in fields(SchedConfig)}
+    return {p: getattr(cfg.sched, p) for p in sched_info(cfg.sched.name).params if p in keys}
+
+
+def sched_takes(name: str, param: str) -> bool:
+    """Whether schedule ``name`` takes ``param``; the engine passes ``mode`` only when it does."""
+    from .optim import scheduler_takes
+    return scheduler_takes(name, param)
+
+
+# ---------------------------------------------------------------- reading
 
 def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value); the value is read like a YAML file's (only null is resolved)."""
     if "=" not in text:
         raise UserError(f"override '{text}' must look like key=value, e.g. train.epochs=3.")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    value = _yaml_load(raw, f"the value of override '{text}'") if raw != "" else None
     return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file as a dict of sections (values still strings: ``from_dict`` types them)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{p}' does not exist; pass an existing YAML file (see configs/).")
+    d = _yaml_load(p.read_text(encoding="utf-8"), f"config file '{p}'")
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise UserError(f"config file '{p}' must be a mapping of sections (data:, model:, train:, ...).")
+    return d
+
+
+def demo_recipe() -> dict:
+    """The demo's recipe, read from the package's configs/demo.yaml (the root configs/demo.yaml links to it)."""
+    from importlib.resources import files
+    text = files("imgcls").joinpath("configs", "demo.yaml").read_text(encoding="utf-8")
+    return _yaml_load(text, "imgcls/configs/demo.yaml")
+
+
+def _sets_data(d: dict) -> bool:
+    data = d.get("data")
+    return isinstance(data, dict) and any(data.get(k) is not None for k in ("root", "csv"))
 
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
     """Read a YAML file (or start from defaults), apply ``key=value`` overrides, validate.
 
-    With no file and no data override, the start is the demo's recipe (configs/demo.yaml): that is
-    the run `imgcls train` makes on the embedded demo data, and 224 px photo defaults would not fit it.
+    One rule picks the base, however the keys arrive: when neither the file nor the overrides set
+    ``data.root`` or ``data.csv``, the demo recipe (configs/demo.yaml) is the base under them; that is
+    the run ``imgcls train`` makes on the embedded demo data, which 224 px photo defaults would not fit.
     """
-    d: dict = {}
-    if path is None and not any(o.split("=", 1)[0].strip() in ("data.root", "data.csv") for o in overrides):
-        import copy
-        from .data.demo import DEMO_RECIPE
-        d = copy.deepcopy(DEMO_RECIPE)
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file '{p}' does not exist; pass an existing YAML file (see configs/).")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file '{p}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax.")
-        if not isinstance(d, dict):
-            raise UserError(f"config file '{p}' must be a mapping of sections (data:, model:, train:, ...).")
+    given = read_yaml(path) if path is not None else {}
     for text in overrides:
         key, value = parse_override(text)
-        _set(d, key, value)
+        _set(given, key, value)
+    d = {} if _sets_data(given) else demo_recipe()
+    for section, values in given.items():
+        if isinstance(values, dict) and isinstance(d.get(section), dict):
+            d[section] = {**d[section], **values}
+        elif values is not None or section not in d:
+            d[section] = values
     return from_dict(d)
 
 

@@ -14,17 +14,22 @@ class index, and switching MixUp on does not rescale a class-weighted loss.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imgcls.errors import UserError, unknown_name
+from imgcls.registry import Param, reject_unknown, with_defaults
 
 __all__ = [
     "create_loss",
     "list_losses",
+    "loss_info",
+    "LossInfo",
+    "LOSS_PARAMS",
     "class_weights_from_counts",
     "soft_f1_per_class",
     "CrossEntropyLoss",
@@ -224,35 +229,50 @@ def _validated_weights(class_weights: Tensor | Sequence[float] | None, num_class
 
 
 def _check_gamma(gamma: float) -> float:
-    if not (math.isfinite(gamma) and gamma >= 0):
-        raise UserError(f"focal gamma is {gamma}; use a number >= 0 (2.0 is the usual choice).")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma >= 0):
+        raise UserError(f"loss.gamma (focal) is {gamma!r}; use a number >= 0 (2.0 is the usual choice, 0 is cross-entropy).")
     return float(gamma)
 
 
 def _check_alpha(alpha: float | None) -> float | None:
-    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
-        raise UserError(f"focal alpha is {alpha}; use a positive number (e.g. 0.25) or leave it unset.")
-    return None if alpha is None else float(alpha)
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+        raise UserError(f"loss.alpha (focal) is {alpha!r}; use a positive number (e.g. 0.25) or null.")
+    return float(alpha)
 
 
 def _check_smoothing(smoothing: float) -> float:
-    if not (0 <= smoothing < 1):
-        raise UserError(f"label smoothing is {smoothing}; use a number in [0, 1) such as 0.1.")
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise UserError(f"loss.smoothing is {smoothing!r}; use a number in [0, 1) such as 0.1.")
     return float(smoothing)
 
 
-# Each builder gets (num_classes, class_weights, gamma, alpha, smoothing) and uses only what it needs.
-_Builder = Callable[[int, "Tensor | None", float, "float | None", float], nn.Module]
-_LOSSES: dict[str, _Builder] = {
-    "cross_entropy": lambda k, w, gamma, alpha, smoothing: CrossEntropyLoss(k, w),
-    "focal": lambda k, w, gamma, alpha, smoothing: FocalLoss(
-        k, w, _check_gamma(gamma), _check_alpha(alpha)
-    ),
-    "label_smoothing": lambda k, w, gamma, alpha, smoothing: CrossEntropyLoss(
-        k, w, _check_smoothing(smoothing)
-    ),
-    "f1": lambda k, w, gamma, alpha, smoothing: SoftF1Loss(k, w),
+# Every parameter a loss may take: its default (the config's too), its check. Config key: loss.<name>.
+LOSS_PARAMS: dict[str, Param] = {
+    "gamma": Param(2.0, _check_gamma, "focusing exponent; 0 is cross-entropy"),
+    "alpha": Param(None, _check_alpha, "uniform scale of the loss; null = 1"),
+    "smoothing": Param(0.1, _check_smoothing, "eps spread over all K classes, as in torch"),
 }
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    name: str
+    description: str
+    params: tuple[str, ...]          # keyword parameters besides class_weights (which every loss takes)
+    build: Callable[..., nn.Module]  # (num_classes, class_weights, **params) -> the loss module
+
+
+_LOSSES: dict[str, LossInfo] = {i.name: i for i in (
+    LossInfo("cross_entropy", "softmax cross-entropy", (), lambda k, w: CrossEntropyLoss(k, w)),
+    LossInfo("focal", "focal loss: (1 - p)^gamma down-weights easy samples", ("gamma", "alpha"),
+             lambda k, w, gamma, alpha: FocalLoss(k, w, gamma, alpha)),
+    LossInfo("label_smoothing", "cross-entropy on targets smoothed over all classes", ("smoothing",),
+             lambda k, w, smoothing: CrossEntropyLoss(k, w, smoothing)),
+    LossInfo("f1", "soft macro-F1: 1 - mean F1 of softmax probabilities over the batch", (),
+             lambda k, w: SoftF1Loss(k, w)),
+)}
 
 
 def list_losses() -> list[str]:
@@ -260,22 +280,33 @@ def list_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
+def loss_info(name: str) -> LossInfo:
+    if name not in _LOSSES:
+        raise unknown_name("loss", name, list_losses())
+    return _LOSSES[name]
+
+
+def check_loss_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of loss `name`, checked and with defaults filled in; used by the config too."""
+    info = loss_info(name)
+    reject_unknown("loss", name, info.params, params, "loss", always=("class_weights",))
+    return {p: LOSS_PARAMS[p].check(v) for p, v in with_defaults(LOSS_PARAMS, info.params, params).items()}
+
+
 def create_loss(
     name: str,
     num_classes: int,
     *,
-    class_weights: Tensor | None = None,
-    gamma: float = 2.0,
-    alpha: float | None = None,
-    smoothing: float = 0.1,
+    class_weights: Tensor | Sequence[float] | None = None,
+    **params: Any,
 ) -> nn.Module:
-    """Build a loss by name. `gamma`/`alpha` are used by focal only, `smoothing` by label_smoothing only."""
-    if name not in _LOSSES:
-        raise unknown_name("loss", name, list_losses())
+    """Build loss `name` (`list_losses()`); `params` are the ones its entry takes (focal: gamma, alpha;
+    label_smoothing: smoothing), anything else is refused. Every loss takes `class_weights` [K]."""
+    checked = check_loss_params(name, params)
     if num_classes < 2:
         raise UserError(f"num_classes is {num_classes}; a classification loss needs at least 2 classes.")
     weights = _validated_weights(class_weights, num_classes)
-    return _LOSSES[name](num_classes, weights, gamma, alpha, smoothing)
+    return _LOSSES[name].build(num_classes, weights, **checked)
 
 
 def class_weights_from_counts(counts: Sequence[int], mode: str | Sequence[float] | None) -> Tensor | None:

@@ -1,6 +1,8 @@
 """Losses against oracles: torch's cross-entropy, scikit-learn's macro F1, hand-computed weights."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,8 @@ def test_weighted_soft_targets_are_normalised_by_target_weight(name):
     logits, _ = _batch(2)
     q, w = _soft_target(2), _weights().double()
     eps = 0.2 if name == "label_smoothing" else 0.0
-    ours = create_loss(name, K, class_weights=w, smoothing=eps)(logits, q)
+    params = {"smoothing": eps} if name == "label_smoothing" else {}
+    ours = create_loss(name, K, class_weights=w, **params)(logits, q)
     torch_sum = F.cross_entropy(logits, q, weight=w, label_smoothing=eps, reduction="sum")
     torch.testing.assert_close(ours, torch_sum / (q @ w).sum())
 
@@ -219,23 +222,65 @@ def test_wrong_target_shape_is_a_bug_not_a_silent_broadcast():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"name": "focal", "gamma": -1.0},
-        {"name": "focal", "alpha": 0.0},
-        {"name": "label_smoothing", "smoothing": 1.0},
-        {"name": "cross_entropy", "class_weights": torch.ones(K + 1)},
-        {"name": "cross_entropy", "class_weights": torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])},
+        ({"name": "focal", "gamma": -1.0}, "loss.gamma"),
+        ({"name": "focal", "gamma": float("inf")}, "loss.gamma"),
+        ({"name": "focal", "alpha": 0.0}, "loss.alpha"),
+        ({"name": "focal", "alpha": -0.5}, "loss.alpha"),
+        ({"name": "label_smoothing", "smoothing": 1.0}, "loss.smoothing"),
+        ({"name": "label_smoothing", "smoothing": -0.1}, "loss.smoothing"),
+        ({"name": "cross_entropy", "class_weights": torch.ones(K + 1)}, "one weight per class"),
+        ({"name": "cross_entropy", "class_weights": torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])}, "non-negative"),
     ],
 )
-def test_bad_factory_arguments_are_user_errors(kwargs):
-    with pytest.raises(UserError):
+def test_bad_factory_arguments_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=re.escape(message)):
         create_loss(num_classes=K, **kwargs)
 
 
-def test_options_of_other_losses_are_ignored():
-    # One config may carry gamma/smoothing for every loss; only the chosen loss reads its own.
-    assert create_loss("cross_entropy", K, gamma=-1.0, smoothing=5.0) is not None
+@pytest.mark.parametrize("name, kwargs, bad, takes", [
+    ("cross_entropy", {"gamma": -1.0, "smoothing": 5.0}, "gamma", "no parameters (besides class_weights)"),
+    ("cross_entropy", {"smoothing": 0.1}, "smoothing", "no parameters"),
+    ("f1", {"alpha": 0.25}, "alpha", "no parameters"),
+    ("focal", {"smoothing": 0.1}, "smoothing", "gamma and alpha"),
+    ("label_smoothing", {"gamma": 2.0}, "gamma", "smoothing"),
+])
+def test_a_parameter_the_loss_does_not_take_is_refused(name, kwargs, bad, takes):
+    # Before the registries declared their parameters, cross_entropy silently ignored gamma=-1, smoothing=5.
+    with pytest.raises(UserError) as e:
+        create_loss(name, K, **kwargs)
+    msg = str(e.value)
+    assert f"loss '{name}' does not take '{bad}' (loss.{bad})" in msg and takes in msg, msg
+    assert msg.endswith(".") and "\n" not in msg
+
+
+def test_every_loss_declares_params_with_the_config_defaults():
+    from imgcls.config import LossConfig
+    from imgcls.losses import LOSS_PARAMS, loss_info
+    for name in list_losses():
+        info = loss_info(name)
+        assert info.name == name and info.description
+        for p in info.params:
+            assert LOSS_PARAMS[p].default == getattr(LossConfig(), p), (name, p)
+    assert loss_info("focal").params == ("gamma", "alpha")
+    assert loss_info("label_smoothing").params == ("smoothing",)
+    assert loss_info("cross_entropy").params == () and loss_info("f1").params == ()
+    with pytest.raises(UserError, match="did you mean 'focal'"):
+        loss_info("focla")
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_loss_runs_forward_and_backward_on_random_data(name):
+    from imgcls.losses import LOSS_PARAMS, loss_info
+    params = {p: LOSS_PARAMS[p].default for p in loss_info(name).params}  # every parameter, spelled out
+    loss_fn = create_loss(name, K, class_weights=_weights(), **params)
+    logits = torch.randn(12, K, requires_grad=True)
+    for target in (torch.randint(0, K, (12,)), torch.softmax(torch.randn(12, K), 1)):
+        loss = loss_fn(logits, target)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_balanced_weights_hand_computed():

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from imgcls.errors import UserError
-from imgcls.optim import create_optimizer, create_scheduler, get_lr, list_optimizers, list_schedulers
+from imgcls.optim import (OPTIM_PARAMS, SCHED_PARAMS, create_optimizer, create_scheduler, get_lr, list_optimizers,
+                          list_schedulers, optim_info, sched_info, scheduler_takes)
 
 B = 0.1  # base LR used by the schedule tests
 
@@ -80,7 +82,7 @@ def test_weight_decay_shrinks_only_decay_group(name):
     net = _Net()
     with torch.no_grad():  # away from 0, where Adam's eps would matter
         net.fc.weight.copy_(torch.tensor([[0.5, -0.25, 1.0, -2.0], [0.3, 0.7, -0.4, 0.2]]))
-    opt = create_optimizer(net, name, lr=0.1, weight_decay=0.5, momentum=0.0)
+    opt = create_optimizer(net, name, lr=0.1, weight_decay=0.5, **({"momentum": 0.0} if name == "sgd" else {}))
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
@@ -195,7 +197,7 @@ def test_step_float_rounding_does_not_delay_a_drop():
 def test_plateau_with_warmup_max_mode():
     opt = _opt()
     sched = create_scheduler(
-        opt, "plateau", epochs=4, steps_per_epoch=3, warmup_epochs=1, plateau_patience=1, plateau_factor=0.5
+        opt, "plateau", epochs=4, steps_per_epoch=3, warmup_epochs=1, patience=1, factor=0.5
     )
     # epoch 1 sets best; epoch 2 is 1 bad epoch (= patience, kept); epoch 3 is the 2nd -> halve.
     lrs = _loop_lrs(sched, opt, 4, metrics=[0.5, 0.5, 0.4, 0.9])
@@ -211,7 +213,7 @@ def test_plateau_with_warmup_max_mode():
 )
 def test_plateau_reduces_after_patience_hand(mode, metrics, reduced_after):
     opt = _opt()
-    sched = create_scheduler(opt, "plateau", epochs=10, steps_per_epoch=1, plateau_mode=mode, plateau_patience=2)
+    sched = create_scheduler(opt, "plateau", epochs=10, steps_per_epoch=1, mode=mode, patience=2)
     reductions = []
     for epoch, m in enumerate(metrics, start=1):
         before = get_lr(opt)
@@ -227,8 +229,8 @@ def test_plateau_matches_torch_reduce_on_plateau(mode):
     torch.manual_seed(1)
     metrics = torch.randint(0, 4, (30,)).tolist()  # many ties and drops
     ours, theirs = _opt(), _opt()
-    sched = create_scheduler(ours, "plateau", epochs=30, steps_per_epoch=1, plateau_mode=mode,
-                             plateau_patience=2, plateau_factor=0.5)
+    sched = create_scheduler(ours, "plateau", epochs=30, steps_per_epoch=1, mode=mode,
+                             patience=2, factor=0.5)
     ref = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, mode=mode, factor=0.5, patience=2, threshold=0)
     for m in metrics:
         sched.step_epoch(m)
@@ -289,10 +291,13 @@ def test_every_group_follows_its_own_base_lr():
 # --------------------------------------------------------------------------- resume, names, validation
 
 
+# Every parameter a schedule may take, with values that make each one matter in 6 epochs of 3 steps.
+ROUND_TRIP = dict(warmup_epochs=1.0, step_size=2, gamma=0.1, min_lr=0.001, patience=0, factor=0.5, mode="max")
+
+
 @pytest.mark.parametrize("name", list_schedulers())
 def test_state_dict_round_trip_continues_identical_sequence(name):
-    kwargs = dict(epochs=6, steps_per_epoch=3, warmup_epochs=0.0 if name == "onecycle" else 1.0,
-                  step_size=2, plateau_patience=0, plateau_factor=0.5)
+    kwargs = dict(epochs=6, steps_per_epoch=3, **{p: ROUND_TRIP[p] for p in sched_info(name).params})
     metrics = [0.5, 0.4, 0.4, 0.6, 0.6, 0.6]
     full_opt = _opt()
     full = _loop_lrs(create_scheduler(full_opt, name, **kwargs), full_opt, 6, metrics=metrics)
@@ -337,12 +342,75 @@ def test_list_registries():
         ("cosine", dict(epochs=3, warmup_epochs=3), "sched.warmup_epochs"),
         ("none", dict(epochs=3, warmup_epochs=-1), "sched.warmup_epochs"),
         ("onecycle", dict(epochs=3, warmup_epochs=1), "sched.warmup_epochs"),
+        ("onecycle", dict(epochs=3, warmup_epochs=0), "sched.warmup_epochs"),  # not taken, even at 0
         ("step", dict(epochs=3, step_size=0), "sched.step_size"),
+        ("step", dict(epochs=3, gamma=0), "sched.gamma"),
         ("cosine", dict(epochs=3, min_lr=1.0), "sched.min_lr"),
-        ("plateau", dict(epochs=3, plateau_mode="up"), "sched.plateau_mode"),
-        ("plateau", dict(epochs=3, plateau_factor=1.0), "sched.plateau_factor"),
+        ("cosine", dict(epochs=3, factor=0.5), "sched.factor"),
+        ("plateau", dict(epochs=3, mode="up"), "mode must be 'max' or 'min'"),
+        ("plateau", dict(epochs=3, factor=1.0), "sched.factor"),
+        ("plateau", dict(epochs=3, factor=0.0), "sched.factor"),
+        ("plateau", dict(epochs=3, patience=-1), "sched.patience"),
+        ("plateau", dict(epochs=3, patience=1.5), "sched.patience"),
+        ("plateau", dict(epochs=3, step_size=3), "sched.step_size"),
     ],
 )
 def test_scheduler_validation_names_the_key(name, kwargs, key):
-    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+    with pytest.raises(UserError, match=re.escape(key)) as e:
         create_scheduler(_opt(), name, steps_per_epoch=2, **kwargs)
+    assert "plateau_" not in str(e.value)  # the old, non-existent keys sched.plateau_factor etc.
+
+
+def test_a_parameter_the_schedule_does_not_take_names_what_it_takes():
+    with pytest.raises(UserError) as e:
+        create_scheduler(_opt(), "cosine", epochs=3, steps_per_epoch=2, factor=0.5)
+    assert str(e.value) == ("scheduler 'cosine' does not take 'factor' (sched.factor); "
+                            "it takes warmup_epochs and min_lr.")
+    with pytest.raises(UserError, match=r"it takes no parameters\."):
+        create_scheduler(_opt(), "onecycle", epochs=3, steps_per_epoch=2, min_lr=0.0)
+
+
+@pytest.mark.parametrize("name, kwargs, key", [
+    ("sgd", dict(betas=(0.9, 0.99)), "optimizer 'sgd' does not take 'betas' (optim.betas); it takes momentum and nesterov"),
+    ("adam", dict(momentum=0.9), "optimizer 'adam' does not take 'momentum' (optim.momentum); it takes betas"),
+    ("adamw", dict(nesterov=True), "optimizer 'adamw' does not take 'nesterov'"),
+    ("sgd", dict(momentum=1.0), "optim.momentum must be in [0, 1)"),
+    ("sgd", dict(nesterov="yes"), "optim.nesterov must be true or false"),
+    ("adam", dict(betas=(0.9,)), "optim.betas must be two numbers in [0, 1)"),
+    ("adamw", dict(betas=(0.9, 1.0)), "optim.betas must be two numbers in [0, 1)"),
+])
+def test_optimizer_refuses_parameters_it_does_not_take_or_bad_values(name, kwargs, key):
+    with pytest.raises(UserError, match=re.escape(key)):
+        create_optimizer(nn.Linear(2, 2), name, lr=0.1, **kwargs)
+
+
+def test_registries_declare_params_with_the_config_defaults():
+    from imgcls.config import OptimConfig, SchedConfig
+    assert {n: optim_info(n).params for n in list_optimizers()} == {
+        "sgd": ("momentum", "nesterov"), "adam": ("betas",), "adamw": ("betas",)}
+    assert {n: sched_info(n).params for n in list_schedulers()} == {
+        "none": ("warmup_epochs",), "step": ("warmup_epochs", "step_size", "gamma"),
+        "cosine": ("warmup_epochs", "min_lr"), "onecycle": (),
+        "plateau": ("warmup_epochs", "min_lr", "patience", "factor", "mode")}
+    for p, param in OPTIM_PARAMS.items():
+        assert tuple(getattr(OptimConfig(), p)) == param.default if p == "betas" else getattr(OptimConfig(), p) == param.default
+    for p, param in SCHED_PARAMS.items():
+        if p != "mode":  # mode is not a config key: the engine passes the monitored metric's direction
+            assert getattr(SchedConfig(), p) == param.default, p
+    assert scheduler_takes("plateau", "mode") and not scheduler_takes("cosine", "mode")
+    for name in [*list_optimizers(), *list_schedulers()]:
+        info = optim_info(name) if name in list_optimizers() else sched_info(name)
+        assert info.name == name and info.description
+
+
+@pytest.mark.parametrize("name", list_schedulers())
+def test_every_scheduler_builds_with_every_parameter_and_steps(name):
+    params = {p: ROUND_TRIP[p] for p in sched_info(name).params}
+    opt = _opt()
+    sched = create_scheduler(opt, name, epochs=6, steps_per_epoch=3, **params)
+    lrs = _loop_lrs(sched, opt, 6, metrics=[0.5, 0.4, 0.4, 0.6, 0.6, 0.6])
+    assert len(lrs) == 18 and all(0 < lr <= B + 1e-12 for lr in lrs)
+    if name != "none":
+        assert min(lrs) < B  # the schedule did change the LR
+    # built with no parameters at all, the registry's defaults apply
+    create_scheduler(_opt(), name, epochs=40, steps_per_epoch=1).step_update(1)

@@ -137,17 +137,3 @@ def _write_side(root: Path, side: str, rows: np.ndarray, images: np.ndarray, lab
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         writer.writerows(records)
-
-
-# The demo's training recipe: what `imgcls train` uses when given neither a config file nor data.
-# configs/demo.yaml spells out the same values (a test keeps the two equal).
-DEMO_RECIPE = {
-    "data": {"image_size": 28, "crop_pct": 1.0, "augment": "digits", "mean": [0.1307], "std": [0.3081],
-             "num_workers": 2},
-    "model": {"name": "small_cnn"},
-    "loss": {"name": "cross_entropy"},
-    "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
-    "sched": {"name": "onecycle"},
-    "train": {"epochs": 12, "batch_size": 64, "monitor": "val/f1_macro", "seed": 0},
-    "run": {"name": "demo"},
-}

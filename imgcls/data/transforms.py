@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import unknown_name
+from ..registry import reject_unknown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,7 +23,8 @@ class Preset:
     name: str
     description: str
     allows_flip: bool   # False: a mirrored image is another class (digits, text); TTA must not flip
-    build: Callable[[int, int], list]  # (image_size, channels) -> list of v2 transforms
+    build: Callable[..., list]  # (image_size, channels, **params) -> list of v2 transforms
+    params: tuple[str, ...] = ()  # keyword parameters of `build` (data.<param>); no preset takes any yet
 
 
 def _resize_crop(size: int, crop_pct: float = 1.0) -> list:
@@ -75,8 +77,10 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def train_transform(preset: str, image_size: int, channels: int) -> v2.Compose:
-    return v2.Compose(get_preset(preset).build(image_size, channels))
+def train_transform(preset: str, image_size: int, channels: int, **params) -> v2.Compose:
+    p = get_preset(preset)
+    reject_unknown("augment preset", preset, p.params, params, "data")
+    return v2.Compose(p.build(image_size, channels, **params))
 
 
 def eval_transform(image_size: int, crop_pct: float = 1.0) -> v2.Compose:
