@@ -1,12 +1,16 @@
 """Config: YAML + overrides -> one validated object; mistakes give one sentence naming the key."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from imgcls.cli import main
-from imgcls.config import Config, all_keys, load_config
+from imgcls.config import Config, all_keys, from_dict, load_config, to_yaml
 from imgcls.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,10 +24,22 @@ def test_required_keys_exist():
     assert set(REQUIRED_KEYS) <= set(all_keys())
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "imbalanced.yaml", "finetune.yaml"])
-def test_example_configs_load(name):
+@pytest.mark.parametrize("name, expected", [
+    ("demo.yaml", {"model.name": "small_cnn", "sched.name": "onecycle", "optim.lr": 0.003, "data.mean": [0.1307],
+                   "data.augment": "digits", "train.epochs": 12, "run.name": "demo"}),
+    ("imbalanced.yaml", {"data.root": "data/mnist-imb/train", "loss.name": "focal", "loss.gamma": 2.0,
+                         "data.sampler": "balanced", "optim.weight_decay": 0.01}),
+    ("finetune.yaml", {"model.pretrained": "weights/resnet18.safetensors", "data.crop_pct": 0.875,
+                       "loss.class_weights": "balanced", "optim.clip_grad": 1.0, "sched.warmup_epochs": 1.0,
+                       "train.accumulate": 2, "train.precision": "bf16", "train.patience": 5}),
+])
+def test_example_configs_load_with_their_values(name, expected):
     cfg = load_config(ROOT / "configs" / name)
-    assert isinstance(cfg, Config)
+    for key, value in expected.items():
+        section, field = key.split(".")
+        got = getattr(getattr(cfg, section), field)
+        assert got == value and type(got) is type(value), (key, got)
+    assert from_dict(yaml.safe_load(to_yaml(cfg))) == cfg  # the resolved config.yaml reloads
 
 
 def test_overrides_are_typed_and_frozen():
@@ -32,8 +48,10 @@ def test_overrides_are_typed_and_frozen():
     assert cfg.train.epochs == 3 and cfg.loss.name == "focal" and cfg.optim.clip_grad == 1.5
     assert cfg.data.classes == ["b", "a"] and cfg.model.pretrained is False
     assert cfg.data.image_size == 28  # from the file
-    with pytest.raises(Exception):
-        cfg.train.epochs = 5  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = None
 
 
 @pytest.mark.parametrize("override, message", [
@@ -46,7 +64,10 @@ def test_overrides_are_typed_and_frozen():
     ("loss.name=focall", "unknown loss 'focall' (did you mean 'focal'?)"),
     ("optim.name=adamm", "unknown optimizer 'adamm' (did you mean 'adam"),
     ("sched.name=cosin", "unknown scheduler 'cosin' (did you mean 'cosine'?)"),
-    ("train.monitor=val/f1", "unknown monitor metric 'val/f1'"),
+    ("train.monitor=val/f1", "unknown monitor metric 'val/f1' (did you mean 'val/f1_macro'?); set train.monitor"),
+    ("task.type=multilabel", "unknown task type (task.type) 'multilabel'"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("train.lr=0.1", "unknown config key 'train.lr' (did you mean 'optim.lr'?)"),
     ("data.augment=strongest", "unknown augment preset 'strongest' (did you mean 'strong'?)"),
     ("data.val_fraction=1.5", "config key 'data.val_fraction' must be between 0 and 1"),
     ("model.pretrained=true", "weights are never downloaded"),
@@ -56,8 +77,10 @@ def test_overrides_are_typed_and_frozen():
 def test_config_mistakes(override, message):
     with pytest.raises(UserError) as e:
         load_config(ROOT / "configs/demo.yaml", [override])
-    assert message in str(e.value)
-    assert str(e.value).count(". ") == 0 or str(e.value).endswith(".")
+    msg = str(e.value)
+    assert message in msg
+    # one sentence: ends with a full stop, and no full stop (or ?, !) is followed by a new capitalised sentence
+    assert msg.endswith(".") and "\n" not in msg and not re.search(r"[.!?]\s+[A-Z]", msg), msg
 
 
 def test_cli_reports_config_mistake_in_one_line(capsys):
@@ -101,9 +124,32 @@ def test_demo_config_matches_the_documented_recipe():
     assert cfg.data.augment == "digits" and cfg.model.name == "small_cnn"
 
 
-def test_bare_train_uses_the_demo_recipe_equal_to_configs_demo_yaml():
+def test_bare_train_uses_the_demo_recipe_from_configs_demo_yaml():
     assert load_config(None) == load_config(ROOT / "configs/demo.yaml")
     assert load_config(None, ["train.epochs=2"]).train.epochs == 2
     # with data given, the photo defaults apply
     cfg = load_config(None, ["data.root=photos"])
     assert cfg.data.image_size == Config().data.image_size and cfg.data.augment == "default"
+
+
+def test_the_demo_recipe_exists_once_inside_the_package():
+    link = ROOT / "configs" / "demo.yaml"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))  # relative: git stores it, clones keep it
+    assert link.resolve() == (ROOT / "imgcls" / "configs" / "demo.yaml").resolve()
+    assert "package-data" in (ROOT / "pyproject.toml").read_text() and "configs/*.yaml" in (ROOT / "pyproject.toml").read_text()
+    import imgcls.data.demo
+    assert not hasattr(imgcls.data.demo, "DEMO_RECIPE")
+
+
+def test_one_rule_picks_the_base_however_the_keys_arrive(tmp_path):
+    only_epochs = tmp_path / "epochs.yaml"
+    only_epochs.write_text("train:\n  epochs: 1\n")
+    from_file, from_override = load_config(only_epochs), load_config(None, ["train.epochs=1"])
+    assert from_file == from_override
+    assert from_file.model.name == "small_cnn" and from_file.data.augment == "digits"  # the demo recipe below
+    with_data = tmp_path / "data.yaml"
+    with_data.write_text("data:\n  root: photos\ntrain:\n  epochs: 1\n")
+    assert load_config(with_data) == load_config(None, ["data.root=photos", "train.epochs=1"])
+    assert load_config(with_data).model.name == "resnet18"  # the photo defaults
+    # data given by an override under a file that sets none: the photo defaults too
+    assert load_config(only_epochs, ["data.root=photos"]) == load_config(with_data)
