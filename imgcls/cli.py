@@ -45,7 +45,7 @@ def _cmd_config_show(a: argparse.Namespace) -> int:
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
-    from . import losses, metrics, models, optim
+    from . import losses, models, optim
     from .config import Config
     from .data.transforms import PRESETS
 
@@ -69,7 +69,10 @@ def _cmd_list(a: argparse.Namespace) -> int:
         lines = [entry(n, optim.sched_info(n).description, "sched", optim.sched_info(n).params)
                  for n in optim.list_schedulers()]
     elif a.what == "metrics":
-        lines = [f"{m} ({metrics.metric_direction(m)})" for m in metrics.list_metrics()]
+        from .tasks import get_task, list_tasks
+        # each metric's direction as its task declares it (train.monitor, early stopping and plateau follow it)
+        lines = [f"{m.name} ({m.direction}): {m.description}" + (f" [task.type={t}]" if len(list_tasks()) > 1 else "")
+                 for t in list_tasks() for m in get_task(t).metrics]
     else:
         lines = [entry(p.name, p.description, "data", p.params) for p in PRESETS.values()]
     print("\n".join(lines))

@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import UserError, unknown_name
+from .registry import join
 
 
 @dataclass(frozen=True)
@@ -412,12 +413,8 @@ def _check_unused(cfg: Config, section: str, chosen: str) -> None:
         if len(users) == 1:
             raise UserError(f"{key} is used only by the {users[0]} {noun}; remove it or set {section}.name={users[0]}.")
         plural = "losses" if noun == "loss" else noun + "s"
-        raise UserError(f"{key} is used only by the {_join(users)} {plural}; remove it or set "
+        raise UserError(f"{key} is used only by the {join(users)} {plural}; remove it or set "
                         f"{section}.name to one of them.")
-
-
-def _join(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _check_registries(cfg: Config) -> None:

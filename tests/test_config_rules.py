@@ -348,3 +348,13 @@ def test_the_counter_does_see_an_image_being_opened(tiny_folder, tmp_path, monke
     with pytest.raises(_Opened):
         main(["train", *_base(tiny_folder, tmp_path / "run")])
     assert calls
+
+
+def test_augment_presets_declare_their_parameters_and_refuse_others():
+    from imgcls.data.transforms import PRESETS, train_transform
+    assert all(p.params == () for p in PRESETS.values())  # none takes any today
+    for name in PRESETS:
+        train_transform(name, 16, 3)
+    with pytest.raises(UserError, match=r"augment preset 'digits' does not take 'strength' \(data.strength\); "
+                                        r"it takes no parameters\."):
+        train_transform("digits", 16, 1, strength=2)
