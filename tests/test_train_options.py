@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from imgcls import train
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import difflib
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from .sources import read_csv, resolve_classes, scan_folder
+from .sources import csv_header, read_csv, resolve_classes, scan_folder
 from .splits import split_indices
 
 
@@ -31,48 +34,125 @@ class DataSplit:
     val: Side
     classes: list[str]
     bad: list = field(default_factory=list)  # (path, problem) left out by data.on_bad_image=skip
+    grouping: str = "not grouped"            # how the split was made, for the log's data: line
 
     def counts(self, side: str) -> list[int]:
         labels = getattr(self, side).labels
         return [labels.count(k) for k in range(len(self.classes))]
 
 
+ID_NAMES = {"id", "person", "person_id", "subject", "patient", "participant", "user", "case"}
+
+
+def looks_like_identifier(name: str, values: Sequence[str]) -> bool:
+    """A column that names who/what a sample belongs to (a person, a patient): by its name (id,
+    person, subject, patient, participant, user, case, also with an _id suffix), or by its values (at
+    least 10 distinct, most of them on 2-50 rows). Attributes with a handful of values are not."""
+    low = name.strip().lower()
+    if low in ID_NAMES or (low.endswith("_id") and low[:-3] in ID_NAMES):
+        return True
+    counts = Counter(values)
+    if len(counts) < 10:
+        return False
+    return sum(1 for c in counts.values() if 2 <= c <= 50) > len(counts) / 2
+
+
+def resolve_group_column(header: Sequence[str], setting: Optional[str]) -> Optional[str]:
+    """data.group_column: 'auto' -> a column named 'group' (any case) if there is one; None -> no
+    grouping; a name -> that column (checked by the CSV reader)."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return next((h for h in header if h.strip().lower() == "group"), None)
+    return setting
+
+
 def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_column: str,
           group_column: Optional[str], what: str):
+    """(paths, labels, groups or None, the group column used, the CSV's other columns)."""
     if csv_path:
-        return read_csv(csv_path, path_column, label_column, group_column)
+        header, _ = csv_header(csv_path)
+        column = resolve_group_column(header, group_column)
+        paths, labels, groups, others = read_csv(csv_path, path_column, label_column, column, with_columns=True)
+        return paths, labels, groups, column, others
     if root:
         paths, labels = scan_folder(root)
-        if group_column:
+        if group_column not in (None, "auto"):
             raise UserError(f"data.group_column needs CSV labels (data.csv), but {what} is a folder; "
-                            "use a CSV with a group column.")
-        return paths, labels, None
+                            "use a CSV with a group column, or set data.group_column=none.")
+        return paths, labels, None, None, {}
     raise UserError(f"no {what} data configured; set data.root (class folders) or data.csv.")
+
+
+def _warn_identifiers(others: dict, csv_path: str) -> None:
+    for name, values in others.items():
+        if looks_like_identifier(name, values):
+            warnings.warn(f"the split is not grouped, but column '{name}' of '{csv_path}' looks like an identifier "
+                          f"(the same {name} on several rows would land on both sides); set "
+                          f"data.group_column={name} to keep each {name} on one side.", stacklevel=3)
+            return
 
 
 def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional[str],
                 val_csv: Optional[str], val_fraction: float, seed: int,
                 path_column: str = "path", label_column: str = "label",
-                group_column: Optional[str] = None, classes: Optional[list] = None) -> DataSplit:
-    paths, labels, groups = _read(root, csv_path, path_column, label_column, group_column, "training")
+                group_column: Optional[str] = "auto", classes: Optional[list] = None) -> DataSplit:
+    paths, labels, groups, column, others = _read(root, csv_path, path_column, label_column, group_column,
+                                                  "training")
+    explicit = [str(c) for c in classes] if classes else None
     if val_root or val_csv:
-        vpaths, vlabels, vgroups = _read(val_root, val_csv, path_column, label_column,
-                                         group_column if val_csv else None, "validation")
-        names = resolve_classes(labels + vlabels, [str(c) for c in classes] if classes else None)
+        vpaths, vlabels, vgroups, vcolumn, _ = _read(val_root, val_csv, path_column, label_column,
+                                                     group_column if val_csv else None, "validation")
+        _check_same_classes(set(labels), set(vlabels), explicit)
+        names = resolve_classes(labels + vlabels, explicit)
         code = {c: i for i, c in enumerate(names)}
         train = Side(paths, [code[l] for l in labels], groups)
         val = Side(vpaths, [code[l] for l in vlabels], vgroups)
+        grouping = f"validation from {'data.val_csv' if val_csv else 'data.val_root'}"
+        if groups is not None and vgroups is not None:
+            shared = set(groups) & set(vgroups)
+            if shared:
+                warnings.warn(f"{len(shared)} group(s) of column '{column}' appear in both the training and the "
+                              f"validation data (e.g. {sorted(shared)[0]!r}); validation then sees people it trained "
+                              "on.", stacklevel=2)
     else:
-        names = resolve_classes(labels, [str(c) for c in classes] if classes else None)
+        names = resolve_classes(labels, explicit)
         code = {c: i for i, c in enumerate(names)}
         full = Side(paths, [code[l] for l in labels], groups)
-        tr, va = split_indices(full.labels, groups, val_fraction, seed, names)
+        try:
+            tr, va = split_indices(full.labels, groups, val_fraction, seed, names)
+        except UserError as e:
+            if groups is None:
+                raise
+            raise UserError(f"{str(e).rstrip('.')} (grouped by data.group_column '{column}'); or set "
+                            "data.group_column=none to split without groups.") from None
         train, val = full.subset(tr), full.subset(va)
+        if groups is not None:
+            grouping = f"grouped by '{column}': {len(set(train.groups))} / {len(set(val.groups))} groups"
+        else:
+            grouping = "not grouped" if csv_path else "not grouped (class folders have no group column)"
+    if groups is None and csv_path:
+        _warn_identifiers({k: v for k, v in others.items()}, csv_path)
     present = sorted(set(train.labels))
     if len(present) < 2:
         raise UserError(f"the training data has {len(present)} class(es); a classifier needs at least 2 "
                         "class folders (or label values).")
-    return DataSplit(train, val, names)
+    return DataSplit(train, val, names, grouping=grouping)
+
+
+def _check_same_classes(train: set, val: set, explicit: Optional[list]) -> None:
+    """A class on one side only is a mistake (a folder spelled 'Cat' beside 'cat'), unless data.classes
+    lists it explicitly."""
+    if explicit is not None:
+        return
+    for only, other, side in ((val - train, train, "validation"), (train - val, val, "training")):
+        if not only:
+            continue
+        c = sorted(only)[0]
+        close = [o for o in other if o.casefold() == c.casefold()] or difflib.get_close_matches(c, list(other), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"class '{c}' is in the {side} data only{hint}; rename it to match the other side, or list "
+                        "every class in data.classes to keep it.")
 
 
 def check_same_split(split: DataSplit, folder: Path) -> None:

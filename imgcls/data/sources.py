@@ -6,6 +6,7 @@ class order, which is what maps a label to the model's output index.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from pathlib import Path
@@ -59,54 +60,83 @@ def _images_under(folder: Path) -> list[str]:
     return sorted(found)
 
 
+def open_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV: UTF-8 with or without a byte-order mark, or UTF-16 with one;
+    ``,``, ``;`` or tab separated (found from the header line). Anything else is one sentence."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"CSV file '{csv_path}' does not exist; check the path.")
+    raw = csv_path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")  # spreadsheet programs often start the file with a BOM
+        except UnicodeDecodeError as e:
+            raise UserError(f"CSV file '{csv_path}' is not UTF-8 (byte {e.start} is not valid UTF-8; it looks like "
+                            "cp1252/Latin-1 from a spreadsheet program); save it as UTF-8 CSV.") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=first.count) if first else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [cell.strip() for cell in next(reader, [])]
+    return header, list(reader)
+
+
+def csv_header(csv_path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV, and its rows (see ``open_csv_rows``)."""
+    return open_csv_rows(csv_path)
+
+
 def read_csv(
     csv_path: str | os.PathLike,
     path_column: str = "path",
     label_column: str = "label",
     group_column: str | None = None,
-) -> tuple[list[str], list[str], list[str] | None]:
+    with_columns: bool = False,
+):
     """Read (paths, labels, groups) from a CSV with a header row; groups is None without `group_column`.
+    With ``with_columns`` a fourth value maps every other column's name to its cells.
 
     Relative paths are taken relative to the CSV's own folder (so the CSV and its images can move
     together); absolute paths are kept. Cells are read as strings with surrounding spaces removed.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UserError(f"CSV file '{csv_path}' does not exist; check the path.")
-    # utf-8-sig: spreadsheet programs often start the file with a byte-order mark.
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [cell.strip() for cell in next(reader, [])]
-        if not header:
-            raise UserError(f"CSV file '{csv_path}' is empty; it needs a header row such as 'path,label'.")
-        wanted = {"data.path_column": path_column, "data.label_column": label_column}
+    header, rows = open_csv_rows(csv_path)
+    if not header:
+        raise UserError(f"CSV file '{csv_path}' is empty; it needs a header row such as 'path,label'.")
+    wanted = {"data.path_column": path_column, "data.label_column": label_column}
+    if group_column is not None:
+        wanted["data.group_column"] = group_column
+    for key, column in wanted.items():
+        if column not in header:
+            raise UserError(
+                f"CSV file '{csv_path}' has no column '{column}' (columns: {', '.join(header)}); "
+                f"set {key} to one of them."
+            )
+    index = {key: header.index(column) for key, column in wanted.items()}
+    other = [i for i in range(len(header)) if i not in index.values()]
+    base = csv_path.parent
+    paths, labels, groups = [], [], []
+    others: dict[str, list[str]] = {header[i]: [] for i in other}
+    for line_no, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        cells = {}
+        for key, i in index.items():
+            value = row[i].strip() if i < len(row) else ""
+            if not value:
+                raise UserError(f"CSV file '{csv_path}' line {line_no} has an empty '{wanted[key]}' cell; fill it or remove the line.")
+            cells[key] = value
+        paths.append(str(base / cells["data.path_column"]))  # an absolute path replaces `base`
+        labels.append(cells["data.label_column"])
         if group_column is not None:
-            wanted["data.group_column"] = group_column
-        for key, column in wanted.items():
-            if column not in header:
-                raise UserError(
-                    f"CSV file '{csv_path}' has no column '{column}' (columns: {', '.join(header)}); "
-                    f"set {key} to one of them."
-                )
-        index = {key: header.index(column) for key, column in wanted.items()}
-        base = csv_path.parent
-        paths, labels, groups = [], [], []
-        for line_no, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
-                continue  # blank line
-            cells = {}
-            for key, i in index.items():
-                value = row[i].strip() if i < len(row) else ""
-                if not value:
-                    raise UserError(f"CSV file '{csv_path}' line {line_no} has an empty '{wanted[key]}' cell; fill it or remove the line.")
-                cells[key] = value
-            paths.append(str(base / cells["data.path_column"]))  # an absolute path replaces `base`
-            labels.append(cells["data.label_column"])
-            if group_column is not None:
-                groups.append(cells["data.group_column"])
+            groups.append(cells["data.group_column"])
+        for i in other:
+            others[header[i]].append(row[i].strip() if i < len(row) else "")
     if not paths:
         raise UserError(f"CSV file '{csv_path}' has a header but no rows; add one row per image.")
-    return paths, labels, (groups if group_column is not None else None)
+    out = (paths, labels, (groups if group_column is not None else None))
+    return (*out, others) if with_columns else out
 
 
 def resolve_classes(labels: list[str], explicit: list[str] | None = None) -> list[str]:
