@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from .data.sources import read_csv, scan_folder
-from .engine.checkpoint import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .errors import UserError
 from .inference import TOP_K, csv_text, load, prediction_cells, prediction_header
-from .metrics import METRIC_NAMES, ClassificationMetrics
+from .metrics import ClassificationMetrics
+from .tasks import get_task
+
+METRIC_NAMES = get_task("multiclass").metric_names()
 
 
 @dataclass

@@ -20,9 +20,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .data.decode import BadImageError, load_image
-from .data.transforms import eval_transform, normalize
-from .engine.checkpoint import atomic_write_json
+from .io import atomic_write_json
+from .modelinfo import ModelInfo
 from .errors import UserError, unknown_name
 from .inference import load_member
 
@@ -52,16 +51,12 @@ class _Logits(nn.Module):
         return self.model(images)
 
 
-def metadata(meta: dict) -> dict:
+def metadata(info: ModelInfo) -> dict:
     """Classes and preprocessing, as plain JSON values."""
     return {
-        "classes": [str(c) for c in meta["classes"]],
-        "image_size": meta["image_size"],
-        "channels": meta["channels"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "resize": meta["resize"],
-        "architecture": meta["architecture"],
+        "classes": list(info.classes), "image_size": info.image_size, "channels": info.channels,
+        "mean": list(info.mean), "std": list(info.std), "resize": info.resize,
+        "architecture": info.architecture, "task": info.task,
         "input": "float32 [N, channels, image_size, image_size], normalised: (pixel / 255 - mean) / std",
         "output": "logits [N, len(classes)]; softmax gives probabilities",
     }
@@ -72,28 +67,23 @@ def _as_strings(values: dict) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def check_batch(run_dir: Path, meta: dict, n: int = CHECK_BATCH) -> tuple[torch.Tensor, str]:
+def check_batch(run_dir: Path, info: ModelInfo, n: int = CHECK_BATCH) -> tuple[torch.Tensor, str]:
     """Up to ``n`` validation images of the run, preprocessed as for evaluation; random pixels if none are found."""
-    transform = eval_transform(meta["image_size"], meta["crop_pct"])
-    images = []
     val_csv = run_dir / "split" / "val.csv"
+    paths = []
     if val_csv.is_file():
         with open(val_csv, newline="") as f:
-            for row in csv.DictReader(f):
-                try:
-                    images.append(transform(load_image(row["path"], channels=meta["channels"])))
-                except BadImageError:
-                    continue
-                if len(images) == n:
-                    break
-    if len(images) >= EXAMPLE_BATCH + 1:
-        batch, source = torch.stack(images), f"{len(images)} validation images from {val_csv}"
+            paths = [row["path"] for _, row in zip(range(4 * n), csv.DictReader(f))]
+    batch, _ = info.load_images(paths)
+    batch = batch[:n]
+    if len(batch) >= EXAMPLE_BATCH + 1:
+        source = f"{len(batch)} validation images from {val_csv}"
     else:
         g = torch.Generator().manual_seed(0)
-        size = meta["image_size"]
-        batch = torch.randint(0, 256, (n, meta["channels"], size, size), dtype=torch.uint8, generator=g)
+        size = info.image_size
+        batch = torch.randint(0, 256, (n, info.channels, size, size), dtype=torch.uint8, generator=g)
         source = f"{n} random-pixel images (validation images of the run not found)"
-    return normalize(batch, meta["mean"], meta["std"]), source
+    return info.batch_prep("cpu").images(batch), source
 
 
 def _need_onnx() -> None:
@@ -107,7 +97,7 @@ def _dynamic_batch():
     return ({0: torch.export.Dim("batch", min=1)},)
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: ModelInfo) -> Callable:
     _need_onnx()
     import onnx
     import onnxruntime
@@ -121,14 +111,14 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict
     return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
 
 
-def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: ModelInfo) -> Callable:
     program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, str(path), extra_files={"imgcls.json": json.dumps(metadata(meta))})
     loaded = torch.export.load(str(path)).module()
     return lambda x: loaded(x)
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> Callable:
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: ModelInfo) -> Callable:
     warnings.warn("TorchScript is deprecated in PyTorch; prefer --format pt2 (torch.export) or onnx.",
                   FutureWarning, stacklevel=3)
     with warnings.catch_warnings():
@@ -167,19 +157,19 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     if format == "onnx":
         _need_onnx()  # before loading anything: the fix is an install
     member = load_member(run_dir)
-    meta = member.meta
+    info = member.info
     model = _Logits(member.model).eval()
-    batch, source = check_batch(run_dir, meta)
+    batch, source = check_batch(run_dir, info)
 
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export.save wants the .pt2 ending
     try:
         with torch.inference_mode(False), torch.no_grad():
             try:
-                run_exported = exporter(model, batch[:EXAMPLE_BATCH], tmp, meta)
+                run_exported = exporter(model, batch[:EXAMPLE_BATCH], tmp, info)
             except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
                 if isinstance(e, UserError):
                     raise
-                raise UserError(f"model '{meta['architecture']}' could not be exported to {format} "
+                raise UserError(f"model '{info.architecture}' could not be exported to {format} "
                                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); try another "
                                 "--format.") from None
             expected = model(batch)
@@ -193,5 +183,5 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
         if tmp.exists():
             tmp.unlink()
     if meta_path is not None:
-        atomic_write_json(meta_path, metadata(meta))
+        atomic_write_json(meta_path, metadata(info))
     return ExportResult(path, format, diff, batch.shape[0], source, meta_path)

@@ -2,7 +2,7 @@
 exactly the evaluation preprocessing recorded at training time, test-time augmentation and ensembles.
 
 The pipeline is the validation pass of training: decode (``load_image`` with the recorded channels)
-and ``eval_transform`` in DataLoader workers on uint8 images, then ``normalize`` once per batch on
+and ``ModelInfo.eval_transform()`` in DataLoader workers on uint8 images, then ``ModelInfo.batch_prep`` once per batch on
 the device, the model in ``eval()`` under ``torch.inference_mode()``, softmax in float32.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
 from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
-from .data.transforms import eval_transform, normalize
-from .engine.checkpoint import atomic_write_text, load_run_model
+from .io import atomic_write_text, csv_text
+from .modelinfo import ModelInfo, load_run_model
 from .errors import UserError
 
-from .metrics import TOP_K  # noqa: E402  (one top-k for metrics and predictions)
+from .tasks import TOP_K  # one top-k for metrics and predictions
 
 
 # ---------------------------------------------------------------- loading a run
@@ -36,7 +36,7 @@ from .metrics import TOP_K  # noqa: E402  (one top-k for metrics and predictions
 class Member:
     """One model of a predictor: its run folder, its ``model.json`` and the model in eval mode."""
     run_dir: Path
-    meta: dict
+    info: ModelInfo
     model: nn.Module
     view: int = 0  # index of its preprocessing in Predictor.views
 
@@ -47,18 +47,15 @@ def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") 
     if not (run_dir / "model.json").is_file():
         raise UserError(f"'{run_dir}' is not a trained run folder (no model.json); pass a folder written by "
                         "'imgcls train'.")
-    model, meta = load_run_model(run_dir)
-    return Member(run_dir, meta, model.eval().to(device))
+    model, info = load_run_model(run_dir)
+    return Member(run_dir, info, model.eval().to(device))
 
 
 def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
          device: str = "auto") -> "Predictor":
     """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
-    from .engine.fit import resolve_device
-    try:
-        dev = resolve_device(device)
-    except UserError:  # its message names train.device
-        raise UserError(f"device '{device}' is not available here; use --device auto or cpu.") from None
+    from .device import resolve_device
+    dev = resolve_device(device, key="--device")
     return Predictor([load_member(p, dev) for p in [model, *ensemble]], dev)
 
 
@@ -83,10 +80,10 @@ class _InferenceImages(Dataset):
     Files decode with ``load_image``, as in training; in-memory images convert as their files would.
     """
 
-    def __init__(self, items: Sequence[Any], views: Sequence[tuple[int, int, float]]):
+    def __init__(self, items: Sequence[Any], infos: Sequence[ModelInfo]):
         self.items = list(items)
-        self.views = list(views)
-        self.transforms = [eval_transform(size, crop) for _, size, crop in self.views]
+        self.views = [i.eval_view for i in infos]
+        self.transforms = [i.eval_transform() for i in infos]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -146,25 +143,27 @@ class Predictor:
             raise ValueError("a Predictor needs at least one model")
         first = members[0]
         for m in members[1:]:
-            if m.meta["classes"] != first.meta["classes"]:
+            if m.info.classes != first.info.classes:
                 raise UserError(f"ensemble models have different class lists ({first.run_dir}: "
-                                f"{', '.join(map(str, first.meta['classes']))}; {m.run_dir}: "
-                                f"{', '.join(map(str, m.meta['classes']))}); ensemble only runs trained on the same classes.")
+                                f"{', '.join(map(str, first.info.classes))}; {m.run_dir}: "
+                                f"{', '.join(map(str, m.info.classes))}); ensemble only runs trained on the same classes.")
         self.members = list(members)
         self.device = torch.device(device)
-        self.meta = first.meta
-        self.classes: list[str] = [str(c) for c in first.meta["classes"]]
+        self.info = first.info
+        self.classes: list[str] = [str(c) for c in first.info.classes]
         # One decoded+cropped image per distinct (channels, image_size, crop_pct), shared by the members using it.
-        self.views: list[tuple[int, int, float]] = []
+        self.views: list[ModelInfo] = []  # one per distinct eval_view
         for m in self.members:
-            key = (m.meta["channels"], m.meta["image_size"], float(m.meta["crop_pct"]))
-            if key not in self.views:
-                self.views.append(key)
-            m.view = self.views.index(key)
+            keys = [v.eval_view for v in self.views]
+            if m.info.eval_view not in keys:
+                self.views.append(m.info)
+                keys.append(m.info.eval_view)
+            m.view = keys.index(m.info.eval_view)
+        self.preps = [m.info.batch_prep(self.device) for m in self.members]  # mean/std on the device once
 
     @property
     def allows_flip(self) -> bool:
-        return all(m.meta["allows_flip"] for m in self.members)
+        return all(m.info.allows_flip for m in self.members)
 
     def tta_plan(self, tta: bool, scales: Optional[Sequence[float]] = None) -> tuple[bool, tuple[float, ...]]:
         """(flip, scales) for ``tta``; refuses flip for a model whose training preset forbids it."""
@@ -173,7 +172,7 @@ class Predictor:
             raise UserError(f"--tta-scales must be positive factors such as 0.875 1.0 1.125, got {list(scales)}.")
         flip = bool(tta)
         if flip and not self.allows_flip:
-            augment = next(m.meta["augment"] for m in self.members if not m.meta["allows_flip"])
+            augment = next(m.info.augment for m in self.members if not m.info.allows_flip)
             if scales == (1.0,):
                 raise UserError(f"--tta flips images horizontally, but this model was trained with augment "
                                 f"'{augment}', where a mirrored image is another class; drop --tta or use "
@@ -186,11 +185,11 @@ class Predictor:
     def _probs(self, views: list[torch.Tensor], flip: bool, scales: tuple[float, ...]) -> torch.Tensor:
         """uint8 batches (one per view) -> [N, K] probabilities averaged over TTA views, then members."""
         total = None
-        for m in self.members:
-            x = normalize(views[m.view].to(self.device, non_blocking=True), m.meta["mean"], m.meta["std"])
+        for m, prep in zip(self.members, self.preps):
+            x = prep.images(views[m.view])
             p, n = 0.0, 0
             for s in scales:
-                size = max(1, round(m.meta["image_size"] * s))
+                size = max(1, round(m.info.image_size * s))
                 xs = x if s == 1.0 else F.interpolate(x, size=(size, size), mode="bilinear",
                                                       align_corners=False, antialias=True)
                 for flipped in ((False, True) if flip else (False,)):
@@ -199,10 +198,10 @@ class Predictor:
                     except RuntimeError as e:
                         if s == 1.0:
                             raise
-                        raise UserError(f"model '{m.meta['architecture']}' does not accept {size}x{size} inputs "
+                        raise UserError(f"model '{m.info.architecture}' does not accept {size}x{size} inputs "
                                         f"(--tta-scales {s}): {str(e).splitlines()[0][:120]}; use scales it "
                                         "supports or drop --tta-scales.") from None
-                    p = p + logits.float().softmax(dim=1)
+                    p = p + m.info.task_type.probabilities(logits)
                     n += 1
             total = p / n if total is None else total + p / n
         return (total / len(self.members)).cpu()
@@ -327,27 +326,16 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], path_column: str = "path
 # ---------------------------------------------------------------- output tables
 
 def prediction_header(classes: Sequence[str]) -> list[str]:
-    return ["pred", "prob", "top_k", *[f"prob_{c}" for c in classes]]
+    """predict's own columns (after the path or the carried input columns)."""
+    from .tasks import get_task
+    return get_task("multiclass").prediction_header(classes, labelled=False)[1:]
 
 
-def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K) -> list[list[str]]:
-    """pred, prob, top_k (best first, '|'-separated) and every class probability, per row of ``probs``."""
-    k = max(1, min(top_k, len(classes)))
-    # A stable sort keeps the first class on ties, so top_k[0] is argmax's choice.
-    order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, :k].tolist()
-    rows = []
-    for p, best in zip(probs.tolist(), order):
-        rows.append([classes[best[0]], f"{p[best[0]]:.6g}", "|".join(classes[j] for j in best),
-                     *[f"{v:.6g}" for v in p]])
-    return rows
-
-
-def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K,
+                     task: str = "multiclass") -> list[list[str]]:
+    """pred, prob, top_k and every class probability per row: the task's one prediction writer."""
+    from .tasks import get_task
+    return [r[1:] for r in get_task(task).prediction_rows([""] * len(probs), probs, classes, top_k=top_k)]
 
 
 def errors_path(out: Path) -> Path:
@@ -391,7 +379,7 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
     classes = predictor.classes
 
     if submission:
-        counts = predictor.meta["train_counts"]
+        counts = predictor.info.train_counts
         fallback = classes[max(range(len(classes)), key=lambda k: (counts[k], -k))]  # first on ties
         labels = [fallback] * len(table.paths)
         for row, i in enumerate(res.ok):

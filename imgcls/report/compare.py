@@ -98,7 +98,7 @@ def _best_runs(metric: str, values: list) -> set[int]:
 def write_compare(runs: Comparison | Sequence[str | Path], out: str | Path = "compare.html") -> Path:
     """compare.html (``out`` may be a folder): the config differences, best metrics (the best run in
     bold) and overlaid curves, from run folders or an existing ``compare_runs`` result."""
-    from ..engine.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     c = runs if isinstance(runs, Comparison) else compare_runs(runs)
     head = ["", *c.names]

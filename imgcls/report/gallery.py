@@ -122,37 +122,26 @@ def gradcam_overlays(run: RunData, examples: Sequence[Example]) -> Optional[list
     """Grad-CAM overlay per example (None where its image is missing); None when the model is not
     convolutional or the run has no best.safetensors / model.json."""
     weights = run.run_dir / "best.safetensors"
-    meta = run.model
-    if not examples or not weights.is_file() or not meta:
+    if not examples or not weights.is_file() or run.model is None:
         return None
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from ..data.decode import BadImageError, load_image
-    from ..data.transforms import eval_transform, normalize
-    from ..engine.checkpoint import load_run_model
+    from ..modelinfo import load_run_model
 
-    model, _ = load_run_model(weights.parent, weights.name)
+    model, info = load_run_model(weights.parent, weights.name)
     layer = cam_target_layer(model)
     if layer is None:
         return None
-    tf = eval_transform(meta["image_size"], meta["crop_pct"])
-    code = {c: i for i, c in enumerate(meta["classes"])}
-    images, keep = [], []
-    for i, ex in enumerate(examples):
-        found = run.resolve_image(ex.path)
-        if found is None:
-            continue
-        try:
-            images.append(tf(load_image(found, channels=meta["channels"])))
-            keep.append(i)
-        except (BadImageError, OSError):
-            continue
-    if not images:
+    code = {c: i for i, c in enumerate(info.classes)}
+    found = [run.resolve_image(ex.path) for ex in examples]
+    where = [i for i, f in enumerate(found) if f is not None]
+    batch, ok = info.load_images([found[i] for i in where])  # the one evaluation pipeline
+    keep = [where[j] for j in ok]
+    if not keep:
         return [None] * len(examples)
-    batch = torch.stack(images)
-    x = normalize(batch, meta["mean"], meta["std"])
+    x = info.batch_prep("cpu").images(batch)
     if not _spatial_output(model, layer, x):
         return None
     targets = [ClassifierOutputTarget(code[examples[i].pred]) for i in keep]

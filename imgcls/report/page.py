@@ -92,11 +92,11 @@ def _summary(run: RunData) -> str:
     n_val = sum(run.val_counts) if run.val_counts else vm.get("num_samples")
     params = _param_count(run.run_dir / "best.safetensors")
     seconds = float(np.nansum(run.column("seconds"))) if run.history else math.nan
-    size = meta.get("image_size", run.config.get("data", {}).get("image_size", "?"))
-    arch = meta.get("architecture", run.config.get("model", {}).get("name", "?"))
+    size = meta.image_size if meta else run.config.get("data", {}).get("image_size", "?")
+    arch = meta.architecture if meta else run.config.get("model", {}).get("name", "?")
     facts = [
         ("model", f"{arch}" + (f", {params / 1e6:.2f} M parameters" if params else "")
-                  + f", input {size}x{size}x{meta.get('channels', '?')}"),
+                  + f", input {size}x{size}x{meta.channels if meta else '?'}"),
         ("data", f"{n_train if n_train is not None else '?'} train / {n_val} validation images, {k} classes"),
         ("best epoch", f"{vm.get('epoch', '?')} of {len(run.history)} by {run.monitor} "
                        f"({num(float(vm.get(run.monitor, math.nan)), 4)})"),
@@ -318,7 +318,7 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
     Returns the path of report.html. Raises UserError when ``run_dir`` is not a run folder with at
     least one finished epoch. ``gradcam=False`` skips the Grad-CAM overlays (no model is built).
     """
-    from ..engine.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     run = load_run(run_dir)
     save = _Plots(run.run_dir / "plots")

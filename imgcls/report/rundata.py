@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from ..errors import UserError
+from ..modelinfo import ModelInfo
 
 REQUIRED = ("config.yaml", "metrics.csv", "val_metrics.json")
 
@@ -41,7 +42,7 @@ class RunData:
     val_metrics: dict                 # val_metrics.json: scalars, per_class, confusion_matrix, ece...
     history: list[dict]               # metrics.csv rows as floats (NaN where blank)
     classes: list[str]
-    model: dict = field(default_factory=dict)   # model.json ({} if absent)
+    model: Optional[ModelInfo] = None           # model.json (None if absent)
     env: dict = field(default_factory=dict)     # env.json ({} if absent)
     train_counts: Optional[list[int]] = None    # from split/train.csv
     val_counts: Optional[list[int]] = None      # from split/val.csv
@@ -106,16 +107,18 @@ def _read_predictions(path: Path, classes: list[str]) -> Optional[Predictions]:
         header = next(reader, None)
         rows = list(reader)
     prob_cols = [f"prob_{c}" for c in classes]
-    if header is None or header[:3] != ["path", "label", "pred"] or header[3:] != prob_cols:
+    if header is None or not {"path", "label", "pred", *prob_cols} <= set(header):
         raise UserError(f"'{path}' does not have the columns path,label,pred,prob_<class> for the run's "
                         f"{len(classes)} classes; re-copy the run folder.")
+    col = {name: header.index(name) for name in ("path", "label", "pred", *prob_cols)}
     try:
-        labels = np.array([code[r[1]] for r in rows], dtype=np.int64)
-        preds = np.array([code[r[2]] for r in rows], dtype=np.int64)
+        labels = np.array([code[r[col["label"]]] for r in rows], dtype=np.int64)
+        preds = np.array([code[r[col["pred"]]] for r in rows], dtype=np.int64)
     except KeyError as e:
         raise UserError(f"'{path}' names class {e} that the run does not have; re-copy the run folder.")
-    probs = np.array([[float(x) for x in r[3:]] for r in rows], dtype=np.float64).reshape(len(rows), len(classes))
-    return Predictions([r[0] for r in rows], labels, preds, probs)
+    probs = np.array([[float(r[col[c]]) for c in prob_cols] for r in rows], dtype=np.float64).reshape(
+        len(rows), len(classes))
+    return Predictions([r[col["path"]] for r in rows], labels, preds, probs)
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -131,15 +134,15 @@ def load_run(run_dir: str | Path) -> RunData:
     val_metrics = _read_json(run_dir / "val_metrics.json")
     with open(run_dir / "metrics.csv", newline="") as f:
         history = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    model = _read_json(run_dir / "model.json") if (run_dir / "model.json").is_file() else {}
+    model = ModelInfo.read(run_dir / "model.json") if (run_dir / "model.json").is_file() else None
     env = _read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {}
-    classes = [str(c) for c in (model.get("classes") or val_metrics.get("classes") or [])]
+    classes = [str(c) for c in ((model.classes if model else None) or val_metrics.get("classes") or [])]
     if len(classes) < 2 or "per_class" not in val_metrics or "confusion_matrix" not in val_metrics:
         raise UserError(f"'{run_dir / 'val_metrics.json'}' lacks classes, per_class or confusion_matrix; "
                         "re-copy the run folder or retrain.")
     train_counts = _read_counts(run_dir / "split" / "train.csv", classes)
-    if train_counts is None and model.get("train_counts"):
-        train_counts = list(model["train_counts"])
+    if train_counts is None and model is not None and model.train_counts:
+        train_counts = list(model.train_counts)
     evaluations = []
     for folder in sorted(run_dir.glob("eval-*")):
         if (folder / "metrics.json").is_file():
