@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from imgcls import __version__  # noqa: E402
 from imgcls.data.decode import load_image  # noqa: E402
 from imgcls.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize  # noqa: E402
-from imgcls.engine.checkpoint import atomic_write_json, save_weights  # noqa: E402
+from imgcls.io import atomic_write_json  # noqa: E402
+from imgcls.modelinfo import save_weights  # noqa: E402
 from imgcls.inference import load  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
 

@@ -12,7 +12,7 @@ import imgcls
 from imgcls.cli import main
 from imgcls.data.decode import load_image
 from imgcls.data.transforms import eval_transform, normalize
-from imgcls.engine.checkpoint import load_weights
+from imgcls.modelinfo import load_weights
 from imgcls.errors import UserError
 from imgcls.export import export
 

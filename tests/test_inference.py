@@ -14,7 +14,7 @@ from PIL import Image
 import imgcls
 from imgcls.cli import main
 from imgcls.data.decode import load_image
-from imgcls.engine.checkpoint import load_weights, save_weights
+from imgcls.modelinfo import load_weights, save_weights
 from imgcls.errors import UserError
 
 
@@ -123,7 +123,7 @@ def test_tta_refuses_flip_for_a_digits_model_and_scales_match_resized_inputs(sma
     predictor = imgcls.load(run)
     with pytest.warns(UserWarning, match="forbids horizontal flips"):
         probs = predictor.predict(paths, tta=True, scales=[1.0, 1.5]).probs
-    meta = predictor.meta
+    meta = json.loads((predictor.members[0].run_dir / "model.json").read_text())
     x = torch.stack([load_image(p) for p in paths]).float() / 255
     x = (x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(meta["std"]).view(1, -1, 1, 1)
     model = predictor.members[0].model

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from imgcls.cli import main
-from imgcls.engine.checkpoint import load_last, load_run_model, load_weights, read_model_json
+from imgcls.engine.checkpoint import load_last
+from imgcls.modelinfo import ModelInfo, load_run_model, load_weights
+read_model_json = ModelInfo.read
 from imgcls.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imgcls"
@@ -116,7 +118,7 @@ def test_weights_of_another_architecture_fail_clearly(run_copy):
 
 def test_load_run_model_gives_the_trained_model(small_run):
     model, meta = load_run_model(small_run.run_dir)
-    assert not model.training and meta["classes"] == ["cat", "dog", "fox"]
+    assert not model.training and meta.classes == ("cat", "dog", "fox")
     saved = load_weights(small_run.run_dir / "best.safetensors")
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
