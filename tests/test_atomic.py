@@ -72,7 +72,7 @@ def _assert_files_readable(run_dir) -> None:
         assert all(r[c] != "" for r in rows for c in CSV_COLUMNS)
     if (run_dir / "val_predictions.csv").exists():
         rows = ck.read_csv_text((run_dir / "val_predictions.csv").read_text())
-        assert len(rows) == N_VAL + 1 and all(len(r) == 6 for r in rows)
+        assert len(rows) == N_VAL + 1 and all(len(r) == 8 for r in rows)  # path,label,pred,prob,top_k + 3 classes
 
 
 def test_thirty_kills_inside_saves_then_resume_is_bit_identical(reference, tiny_folder, tmp_path):

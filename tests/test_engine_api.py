@@ -128,7 +128,7 @@ def test_config_yaml_and_split_hold_absolute_paths(tiny_folder, tmp_path, monkey
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    ({"train.monitor": "val/auroc", "data.val_root": "ONE_CLASS"}, "train.monitor=val/auroc needs at least two"),
+    ({"train.monitor": "val/auroc", "data.val_root": "ONE_CLASS", "data.classes": ["cat", "dog", "fox"]}, "train.monitor=val/auroc needs at least two"),
     ({"train.batch_size": 1}, "train.batch_size=1 cannot train model 'small_cnn'"),
 ])
 def test_mistakes_found_only_after_training_are_caught_before_the_folder(tiny_folder, tmp_path, overrides, fragment):

@@ -412,7 +412,7 @@ def test_cli_report_and_compare(small_run, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(small_run.run_dir, a)
     shutil.copytree(small_run.run_dir, b)
-    cfg = (b / "config.yaml").read_text().replace("name: cross_entropy", "name: focal")
+    cfg = (b / "config.yaml").read_text().replace("name: auto", "name: focal")
     (b / "config.yaml").write_text(cfg)
     assert main(["report", str(a), "--no-gradcam"]) == 0
     assert (a / "report.html").is_file() and str(a / "report.html") in capsys.readouterr().out
@@ -421,13 +421,13 @@ def test_cli_report_and_compare(small_run, tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     line = [ln for ln in printed.splitlines() if ln.strip().startswith("loss.name")][0]
-    assert line.split()[1:] == ["cross_entropy", "focal"]
+    assert line.split()[1:] == ["auto", "focal"]
     assert "data.root" not in printed  # same in both runs: not a difference
     acc = json.loads((a / "val_metrics.json").read_text())["val/acc"]
     assert f"{acc:.4f}" in [ln for ln in printed.splitlines() if ln.strip().startswith("val/acc")][0]
     html = out.read_text()
     assert "<script" not in html and 'src="data:image/png;base64,' in html
-    assert compare_runs([a, b]).config_diff == [("loss.name", ["cross_entropy", "focal"])]
+    assert compare_runs([a, b]).config_diff == [("loss.name", ["auto", "focal"])]
 
     assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
