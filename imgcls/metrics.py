@@ -142,9 +142,7 @@ class ClassificationMetrics:
 
         confidence = probs.max(dim=1).values
         correct = (predicted == target).to(self._ece_correct.dtype)
-        # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
-        inner_edges = torch.linspace(0, 1, ECE_BINS + 1, device=logits.device)[1:]
-        bins = torch.bucketize(confidence, inner_edges).clamp_(max=ECE_BINS - 1)
+        bins = ece_bin_index(confidence)
         self._ece_count.index_put_((bins,), torch.ones_like(correct), accumulate=True)
         self._ece_conf.index_put_((bins,), confidence.to(self._ece_conf.dtype), accumulate=True)
         self._ece_correct.index_put_((bins,), correct, accumulate=True)
@@ -221,6 +219,14 @@ class ClassificationMetrics:
         """JSON-ready breakdown: classes, per_class table, confusion_matrix (rows = true),
         top5_acc, ece, num_samples."""
         return copy.deepcopy(self._summary()[1])
+
+
+def ece_bin_index(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
+    """The ECE bin of each confidence: bins (i/n, (i+1)/n]; a confidence of exactly 0 joins bin 0.
+    The one binning of validation's ECE and the report's reliability diagram."""
+    # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
+    edges = torch.linspace(0, 1, n_bins + 1, device=confidence.device, dtype=confidence.dtype)[1:]
+    return torch.bucketize(confidence, edges).clamp_(max=n_bins - 1)
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:

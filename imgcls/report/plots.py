@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-ECE_BINS = 15   # the same equal-width (lo, hi] bins as imgcls.metrics, so the ECE agrees with val_metrics.json
+from ..metrics import ECE_BINS  # one binning for val_metrics.json and the reliability diagram
 DPI = 100
 _MANY = 10      # above this many classes, ROC curves get no per-class legend
 
@@ -154,8 +154,9 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     and ECE = sum over bins of (count / N) * |accuracy - mean confidence| (Guo et al., 2017)."""
     confidence = np.asarray(confidence, float)
     correct = np.asarray(correct, float)
-    # right=True: bin i holds edges[i] < c <= edges[i+1]; a confidence of exactly 0 joins bin 0.
-    idx = np.clip(np.digitize(confidence, np.linspace(0, 1, n_bins + 1)[1:-1], right=True), 0, n_bins - 1)
+    import torch
+    from ..metrics import ece_bin_index
+    idx = ece_bin_index(torch.as_tensor(confidence, dtype=torch.float32), n_bins).numpy()
     count = np.bincount(idx, minlength=n_bins).astype(float)
     conf_sum = np.bincount(idx, weights=confidence, minlength=n_bins)
     correct_sum = np.bincount(idx, weights=correct, minlength=n_bins)
