@@ -8,7 +8,6 @@ the device, the model in ``eval()`` under ``torch.inference_mode()``, softmax in
 from __future__ import annotations
 
 import csv
-import io
 import os
 import warnings
 from dataclasses import dataclass, field

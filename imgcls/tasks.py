@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .errors import UserError, unknown_name
+from .errors import unknown_name
 
 TOP_K = 5  # the top_k column of prediction CSVs and the top-k accuracy of the metrics
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_\-./ ]+$")

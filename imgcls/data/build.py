@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from .sources import csv_header, read_csv, resolve_classes, scan_folder
+from .sources import read_csv, resolve_classes, scan_folder
 from .splits import split_indices
 
 
@@ -71,9 +71,15 @@ def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_
           group_column: Optional[str], what: str):
     """(paths, labels, groups or None, the group column used, the CSV's other columns)."""
     if csv_path:
-        header, _ = csv_header(csv_path)
-        column = resolve_group_column(header, group_column)
-        paths, labels, groups, others = read_csv(csv_path, path_column, label_column, column, with_columns=True)
+        explicit = None if group_column in (None, "auto") else group_column
+        paths, labels, groups, others = read_csv(csv_path, path_column, label_column, explicit, with_columns=True)
+        column = explicit
+        if group_column == "auto":  # one read of the file: the 'group' column is among the others
+            column = resolve_group_column(list(others), "auto")
+            groups = others.pop(column) if column else None
+            if groups is not None and not all(groups):
+                raise UserError(f"CSV file '{csv_path}' has empty '{column}' cells; fill them, or set "
+                                "data.group_column=none to split without groups.")
         return paths, labels, groups, column, others
     if root:
         paths, labels = scan_folder(root)

@@ -82,11 +82,6 @@ def open_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str
     return header, list(reader)
 
 
-def csv_header(csv_path: str | os.PathLike) -> list[str]:
-    """The column names of a CSV, and its rows (see ``open_csv_rows``)."""
-    return open_csv_rows(csv_path)
-
-
 def read_csv(
     csv_path: str | os.PathLike,
     path_column: str = "path",
