@@ -15,6 +15,7 @@ from .engine.checkpoint import load_last
 from .engine.fit import OnEpoch, RunResult, fit
 from .engine.rundir import RunLock
 from .errors import UserError
+from .io import check_writable
 
 RESUMABLE_KEYS = ("train.epochs",)  # what may differ on resume; everything else comes from the run folder
 
@@ -66,6 +67,7 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
                         "'imgcls train'.")
     if epochs is not None:  # the same rule as a new run's, checked before anything is touched
         epochs = Config().replace(**{"train.epochs": epochs}).train.epochs
+    check_writable(run_dir, "run folder", "copy it somewhere writable and resume the copy")
     lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
     try:
         return _resume_locked(run_dir, epochs, report, log, on_epoch)

@@ -18,8 +18,8 @@ from typing import Optional
 
 from PIL import Image
 
-from .data.decode import IMAGE_EXTENSIONS, check_image
-from .data.sources import SPLIT_NAMES, read_csv
+from .data.decode import IMAGE_EXTENSIONS, PIL_MAX_PIXELS, ImageLimits, check_image, pil_limit
+from .data.sources import SPLIT_NAMES, list_class_folder, read_csv
 from .errors import UserError
 
 
@@ -58,13 +58,15 @@ class DataCheck:
         return out
 
 
-def check_data(path: str | os.PathLike, min_size: int = 8, val: Optional[str | os.PathLike] = None) -> DataCheck:
-    """Check a class-folder tree (or one with train/ and val/ split folders) or a CSV, plus an optional ``val`` source."""
+def check_data(path: str | os.PathLike, min_size: int = 8, val: Optional[str | os.PathLike] = None,
+               max_pixels: Optional[int] = PIL_MAX_PIXELS) -> DataCheck:
+    """Check a class-folder tree (or one with train/ and val/ split folders) or a CSV, plus an optional ``val``
+    source. ``min_size``/``max_pixels`` are training's data.min_image_side/data.max_image_pixels."""
     report = DataCheck()
     _collect(Path(path), "train", report)
     if val is not None:
         _collect(Path(val), "val", report)
-    _check_files(report, min_size)
+    _check_files(report, ImageLimits(min_size, max_pixels))
     _check_set(report, separate_val=len({e.side for e in report.entries}) > 1)
     return report
 
@@ -73,6 +75,9 @@ def check_data(path: str | os.PathLike, min_size: int = 8, val: Optional[str | o
 
 def _collect(path: Path, side: str, report: DataCheck) -> None:
     if path.is_file():
+        if path.name.lower().endswith(IMAGE_EXTENSIONS):
+            raise UserError(f"'{path}' is an image file; pass the folder that holds one subfolder per class "
+                            "(or a CSV of path,label).")
         _collect_csv(path, side, report)
     elif path.is_dir():
         subdirs = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -86,28 +91,19 @@ def _collect(path: Path, side: str, report: DataCheck) -> None:
 
 
 def _collect_folder(root: Path, side: str, report: DataCheck) -> None:
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
+    """The folder as training lists it (imgcls.data.sources.list_class_folder), skipped entries named."""
+    listing = list_class_folder(root)
+    if not listing.paths and not listing.empty_classes:
         report.set_problems.append(f"folder '{root}' has no class subfolders; put each class's images in "
                                    "its own subfolder.")
-        return
-    ignored = []
-    for d in class_dirs:
-        images = []
-        for dirpath, dirnames, filenames in os.walk(d):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                p = os.path.join(dirpath, name)
-                (images if name.lower().endswith(IMAGE_EXTENSIONS) else ignored).append(p)
-        if not images:
-            report.set_problems.append(f"class folder '{d}' holds no images; add images or remove the folder.")
-        report.entries += [Entry(p, d.name, side, str(root)) for p in images]
-    ignored += [str(p) for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if ignored:
-        report.notes.append(f"{len(ignored)} file(s) without an image extension are not used by training, "
-                            f"e.g. '{ignored[0]}'")
+    for name in listing.empty_classes:
+        report.set_problems.append(f"class folder '{root / name}' holds no images; add images or remove the folder.")
+    report.entries += [Entry(p, label, side, str(root)) for p, label in zip(listing.paths, listing.labels)]
+    if listing.skipped:
+        report.notes.append(f"{listing.skipped_summary()}; training skips them too")
+    if listing.other_files:
+        report.notes.append(f"{len(listing.other_files)} file(s) without an image extension are not used by "
+                            f"training, e.g. '{listing.other_files[0]}'")
 
 
 def _collect_csv(csv_path: Path, side: str, report: DataCheck) -> None:
@@ -125,17 +121,19 @@ def _collect_csv(csv_path: Path, side: str, report: DataCheck) -> None:
 
 # ---------------------------------------------------------------- per file
 
-def _check_files(report: DataCheck, min_size: int) -> None:
+def _check_files(report: DataCheck, limits: ImageLimits) -> None:
     unusual: dict[str, list[str]] = defaultdict(list)
     for e in report.entries:
         if e.from_csv and not os.path.lexists(e.path):
             report.file_problems.append((e.path, f"listed in '{e.source}' but the file does not exist"))
             continue
-        why = check_image(e.path, min_size=min_size)
+        why = check_image(e.path, limits)
         if why:
             report.file_problems.append((e.path, why))
             continue
-        for kind in _unusual(e.path):
+        with pil_limit(limits):  # the file passed our size check; PIL's own guard must not refuse it now
+            kinds = _unusual(e.path)
+        for kind in kinds:
             unusual[kind].append(e.path)
     for kind, paths in sorted(unusual.items()):
         report.notes.append(f"{len(paths)} valid file(s) {kind}, e.g. '{paths[0]}' (decoded normally)")

@@ -205,7 +205,10 @@ def _add_check_data(sub) -> None:
     c.add_argument("path", help="class-folder tree (or one with train/ and val/ folders) or a CSV of path,label")
     c.add_argument("--val", metavar="PATH", help="a separate validation folder or CSV, checked against PATH")
     c.add_argument("--min-size", type=int, default=8, metavar="PX",
-                   help="smallest acceptable image side in pixels (default 8)")
+                   help="smallest acceptable image side in pixels (default 8, as training's data.min_image_side)")
+    c.add_argument("--max-pixels", type=int, default=89_478_485, metavar="N",
+                   help="largest acceptable width x height (default PIL's 89478485, as data.max_image_pixels; "
+                        "0: no limit)")
     c.set_defaults(func=_cmd_check_data)
 
 
@@ -214,7 +217,9 @@ def _cmd_check_data(a: argparse.Namespace) -> int:
 
     if a.min_size < 1:
         raise UserError(f"--min-size must be at least 1 pixel, got {a.min_size}.")
-    report = check_data(a.path, min_size=a.min_size, val=a.val)
+    if a.max_pixels < 0:
+        raise UserError(f"--max-pixels must be 0 (no limit) or a positive pixel count, got {a.max_pixels}.")
+    report = check_data(a.path, min_size=a.min_size, val=a.val, max_pixels=a.max_pixels or None)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 
@@ -284,15 +289,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_PATH_ARGS = ("config", "model", "inputs", "out", "data", "ensemble", "run_dir", "run_dirs", "dir", "resume", "path", "val")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """'~/x' as a path, also where no shell expanded it (quoted, or from a script); config keys do the same."""
+    import os
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _expand_home(args)
     from .api import ReportInterrupted
     from .engine.signals import TrainingInterrupted
     try:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A file-system refusal met mid-command (read-only mount, disk full, a file where a folder
+        # should be) is the user's environment, not a bug: one sentence. Anything else still raises.
+        from .io import FILE_SYSTEM_ERRNOS, describe_os_error
+        if e.errno not in FILE_SYSTEM_ERRNOS:
+            raise
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, ReportInterrupted) as e:
         print(str(e), file=sys.stderr)

@@ -56,6 +56,8 @@ class DataConfig:
     sampler: Literal["random", "balanced"] = "random"
     num_workers: int = 2
     on_bad_image: Literal["error", "skip"] = "error"
+    min_image_side: int = 8             # px; smaller images are bad images (here and in predict/evaluate)
+    max_image_pixels: Optional[int] = 89_478_485  # width x height (PIL's default); none: no limit
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,9 @@ def _convert(value: Any, tp: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if (type(None) in args and str not in args and isinstance(value, str)
+                and value.strip().lower() == "none"):  # "none" reads as off where no string is valid
+            return None
         for a in args:
             if a is not type(None):
                 try:
@@ -336,7 +341,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are checked by their registry
     "train.epochs": 1, "train.batch_size": 1, "train.accumulate": 1, "data.image_size": 8,
     "data.num_workers": 0, "data.mixup": 0.0, "data.cutmix": 0.0, "train.checkpoint_every_steps": 0,
-    "train.patience": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
+    "train.patience": 1, "data.min_image_side": 1, "data.max_image_pixels": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
 }
 
 

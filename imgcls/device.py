@@ -27,9 +27,12 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if name == "mps" and not _mps_available():
         raise UserError(f"{key} is 'mps' but Apple MPS is not available; use {key}=auto or cpu.")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"{key} '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # 'meta' builds no real tensors
+        raise UserError(f"{key} '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    return device
 
 
 def autocast_context(device: torch.device, precision: str):

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from .data.sources import read_csv, scan_folder
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, check_writable
 from .errors import UserError
-from .inference import TOP_K, csv_text, load, prediction_cells, prediction_header
+from .inference import TOP_K, check_loader_options, csv_text, load, prediction_cells, prediction_header
 from .metrics import ClassificationMetrics
 from .tasks import get_task
 
@@ -57,10 +57,12 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
              progress: bool = False) -> EvalResult:
     """Predict on the labelled set ``data`` and write metrics.json, per_class.csv, confusion_matrix.csv,
     predictions.csv (and errors.csv for unreadable images) into ``out``."""
+    check_loader_options(batch_size, num_workers)
     out_dir = Path(out) if out is not None else default_out_dir(model, data)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise UserError(f"evaluation folder '{out_dir}' already exists; pass --force to overwrite it or "
                         "choose another --out.")
+    check_writable(out_dir, "evaluation folder", "choose another --out")  # before predicting, not after
     predictor = load(model, ensemble, device)
     paths, labels = read_labelled(data, path_column, label_column)
     classes = predictor.classes

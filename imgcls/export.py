@@ -22,6 +22,7 @@ from torch import nn
 
 from .io import atomic_write_json
 from .modelinfo import ModelInfo
+from .io import check_writable
 from .errors import UserError, unknown_name
 from .inference import load_member
 
@@ -152,6 +153,9 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     for p in (path, meta_path):
         if p is not None and p.exists() and not force:
             raise UserError(f"'{p}' already exists; pass --force to overwrite it or choose another --out.")
+    if path.is_dir():
+        raise UserError(f"--out '{path}' is a folder; give a file name such as '{path / default_name}'.")
+    check_writable(path.parent, "output folder", "choose another --out")
     if not path.parent.is_dir():
         raise UserError(f"the folder of output file '{path}' does not exist; create it or choose another --out.")
     if format == "onnx":

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
 from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
-from .io import atomic_write_text, csv_text
+from .io import atomic_write_text, check_writable, csv_text
 from .modelinfo import ModelInfo, load_run_model
 from .errors import UserError
 
@@ -83,6 +83,7 @@ class _InferenceImages(Dataset):
         self.items = list(items)
         self.views = [i.eval_view for i in infos]
         self.transforms = [i.eval_transform() for i in infos]
+        self.limits = [i.limits for i in infos]  # the sizes each model's training accepted
 
     def __len__(self) -> int:
         return len(self.items)
@@ -94,8 +95,8 @@ class _InferenceImages(Dataset):
         try:
             out = []
             is_path = isinstance(item, (str, os.PathLike))
-            for transform, (channels, _, _) in zip(self.transforms, self.views):
-                img = load_image(item, channels=channels) if is_path else _to_image(item, channels)
+            for transform, (channels, _, _), limits in zip(self.transforms, self.views, self.limits):
+                img = load_image(item, channels, limits) if is_path else _to_image(item, channels)
                 out.append(transform(img))
             return i, out, None
         except BadImageError as e:
@@ -108,6 +109,15 @@ def _collate(batch):
     idx = [i for i, _ in good]
     views = [torch.stack([v[k] for _, v in good]) for k in range(len(good[0][1]))] if good else []
     return idx, views, bad
+
+
+def check_loader_options(batch_size: int, num_workers: Optional[int]) -> None:
+    """--batch-size and --workers as one sentence each, before any model or image is loaded."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch-size must be a whole number of at least 1, got {batch_size!r}.")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 0):
+        raise UserError(f"--workers must be 0 (load in the main process) or more, got {num_workers!r}.")
 
 
 def default_workers(n_items: int, batch_size: int, device: torch.device) -> int:
@@ -210,6 +220,7 @@ class Predictor:
                       tta: bool = False, scales: Optional[Sequence[float]] = None,
                       progress: bool = False) -> FileResults:
         """Predict every readable input; unreadable ones are reported in ``errors``, never raised."""
+        check_loader_options(batch_size, num_workers)
         flip, scales = self.tta_plan(tta, scales)
         for m in self.members:
             m.model.eval()
@@ -221,8 +232,12 @@ class Predictor:
         for idx, views, bad in tqdm(loader, desc="predict", leave=False, disable=not progress):
             errors += bad
             if idx:
-                probs.append(self._probs(views, flip, scales))
-                ok += idx
+                p = self._probs(views, flip, scales)
+                finite = torch.isfinite(p).all(dim=1)  # an overflow inside the model gives NaN, not a class
+                errors += [(i, "the model's output for this image is not finite (NaN or inf)")
+                           for i, f in zip(idx, finite.tolist()) if not f]
+                probs.append(p[finite])
+                ok += [i for i, f in zip(idx, finite.tolist()) if f]
         out = torch.cat(probs) if probs else torch.zeros(0, len(self.classes))
         return FileResults(out, ok, errors)
 
@@ -358,9 +373,14 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
                    progress: bool = False) -> PredictSummary:
     """``imgcls predict``: predictions for files/folders/a CSV written to ``out`` (or a two-column submission)."""
     import time
+    check_loader_options(batch_size, num_workers)
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"output file '{out}' already exists; pass --force to overwrite it or choose another --out.")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a folder; give a file name such as '{out / 'predictions.csv'}'.")
+    for p in (out, errors_path(out)):  # the errors list is output too: never replaced without --force
+        if p.exists() and not force:
+            raise UserError(f"output file '{p}' already exists; pass --force to overwrite it or choose another --out.")
+    check_writable(out.parent, "output folder", "choose another --out")  # before predicting, not after
     if out.parent and not out.parent.is_dir():
         raise UserError(f"the folder of output file '{out}' does not exist; create it or choose another --out.")
     if top_k < 1:
@@ -375,6 +395,10 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
                                   num_workers=num_workers, tta=tta, scales=scales, progress=progress)
     seconds = time.perf_counter() - t0
     errors = [(table.given[i], reason) for i, reason in sorted(res.errors)]
+    if not res.ok:  # nothing to write but the problems: a run that predicted nothing has failed
+        atomic_write_text(errors_path(out), csv_text(["path", "problem"], errors))
+        raise UserError(f"none of the {len(table.paths)} input(s) could be predicted (first: '{errors[0][0]}': "
+                        f"{errors[0][1]}; all listed in {errors_path(out)}); fix the paths or images.")
     classes = predictor.classes
 
     if submission:

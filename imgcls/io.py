@@ -7,6 +7,7 @@ file gets under the process's umask (a temporary file alone would be 0600).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -88,3 +89,47 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Write a CSV atomically (see ``atomic_write_bytes``)."""
     atomic_write_text(path, csv_text(header, rows))
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Fail now, in one sentence, when ``folder`` cannot take new files (read-only file system, no
+    permission, a file in the way), rather than after the work that would fill it.
+
+    The probe creates and removes a temporary file: access() checks say yes to root on a read-only
+    mount, so only a real write answers. ``what`` names the folder for the user ("run folder"), ``fix``
+    is what to do ("choose another --out").
+    """
+    from .errors import UserError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} '{folder}' is a file, not a folder; {fix}.")
+    # A folder still to be made is probed in its nearest existing parent, and nothing is created.
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise UserError(f"{what} '{folder}' lies inside '{probe}', which is a file, not a folder; {fix}.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".imgcls-probe.", suffix=".tmp", dir=probe)
+    except OSError as e:
+        raise UserError(f"cannot write into {what} '{folder}' ({e.strerror or e}); {fix}.") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+FILE_SYSTEM_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
+                      errno.ENOTDIR, errno.EEXIST}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One sentence for a file-system error met while reading or writing: the path, the reason, a fix."""
+    where = f" '{e.filename}'" if e.filename else ""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make it writable or choose another output location"
+    elif e.errno == errno.ENOSPC:
+        fix = "free some disk space and run the command again"
+    elif e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        fix = "choose a path that is not taken by a file or folder of the other kind"
+    else:
+        fix = "check the path and run the command again"
+    return f"cannot use{where} ({reason}); {fix}."

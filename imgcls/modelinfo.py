@@ -49,6 +49,8 @@ class ModelInfo:
     monitor_value: Optional[float] = None  # ... and its value
     train_counts: tuple[int, ...] = ()  # training images per class
     imgcls: str = ""                   # version that wrote it
+    min_side: int = 8                  # accepted image sizes, as training accepted them (ImageLimits)
+    max_pixels: Optional[int] = 89_478_485
     extra: dict = field(default_factory=dict, compare=False)  # task-specific record (e.g. thresholds)
 
     # ---- derived
@@ -70,6 +72,12 @@ class ModelInfo:
         """What decides the decoded eval input: runs sharing it can share one decoded image."""
         return (self.channels, self.image_size, float(self.crop_pct))
 
+    @property
+    def limits(self):
+        """The image sizes this model's training accepted: predict, evaluate and the report accept the same."""
+        from .data.decode import ImageLimits
+        return ImageLimits(self.min_side, self.max_pixels)
+
     def replace(self, **changes) -> "ModelInfo":
         return dataclasses.replace(self, **changes)
 
@@ -90,7 +98,7 @@ class ModelInfo:
         transform, images, ok = self.eval_transform(), [], []
         for i, p in enumerate(paths):
             try:
-                images.append(transform(load_image(p, channels=self.channels)))
+                images.append(transform(load_image(p, channels=self.channels, limits=self.limits)))
                 ok.append(i)
             except (BadImageError, OSError):
                 continue
@@ -108,6 +116,7 @@ class ModelInfo:
             "allows_flip": self.allows_flip, "epoch": self.epoch,
             "monitor": {"name": self.monitor, "value": self.monitor_value},
             "train_counts": list(self.train_counts), "imgcls": self.imgcls,
+            "image_limits": {"min_side": self.min_side, "max_pixels": self.max_pixels},
         }
 
     def write(self, path: Path) -> None:
@@ -136,13 +145,17 @@ class ModelInfo:
         if len(d["classes"]) < 2:
             raise UserError(f"'{where}' names {len(d['classes'])} class(es); a classifier has at least 2.")
         monitor = d["monitor"]
+        limits = d.get("image_limits", {})  # absent before it was recorded: the defaults training used then
+        if not isinstance(limits, dict):
+            raise UserError(f"'{where}' key 'image_limits' must be an object; re-copy the run folder.")
         return cls(
             architecture=d["architecture"], classes=tuple(str(c) for c in d["classes"]), channels=d["channels"],
             image_size=d["image_size"], crop_pct=float(d["crop_pct"]), mean=tuple(map(float, d["mean"])),
             std=tuple(map(float, d["std"])), augment=d["augment"], allows_flip=d["allows_flip"],
             task=task["type"], epoch=d["epoch"], monitor=str(monitor.get("name") or ""),
             monitor_value=monitor.get("value"), train_counts=tuple(int(c) for c in d["train_counts"]),
-            imgcls=str(d.get("imgcls", "")), extra={k: v for k, v in task.items() if k != "type"})
+            imgcls=str(d.get("imgcls", "")), min_side=int(limits.get("min_side", 8)),
+            max_pixels=limits.get("max_pixels", 89_478_485), extra={k: v for k, v in task.items() if k != "type"})
 
     @classmethod
     def read(cls, path: Path) -> "ModelInfo":
@@ -212,5 +225,9 @@ def load_run_model(run_dir: Path, weights: str = "best.safetensors") -> tuple[to
     state = load_weights(run_dir / weights)
     model = info.create_model()
     info.check_weights(model, state, str(run_dir / weights))
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # NaN weights or batch-norm statistics would give NaN probabilities for every image
+        raise UserError(f"'{run_dir / weights}' holds non-finite values in {len(bad)} tensor(s) (first: '{bad[0]}'), "
+                        "so every prediction would be NaN; retrain the run (e.g. with a lower optim.lr).")
     model.load_state_dict(state)
     return model.eval(), info

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from imgcls.data.decode import BadImageError, IMAGE_EXTENSIONS, check_image, image_channels, load_image
+from imgcls.data.decode import BadImageError, IMAGE_EXTENSIONS, ImageLimits, check_image, image_channels, load_image
 from imgcls.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -254,9 +254,26 @@ def test_check_image(tmp_path, monkeypatch):
     assert check_image(tmp_path / "good.png") is None
     Image.fromarray(GRAY[:4, :6]).save(tmp_path / "tiny.png")
     assert "too small" in check_image(tmp_path / "tiny.png")
-    assert check_image(tmp_path / "tiny.png", min_size=4) is None
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # good.png has 140 pixels
-    assert "decompression-bomb" in check_image(tmp_path / "good.png")
+    assert check_image(tmp_path / "tiny.png", ImageLimits(min_side=4)) is None
+    assert "over the limit of 100 pixels" in check_image(tmp_path / "good.png", ImageLimits(max_pixels=100))  # 140 px
+    assert check_image(tmp_path / "good.png", ImageLimits(max_pixels=None)) is None
+
+
+def test_one_size_policy_for_training_checks_and_predict_reads(tmp_path, monkeypatch):
+    """load_image with limits refuses exactly what check_image (training's scan) refuses, and an image
+    over PIL's own decompression-bomb guard decodes when the limit is raised (the setting, not PIL, decides)."""
+    Image.fromarray(GRAY[:1, :1]).save(tmp_path / "dot.png")
+    Image.fromarray(GRAY).save(tmp_path / "good.png")
+    Image.fromarray(GRAY).save(tmp_path / "good.jpg")
+    with pytest.raises(BadImageError, match="too small: 1x1"):
+        load_image(tmp_path / "dot.png", limits=ImageLimits())
+    assert load_image(tmp_path / "dot.png", limits=ImageLimits(min_side=1)).shape == (1, 1, 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # PIL would raise above 40 pixels; good.png has 140
+    for name in ("good.png", "good.jpg"):
+        assert load_image(tmp_path / name, limits=ImageLimits(max_pixels=1000)).shape[1:] == GRAY.shape
+        with pytest.raises(BadImageError, match="over the limit of 100"):
+            load_image(tmp_path / name, limits=ImageLimits(max_pixels=100))
+    assert Image.MAX_IMAGE_PIXELS == 20  # PIL's global is restored after each read
 
 
 def test_image_channels_agrees_with_load_image(tmp_path):

@@ -20,7 +20,8 @@ def test_scan_folder_classes_recursive_sorted_filtered(tmp_path):
                 "cat/notes.txt", "cat/.hidden.jpg", "cat/.cache/x.jpg", "dog/Thumbs.db", "loose.jpg"]:
         touch(tmp_path / rel)
     touch(tmp_path / ".ipynb_checkpoints" / "q.jpg")
-    paths, labels = scan_folder(tmp_path)
+    with pytest.warns(UserWarning, match=r"loose.jpg' \(an image outside any class folder\)"):
+        paths, labels = scan_folder(tmp_path)  # notes.txt and Thumbs.db are not images: skipped silently
     rel = [Path(p).relative_to(tmp_path).as_posix() for p in paths]
     assert rel == ["cat/y.tiff", "cat/z.webp", "dog/a.PNG", "dog/b.jpg", "dog/sub/c.jpeg"]
     assert labels == ["cat", "cat", "dog", "dog", "dog"]

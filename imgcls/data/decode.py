@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import io
 import os
+import contextlib
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -49,11 +52,70 @@ class BadImageError(UserError):
         return (type(self), (self.path, self.reason) if self.reason is not None else (str(self),))
 
 
-def load_image(path: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
-    """Decode `path` to a uint8 tensor [C, H, W]; `channels` None keeps 1 or 3, 1 makes gray, 3 makes RGB."""
+PIL_MAX_PIXELS = 89_478_485  # PIL's own default Image.MAX_IMAGE_PIXELS (about 0.25 GB of RGB)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Which image sizes are accepted, the same for training (data.min_image_side, data.max_image_pixels,
+    checked before the run starts), check-data, and predict/evaluate/report (read from model.json)."""
+    min_side: int = 8                          # px: a 1x1 "image" is a broken export, not a photo
+    max_pixels: Optional[int] = PIL_MAX_PIXELS  # width x height; None = no limit (trusted data only)
+
+    def problem(self, width: int, height: int) -> Optional[str]:
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            return (f"too large: {width}x{height} pixels is over the limit of {self.max_pixels} pixels "
+                    "")
+        if min(width, height) < self.min_side:
+            return f"too small: {width}x{height} pixels (minimum side {self.min_side})"
+        return None
+
+
+@contextlib.contextmanager
+def pil_limit(limits: Optional[ImageLimits]):
+    """PIL's decompression-bomb guard set to our limit while one file is read (None: PIL's own)."""
+    if limits is None:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    # PIL raises only above twice its limit (and warns between): we check the size ourselves.
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _header_size(path: str | os.PathLike, data: bytearray) -> tuple[int, int]:
+    """(width, height) from the file's header, before any pixel is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BadImageError(path, _pil_reason(exc)) from None
+
+
+def load_image(path: str | os.PathLike, channels: int | None = None,
+               limits: Optional[ImageLimits] = None) -> torch.Tensor:
+    """Decode `path` to a uint8 tensor [C, H, W]; `channels` None keeps 1 or 3, 1 makes gray, 3 makes RGB.
+
+    With `limits`, an image outside them is a BadImageError (read from the header, so an oversized
+    file is refused before it is decoded).
+    """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     data = _read_bytes(path)
+    with pil_limit(limits):
+        if limits is not None:
+            why = limits.problem(*_header_size(path, data))
+            if why:
+                raise BadImageError(path, why)
+        return _decode(path, data, channels)
+
+
+def _decode(path: str | os.PathLike, data: bytearray, channels: int | None) -> torch.Tensor:
     head = bytes(data[:64])
     img = None
     if _fast_path_ok(head):
@@ -90,36 +152,20 @@ def image_channels(path: str | os.PathLike) -> int:
     """Channels `load_image(path)` returns (1 or 3), read from the header only (no pixel decode)."""
     _read_bytes(path, header_only=True)
     try:
-        with Image.open(path) as im:
+        with pil_limit(ImageLimits(max_pixels=None)), Image.open(path) as im:  # header only: no bomb to fear
             mode = im.mode
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImageError(path, _pil_reason(exc)) from None
     return 1 if mode in _GRAY_MODES or mode.startswith("I;16") else 3
 
 
-def check_image(path: str | os.PathLike, min_size: int = 8) -> str | None:
-    """Describe what is wrong with an image file (empty, not an image, truncated, too small or too large), or None."""
+def check_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> str | None:
+    """Describe what is wrong with an image file (empty, not an image, truncated, outside ``limits``), or None.
+
+    It decodes fully with the loader training and predict use, so "check passes" means "both can read it".
+    """
     try:
-        _read_bytes(path, header_only=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported below instead
-            with Image.open(path) as im:
-                width, height = im.size
-    except BadImageError as exc:
-        return exc.reason
-    except Image.DecompressionBombError:
-        return f"larger than PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return _pil_reason(exc)
-    # Read the limit now, not at import, so a user who raised Image.MAX_IMAGE_PIXELS is obeyed.
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        return f"too large: {width}x{height} pixels is over PIL's decompression-bomb limit of {limit} pixels"
-    if min(width, height) < min_size:
-        return f"too small: {width}x{height} pixels (minimum side {min_size})"
-    # Decode fully with the loader training uses, so "check passes" means "training can read it".
-    try:
-        load_image(path)
+        load_image(path, limits=limits)
     except BadImageError as exc:
         return exc.reason
     return None

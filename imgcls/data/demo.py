@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls.errors import UserError
+from imgcls.io import check_writable
 
 VAL_PER_CLASS = 100
 # The minority classes of the imbalanced variant: 3, 5 and 8 share strokes, so a model that
@@ -81,6 +82,7 @@ def write_demo(dest: str | os.PathLike, imbalanced: bool = False, seed: int = 0)
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UserError(f"demo destination '{dest}' already exists and is not empty; choose a new folder or delete it.")
+    check_writable(dest, "demo destination", "choose a writable folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     images, labels = load_mnist5k()
     train_rows, val_rows = demo_split(labels, imbalanced, seed)

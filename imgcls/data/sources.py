@@ -9,6 +9,7 @@ import csv
 import io
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.data.decode import IMAGE_EXTENSIONS
@@ -17,46 +18,112 @@ from imgcls.errors import UserError
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
 
 
+@dataclass
+class FolderListing:
+    """What a class-folder tree holds: the images by class, and every entry left out, with why."""
+    paths: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)   # class folders with no image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): images or links not used
+    other_files: list[str] = field(default_factory=list)  # files without an image extension (labels.csv, notes)
+
+    def skipped_summary(self, limit: int = 3) -> str:
+        """'5 entries are not used: 'a.png' (an image directly in ..., not in a class folder), ...'."""
+        shown = ", ".join(f"'{p}' ({why})" for p, why in self.skipped[:limit])
+        more = f" and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+        return f"{len(self.skipped)} entr{'y is' if len(self.skipped) == 1 else 'ies are'} not used: {shown}{more}"
+
+
+def list_class_folder(root: str | os.PathLike) -> FolderListing:
+    """The images of ``root/<class>/...`` (any depth, links to folders followed once, hidden entries
+    skipped silently), sorted by class then path; anything else is listed in ``skipped``."""
+    root = Path(root)
+    out = FolderListing()
+    class_dirs = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():  # follows a link to a folder
+            class_dirs.append(entry)
+        elif entry.is_symlink() and not entry.exists():
+            out.skipped.append((str(entry), "a broken link"))
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            out.skipped.append((str(entry), "an image outside any class folder"))
+        else:
+            out.other_files.append(str(entry))
+    for class_dir in class_dirs:
+        found = _images_under(class_dir, out)
+        if not found:
+            out.empty_classes.append(class_dir.name)
+        out.paths += [str(class_dir / rel) for rel in found]
+        out.labels += [class_dir.name] * len(found)
+    return out
+
+
 def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Image paths under `root/<class>/...` (any depth) and, for each, its class folder name.
 
     Paths are `root` joined with the relative path, sorted by class then path so the order is the
-    same on every machine. Hidden files and folders (".name") and non-image files are skipped.
+    same on every machine. Hidden files and folders (".name") and files without an image extension
+    are skipped; links to folders are followed (each real folder once); images that are not used
+    (directly in `root`, behind a broken link or a link loop) are named in one warning.
     """
     root = Path(root)
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            raise UserError(f"image folder '{root}' is a CSV file, not a folder; pass it as data.csv "
+                            "(or data.val_csv) instead.")
+        raise UserError(f"image folder '{root}' is a file, not a folder; pass the folder that holds one "
+                        "subfolder per class.")
     if not root.is_dir():
         raise UserError(f"image folder '{root}' does not exist; check the path (it should hold one subfolder per class).")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
+    names = {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if not names:
         raise UserError(f"image folder '{root}' has no class subfolders; put the images of each class in their own subfolder.")
-    names = {d.name for d in class_dirs}
     if "train" in names and names <= SPLIT_NAMES:
         raise UserError(
             f"image folder '{root}' holds split folders ({', '.join(sorted(names))}), not classes; "
             f"point the training data at '{root / 'train'}' and the validation data at its sibling."
         )
-    paths: list[str] = []
-    labels: list[str] = []
-    for class_dir in class_dirs:
-        found = _images_under(class_dir)
-        if not found:
-            warnings.warn(f"class folder '{class_dir}' holds no images ({', '.join(IMAGE_EXTENSIONS)}); it is ignored.", stacklevel=2)
-        paths += [str(class_dir / rel) for rel in found]
-        labels += [class_dir.name] * len(found)
-    if not paths:
+    listing = list_class_folder(root)
+    for name in listing.empty_classes:
+        warnings.warn(f"class folder '{root / name}' holds no images ({', '.join(IMAGE_EXTENSIONS)}); it is ignored.",
+                      stacklevel=2)
+    if listing.skipped:
+        warnings.warn(f"in '{root}', {listing.skipped_summary()}.", stacklevel=2)
+    if not listing.paths:
         raise UserError(f"image folder '{root}' has class subfolders but no images with extension {', '.join(IMAGE_EXTENSIONS)}.")
-    return paths, labels
+    return listing.paths, listing.labels
 
 
-def _images_under(folder: Path) -> list[str]:
-    """Relative POSIX paths of the image files below `folder`, sorted, hidden entries skipped."""
+def _images_under(folder: Path, out: FolderListing) -> list[str]:
+    """Relative POSIX paths of the image files below `folder`, sorted; hidden entries skipped silently,
+    links to folders followed unless they lead back to a folder already walked (a loop)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prunes the walk in place
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                out.skipped.append((os.path.join(dirpath, d), "a link to a folder already listed (a loop or a duplicate)"))
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep  # prunes the walk in place
         rel_dir = Path(dirpath).relative_to(folder)
         for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            if not os.path.exists(full):
+                out.skipped.append((full, "a broken link"))
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((rel_dir / name).as_posix())
+            else:
+                out.other_files.append(full)
     return sorted(found)
 
 

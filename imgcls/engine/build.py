@@ -20,7 +20,7 @@ from ..config import Config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
 from ..data import DataSplit, build_split, demo_root, write_split_csv
 from ..data.build import check_same_split
 from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
-from ..data.decode import image_channels
+from ..data.decode import ImageLimits, image_channels
 from ..data.prep import BatchPrep
 from ..data.transforms import default_mean_std, get_preset, train_transform
 from ..device import resolve_device, rng_state, seed_everything, set_rng_state
@@ -134,16 +134,16 @@ def _split(cfg: Config, log) -> DataSplit:
         log(f"no data configured: training on the MNIST-5k demo in {demo}")
     split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
                         d.path_column, d.label_column, d.group_column, d.classes)
-    return _drop_bad_images(split, d.on_bad_image, log)
+    return _drop_bad_images(split, d.on_bad_image, ImageLimits(d.min_image_side, d.max_image_pixels), log)
 
 
-def _drop_bad_images(split: DataSplit, on_bad: str, log) -> DataSplit:
+def _drop_bad_images(split: DataSplit, on_bad: str, limits: ImageLimits, log) -> DataSplit:
     """Quick scan before training: 'error' names every bad file at once, 'skip' leaves them out."""
     from ..data.decode import check_image
     bad = []
     for side in ("train", "val"):
         s = getattr(split, side)
-        bad_here = [(i, why) for i, why in ((i, check_image(p)) for i, p in enumerate(s.paths)) if why]
+        bad_here = [(i, why) for i, why in ((i, check_image(p, limits)) for i, p in enumerate(s.paths)) if why]
         if not bad_here:
             continue
         bad += [(s.paths[i], why) for i, why in bad_here]
@@ -177,7 +177,8 @@ def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str) -> Mode
     return ModelInfo(architecture=cfg.model.name, classes=tuple(split.classes), channels=channels,
                      image_size=d.image_size, crop_pct=d.crop_pct, mean=tuple(mean), std=tuple(std),
                      augment=d.augment, allows_flip=get_preset(d.augment).allows_flip, task=task.name,
-                     monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__)
+                     monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__,
+                     min_side=d.min_image_side, max_pixels=d.max_image_pixels)
 
 
 def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monitor: str) -> None:

@@ -1,6 +1,8 @@
 """Several runs side by side: which config keys differ, their best metrics, their curves overlaid."""
 from __future__ import annotations
 
+import matplotlib
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +115,8 @@ def write_compare(runs: Comparison | Sequence[str | Path], out: str | Path = "co
     monitor = c.runs[0].monitor
     cols = [(name, {k: r.column(k) for k in ("epoch", "train/loss", "val/loss", "val/acc", "lr", monitor)})
             for name, r in zip(c.names, c.runs)]
-    curves = png_uri(plots.png_bytes(plots.compare_curves(cols, monitor)))
+    with matplotlib.rc_context(plots.font_rc()):  # run names in any script
+        curves = png_uri(plots.png_bytes(plots.compare_curves(cols, monitor)))
     body = (section("config", "Config differences", table(head, diff_rows, id_="config-diff"),
                     "Only keys whose values differ between the runs (run.* left out).")
             + section("best", "Best epoch of each run", table(head, best_rows, id_="best-metrics"),

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import matplotlib
 import numpy as np
 
 from . import plots
@@ -318,9 +319,17 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
     Returns the path of report.html. Raises UserError when ``run_dir`` is not a run folder with at
     least one finished epoch. ``gradcam=False`` skips the Grad-CAM overlays (no model is built).
     """
-    from ..io import atomic_write_text
+    from ..io import check_writable
 
     run = load_run(run_dir)
+    check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
+    with matplotlib.rc_context(plots.font_rc()):  # class names in any script, where a font has the glyphs
+        return _write_report(run, gradcam)
+
+
+def _write_report(run, gradcam: bool) -> Path:
+    from ..io import atomic_write_text
+
     save = _Plots(run.run_dir / "plots")
     mistakes, hardest = _galleries(run, gradcam)
     sections = [

@@ -5,8 +5,11 @@ report can be written from any thread and never opens a window.
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
 import io
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,6 +20,48 @@ from matplotlib.ticker import MaxNLocator
 from ..metrics import ECE_BINS  # one binning for val_metrics.json and the reliability diagram
 DPI = 100
 _MANY = 10      # above this many classes, ROC curves get no per-class legend
+
+
+# Fonts that cover Hangul, kana and CJK ideographs (the course this grew from is Korean), by family name
+# as matplotlib reports it, then by file name for fonts installed after matplotlib built its font cache.
+_CJK_FAMILIES = ("Noto Sans CJK KR", "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans KR",
+                 "Source Han Sans K", "Source Han Sans", "NanumGothic", "Malgun Gothic", "Apple SD Gothic Neo",
+                 "AppleGothic", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei")
+_CJK_FILES = ("NotoSansCJK*", "NotoSansKR*", "SourceHanSans*", "NanumGothic*", "wqy-*", "DroidSansFallback*")
+_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts",
+              "/Library/Fonts", "/System/Library/Fonts", "C:/Windows/Fonts")
+
+
+@functools.lru_cache(maxsize=1)
+def cjk_font() -> Optional[str]:
+    """The family name of an installed font with CJK glyphs, or None (then CJK labels render as boxes)."""
+    from matplotlib import font_manager
+
+    def known() -> Optional[str]:
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((n for n in _CJK_FAMILIES if n in names), None)
+
+    if known():
+        return known()
+    for folder in _FONT_DIRS:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.suffix.lower() in (".ttf", ".otf", ".ttc") and any(fnmatch.fnmatch(path.name, p) for p in _CJK_FILES):
+                try:
+                    font_manager.fontManager.addfont(str(path))
+                except (OSError, RuntimeError, ValueError):  # a font file matplotlib cannot parse
+                    continue
+    return known()
+
+
+def font_rc() -> dict:
+    """rcParams for the report's figures: the default font first, a CJK font as the per-glyph fallback."""
+    cjk = cjk_font()
+    # Named families, not the generic "sans-serif": matplotlib falls back glyph by glyph only along an
+    # explicit family list (a generic family resolves to its first installed font alone).
+    return {} if cjk is None else {"font.family": ["DejaVu Sans", cjk]}
 
 
 def png_bytes(fig: Figure) -> bytes:
