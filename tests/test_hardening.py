@@ -265,3 +265,60 @@ def test_korean_class_names_render_with_a_cjk_font(tmp_path):
         data = make_image_folder(tmp_path / "data", per_class=6, classes=KOREAN)
         res = train(small_config(data, tmp_path / "run", **{"train.epochs": 1}), log=lambda *a: None)
         assert _missing_glyph_warnings(lambda: write_report(res.run_dir, gradcam=False)) == []
+
+
+# ---------------------------------------------------------------- items done with the reshape (#2, #18, #22)
+
+def test_a_class_on_one_side_only_is_an_error_with_a_did_you_mean(tmp_path):
+    make_image_folder(tmp_path / "train", per_class=6)
+    make_image_folder(tmp_path / "val", per_class=3, classes=("Cat", "dog", "fox"))
+    cfg = small_config(tmp_path / "train", tmp_path / "run", **{"data.val_root": str(tmp_path / "val"),
+                                                              "train.epochs": 1})
+    with pytest.raises(UserError, match=r"class 'Cat' is in the validation data only \(did you mean 'cat'\?\)"):
+        train(cfg, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+    # listed explicitly, the extra class is kept on purpose: four classes, 'Cat' with no training image
+    res = train(cfg.replace(**{"data.classes": ["Cat", "cat", "dog", "fox"]}), log=lambda *a: None)
+    assert json.loads((res.run_dir / "model.json").read_text())["train_counts"] == [0, 6, 6, 6]
+
+
+@pytest.mark.parametrize("encoding, sep", [("utf-8-sig", ","), ("utf-16", ","), ("utf-8", ";"), ("utf-8", "\t")])
+def test_csvs_from_spreadsheets_read_the_same(tiny_folder, tmp_path, encoding, sep):
+    from imgcls.data.sources import read_csv
+    paths = sorted(tiny_folder.rglob("*.png"))[:6]
+    lines = [sep.join(["path", "label", "note"])] + [sep.join([str(p), p.parent.name, "café"]) for p in paths]
+    (tmp_path / "l.csv").write_bytes("\n".join(lines).encode(encoding))
+    got_paths, labels, groups, other = read_csv(tmp_path / "l.csv", with_columns=True)
+    assert got_paths == [str(p) for p in paths] and labels == [p.parent.name for p in paths]
+    assert other["note"] == ["café"] * 6
+
+
+def test_a_cp1252_csv_is_one_sentence(tmp_path):
+    from imgcls.data.sources import read_csv
+    (tmp_path / "l.csv").write_bytes("path,label\ncafé.png,a\n".encode("cp1252"))
+    with pytest.raises(UserError, match="is not UTF-8 .*save it as UTF-8 CSV"):
+        read_csv(tmp_path / "l.csv")
+
+
+def test_train_warnings_are_one_warning_line_without_source_paths(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    shutil.copy(next((data / "cat").glob("*.png")), data / "loose.png")
+    rows = ["path,label,person"] + [f"{p.relative_to(data)},{p.parent.name},{i // 2}"
+                                    for i, p in enumerate(sorted(data.rglob("*/*.png")))]
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    common = ["model.name=small_cnn", "data.image_size=16", "data.num_workers=0", "train.epochs=1",
+              "train.progress=false", "run.report=false"]
+    rc, _, err = run_cli(capsys, "train", f"data.root={data}", f"run.dir={tmp_path / 'a'}", *common)
+    assert rc == 0 and "warning: in '" in err and "loose.png' (an image outside any class folder)" in err
+    rc, _, err2 = run_cli(capsys, "train", f"data.csv={data / 'labels.csv'}", f"run.dir={tmp_path / 'b'}", *common)
+    assert rc == 0 and "warning: the split is not grouped, but column 'person'" in err2  # identifier by name
+    for text in (err, err2):
+        assert "UserWarning" not in text and ".py:" not in text and "warnings.warn" not in text
+
+
+def test_resume_takes_epochs_spelled_as_a_new_run_takes_them(tiny_folder, tmp_path, capsys):
+    train(small_config(tiny_folder, tmp_path / "r", **{"train.epochs": 1}), log=lambda *a: None)
+    rc, out, _ = run_cli(capsys, "train", "--resume", tmp_path / "r", "train.epochs=2.0")
+    rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert rc == 0 and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert "train.epochs 1 -> 2" in out and "schedule is laid over the new length" in out
