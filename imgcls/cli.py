@@ -235,7 +235,8 @@ def _add_report(sub) -> None:
 def _cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"wrote {write_report(a.run_dir, gradcam=not a.no_gradcam)}")
+    with _WarningsPrinted():
+        print(f"wrote {write_report(a.run_dir, gradcam=not a.no_gradcam)}")
     return 0
 
 

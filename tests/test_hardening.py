@@ -322,3 +322,20 @@ def test_resume_takes_epochs_spelled_as_a_new_run_takes_them(tiny_folder, tmp_pa
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert rc == 0 and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     assert "train.epochs 1 -> 2" in out and "schedule is laid over the new length" in out
+
+
+def test_report_keeps_the_old_report_when_the_images_are_gone(small_run, tmp_path, capsys):
+    from imgcls.report import write_report
+    run = copy_run(small_run.run_dir, tmp_path / "run")
+    write_report(run, gradcam=False)
+    good = (run / "report.html").read_bytes()
+    assert b"not found</div>" not in good
+    rows = (run / "val_predictions.csv").read_text().splitlines()
+    moved = [rows[0]] + ["/nowhere/" + r.split(",", 1)[0].rsplit("/", 1)[-1] + "," + r.split(",", 1)[1]
+                         for r in rows[1:]]
+    (run / "val_predictions.csv").write_text("\n".join(moved) + "\n")  # as if the data stayed on another machine
+    rc, out, err = run_cli(capsys, "report", run, "--no-gradcam")
+    assert rc == 0 and "warning: the validation images are not found here" in err
+    assert (run / "report.html").read_bytes() == good
+    (run / "report.html").unlink()  # no report to keep: one is written, pictures marked as not found
+    assert b"not found</div>" in write_report(run, gradcam=False).read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -323,6 +324,16 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
 
     run = load_run(run_dir)
     check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
+    old = run.run_dir / "report.html"
+    gone = run.predictions is not None and run.predictions.paths and not any(
+        run.resolve_image(p) for p in run.predictions.paths[:50])
+    if gone and old.is_file():
+        # The run was moved away from its images: a rebuilt report would replace every picture with
+        # "not found", so the one written where the images were is worth more.
+        warnings.warn(f"the validation images are not found here (e.g. '{run.predictions.paths[0]}'), so the "
+                      f"existing {old} is kept; rebuild it where the images are, or delete it to write one "
+                      "without pictures.", stacklevel=2)
+        return old
     with matplotlib.rc_context(plots.font_rc()):  # class names in any script, where a font has the glyphs
         return _write_report(run, gradcam)
 
