@@ -14,7 +14,8 @@ _EXPORTS = {
     "create_loss": "losses", "list_losses": "losses", "list_metrics": "metrics",
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
-    "list_schedulers": "optim", "train": "api", "resume": "api", "ModelInfo": "modelinfo",
+    "list_schedulers": "optim", "train": "api", "resume": "api", "cross_validate": "api", "resume_cv": "api",
+    "ModelInfo": "modelinfo",
     "list_tasks": "tasks", "get_task": "tasks",
     "load": "inference", "write_report": "report",
 }

@@ -98,6 +98,65 @@ def _resume_locked(run_dir: Path, epochs, report, log, on_epoch) -> RunResult:
     return result
 
 
+def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = None,
+                   report: Optional[bool] = None, *, log: Callable[[str], None] = print):
+    """K-fold cross-validation of ``cfg`` into a new cv folder: one ordinary run per fold (each with
+    its report when ``report``/``run.report`` says so), out-of-fold predictions and a summary
+    (see ``imgcls.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later."""
+    from .cv import create_cv_folder
+    if not isinstance(cfg, Config):
+        raise UserError(f"imgcls.cross_validate needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
+    from .cv import parse_only
+    only = None if only is None else parse_only(",".join(map(str, only)), folds)
+    cv_dir, lock, cfg = create_cv_folder(cfg, folds, log)
+    try:
+        return _run_folds(cv_dir, cfg, only, report, log)
+    finally:
+        lock.release()
+
+
+def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: Optional[bool] = None, *,
+              log: Callable[[str], None] = print):
+    """Continue a cv folder: every fold not finished yet (or just ``only``) is trained; finished folds
+    are kept, a fold killed mid-run resumes from its last.pt."""
+    from .cv import CV_FILE, is_cv_dir, parse_only, read_state
+    cv_dir = Path(cv_dir).expanduser()
+    if not is_cv_dir(cv_dir):
+        raise UserError(f"'{cv_dir}' is not a cross-validation folder (no {CV_FILE}); pass the folder printed by "
+                        "'imgcls cv'.")
+    check_writable(cv_dir, "cv folder", "copy it somewhere writable and resume the copy")
+    if only is not None:
+        only = parse_only(",".join(map(str, only)), read_state(cv_dir)["folds"])
+    lock = RunLock(cv_dir).acquire()
+    try:
+        return _run_folds(cv_dir, load_config(cv_dir / "config.yaml"), only, report, log)
+    finally:
+        lock.release()
+
+
+def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log):
+    from .cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
+    state = read_state(cv_dir)
+    todo = list(only) if only is not None else list(range(state["folds"]))
+    for k in todo:
+        if k in state["finished"]:
+            log(f"fold {k}: finished before, kept")
+            continue
+        fold_dir = cv_dir / f"fold-{k}"
+        say = (lambda k: lambda msg: log(f"fold {k}: {msg}"))(k)
+        if (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
+            resume(fold_dir, report=report, log=say)
+        else:
+            train(fold_config(cfg, cv_dir, k), report=report, log=say)
+        state["finished"] = sorted(set(state["finished"]) | {k})
+        write_state(cv_dir, state)
+    dirs = [cv_dir / f"fold-{k}" for k in sorted(state["finished"])]
+    summary = summarise(cv_dir, dirs, complete=len(state["finished"]) == state["folds"])
+    log(format_summary(summary))
+    log(f"cv folder: {cv_dir}")
+    return CVResult(cv_dir, dirs, summary)
+
+
 class ReportInterrupted(Exception):
     """Ctrl-C while the report was being written: training itself had finished."""
     exit_code = 130

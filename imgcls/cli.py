@@ -28,6 +28,34 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _split_config_words(config: Optional[str], overrides: list[str]) -> tuple[Optional[str], list[str]]:
+    """`imgcls train key=value ...` (no file): the first word is an override, not a config file."""
+    if config and "=" in config and not Path(config).exists():
+        return None, [config] + list(overrides)
+    return config, list(overrides)
+
+
+def _cmd_cv(a: argparse.Namespace) -> int:
+    from .api import cross_validate, resume_cv
+    from .config import load_config
+    from .cv import parse_only
+
+    with _WarningsPrinted():
+        if a.resume:
+            if a.config or a.overrides or a.folds is not None:
+                raise UserError(f"--resume {a.resume} continues the cv as it was set up; pass no config, overrides "
+                                "or --folds with it (--only picks folds).")
+            from .cv import is_cv_dir, read_state
+            folds = read_state(Path(a.resume))["folds"] if is_cv_dir(a.resume) else 0
+            resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds))
+            return 0
+        if a.folds is None:
+            raise UserError("imgcls cv needs --folds K (the number of folds, e.g. --folds 5).")
+        config, overrides = _split_config_words(a.config, a.overrides)
+        cross_validate(load_config(config, overrides), folds=a.folds, only=parse_only(a.only, a.folds))
+    return 0
+
+
 def _cmd_config_show(a: argparse.Namespace) -> int:
     from .config import describe, load_config
 
@@ -278,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", help="for models: a substring filter, e.g. resnet")
     ls.set_defaults(func=_cmd_list)
 
+    cv = sub.add_parser("cv", help="k-fold cross-validation: one run per fold, out-of-fold predictions, "
+                                   "mean ± std over folds")
+    cv.add_argument("config", nargs="?", help="YAML config file, as for train")
+    cv.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
+    cv.add_argument("--folds", type=int, help="number of folds K (stratified by label, grouped by the group column)")
+    cv.add_argument("--only", metavar="K,K", help="train only these folds, e.g. 0,2")
+    cv.add_argument("--resume", metavar="CV_DIR", help="continue a cv: finished folds are kept")
+    cv.set_defaults(func=_cmd_cv)
+
     d = sub.add_parser("demo-data", help="write the MNIST-5k demo images as PNG class folders")
     d.add_argument("dir")
     d.add_argument("--imbalanced", action="store_true",
@@ -306,7 +343,11 @@ def _expand_home(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value words after an option (`imgcls cv cfg.yaml --folds 3 run.dir=x`) are overrides too
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     _expand_home(args)
     from .api import ReportInterrupted
     from .engine.signals import TrainingInterrupted

@@ -32,6 +32,9 @@ from .registry import join
 @dataclass(frozen=True)
 class TaskConfig:
     type: str = "multiclass"            # imgcls.tasks: what a label is (one class per image)
+    # multiclass from data.path_pattern: the group that is the class (e.g. mask), or a combine rule
+    # over groups, e.g. "mask * 6 + gender * 3 + age" (one head over the combined codes 0..N-1)
+    label: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,15 @@ class DataConfig:
     sampler: Literal["random", "balanced"] = "random"
     num_workers: int = 2
     on_bad_image: Literal["error", "skip"] = "error"
+    # Labels from the path, no CSV: a regex with named groups matching each file's whole path below
+    # data.root; a group named 'group' (the person id) groups the split.
+    path_pattern: Optional[str] = None
+    label_maps: Optional[dict[str, dict[str, str]]] = None  # group -> {raw value: class name}
+    bins: Optional[dict[str, list[float]]] = None  # group -> boundaries: [30, 60] gives <30, 30-59, >=60
+    # One fold of a cross-validation (imgcls cv writes both): validate on the files of fold data.fold
+    # in data.folds_csv (path,fold), train on the rest; data.val_fraction is then unused.
+    folds_csv: Optional[str] = None
+    fold: Optional[int] = None
     min_image_side: int = 8             # px; smaller images are bad images (here and in predict/evaluate)
     max_image_pixels: Optional[int] = 89_478_485  # width x height (PIL's default); none: no limit
 
@@ -145,7 +157,7 @@ class Config:
 
 
 _SECTION_TYPES = {f.name: f.default_factory for f in fields(Config)}  # section -> its dataclass
-_PATH_KEYS = {"data.root", "data.csv", "data.val_root", "data.val_csv", "run.dir", "run.root", "model.pretrained"}
+_PATH_KEYS = {"data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv", "run.dir", "run.root", "model.pretrained"}
 
 
 def all_keys() -> list[str]:
@@ -227,18 +239,36 @@ def _unknown_key(key: str) -> UserError:
     return UserError(f"unknown config key '{key}'{_did_you_mean(key)}; 'imgcls config show' lists every key.")
 
 
+def _is_mapping_field(section: str, name: str) -> bool:
+    tp = typing.get_type_hints(_SECTION_TYPES[section])[name]
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return any(typing.get_origin(a) is dict for a in args)
+
+
 def _set(d: dict, key: str, value: Any) -> None:
+    """``section.name=value``; a mapping key also takes ``section.name.entry[.sub]=value``
+    (e.g. data.bins.age=[30,58]), which changes that entry and keeps the others."""
     parts = key.split(".")
-    if len(parts) != 2 or parts[0] not in _SECTION_TYPES:
+    if len(parts) < 2 or parts[0] not in _SECTION_TYPES:
         raise _unknown_key(key)
-    section, name = parts
+    section, name, rest = parts[0], parts[1], parts[2:]
     if name not in {f.name for f in fields(_SECTION_TYPES[section])}:
+        raise _unknown_key(key)
+    if rest and not _is_mapping_field(section, name):
         raise _unknown_key(key)
     if d.get(section) is None:
         d[section] = {}
     if not isinstance(d[section], dict):
         raise UserError(f"config section '{section}' must be a mapping of keys, got {d[section]!r}.")
-    d[section][name] = value
+    if not rest:
+        d[section][name] = value
+        return
+    node = d[section]
+    for part in [name, *rest[:-1]]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}  # a copy: the base config stays as it was
+        node = node[part]
+    node[rest[-1]] = value
 
 
 # ---------------------------------------------------------------- values typed by their field
@@ -262,6 +292,9 @@ def _describe(tp: Any) -> str:
     if origin is list:
         args = typing.get_args(tp)
         return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of {_describe(k)} to {_describe(v)}"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -317,6 +350,11 @@ def _convert(value: Any, tp: Any) -> Any:
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) in typing.get_args(tp):
             return str(value)
         raise _NoMatch
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _NoMatch
+        k_tp, v_tp = typing.get_args(tp) or (str, Any)
+        return {_scalar(k, k_tp): (v if v_tp is Any else _convert(v, v_tp)) for k, v in value.items()}
     if origin is list or tp is list:
         if not isinstance(value, (list, tuple)):
             raise _NoMatch
@@ -345,6 +383,27 @@ _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are c
 }
 
 
+def _check_path_labels(cfg: Config) -> None:
+    """data.path_pattern and the keys that only mean something with it."""
+    d = cfg.data
+    if d.path_pattern is not None and d.csv:
+        raise UserError("config key 'data.path_pattern' reads labels from paths below data.root, but data.csv is "
+                        "set; use one of them.")
+    if d.path_pattern is not None and not d.root:
+        raise UserError("config key 'data.path_pattern' needs data.root, the folder whose paths it matches; set it.")
+    for key, value in (("data.label_maps", d.label_maps), ("data.bins", d.bins), ("task.label", cfg.task.label)):
+        if value and d.path_pattern is None:
+            raise UserError(f"config key '{key}' applies to groups of data.path_pattern, which is not set; set "
+                            "data.path_pattern or remove it.")
+    if d.path_pattern is not None and not cfg.task.label:
+        raise UserError("config key 'task.label' must name the group of data.path_pattern that is the class (or "
+                        "a combine rule such as 'mask * 6 + gender * 3 + age'); set it.")
+    for group, bounds in (d.bins or {}).items():
+        if not bounds or list(bounds) != sorted(set(bounds)):
+            raise UserError(f"config key 'data.bins.{group}' must list increasing boundaries such as [30, 60], "
+                            f"got {bounds}.")
+
+
 def _check_fields(cfg: Config) -> None:
     from .optim import check_lr, check_weight_decay
 
@@ -358,7 +417,7 @@ def _check_fields(cfg: Config) -> None:
         if v is not None and v < lo:
             raise UserError(f"config key '{key}' must be at least {lo}, got {v}.")
     d = cfg.data
-    if d.val_fraction == 0 and not (d.val_root or d.val_csv):
+    if d.val_fraction == 0 and not (d.val_root or d.val_csv or d.folds_csv):
         raise UserError("config key 'data.val_fraction' is 0, but neither data.val_root nor data.val_csv is set; "
                         "give a validation folder or CSV, or a fraction between 0 and 1.")
     if not 0.0 <= d.val_fraction < 1.0:
@@ -376,6 +435,15 @@ def _check_fields(cfg: Config) -> None:
         raise UserError("config keys 'data.root' and 'data.csv' are both set; give one of them.")
     if d.val_root and d.val_csv:
         raise UserError("config keys 'data.val_root' and 'data.val_csv' are both set; give one of them.")
+    _check_path_labels(cfg)
+    if (d.folds_csv is None) != (d.fold is None):
+        raise UserError("config keys 'data.folds_csv' and 'data.fold' go together (the folds file and the fold "
+                        "that validates); set both or neither.")
+    if d.folds_csv is not None and (d.val_root or d.val_csv):
+        raise UserError("config key 'data.folds_csv' chooses the validation files, but data.val_root/data.val_csv "
+                        "is set too; remove one of them.")
+    if d.fold is not None and d.fold < 0:
+        raise UserError(f"config key 'data.fold' must be 0 or more, got {d.fold}.")
     cw = cfg.loss.class_weights
     if isinstance(cw, str) and cw not in ("balanced", "none"):
         raise unknown_name("loss.class_weights mode", cw, ["balanced", "none"])

@@ -147,6 +147,10 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     if format not in FORMATS:
         raise unknown_name("export format", format, list_export_formats())
     run_dir = Path(model_dir)
+    from .cv import is_cv_dir
+    if is_cv_dir(run_dir):
+        raise UserError(f"'{run_dir}' is a cross-validation folder with one model per fold; export one fold, e.g. "
+                        f"'imgcls export {run_dir / 'fold-0'}'.")
     default_name, exporter = FORMATS[format]
     path = Path(out) if out is not None else run_dir / default_name
     meta_path = path.with_name(path.name + ".json") if format == "pt2" else None

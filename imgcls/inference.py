@@ -55,7 +55,23 @@ def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
     """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
     from .device import resolve_device
     dev = resolve_device(device, key="--device")
-    return Predictor([load_member(p, dev) for p in [model, *ensemble]], dev)
+    return Predictor([load_member(p, dev) for p in _run_folders([model, *ensemble])], dev)
+
+
+def _run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Run folders, with a cross-validation folder standing for its fold models (their ensemble)."""
+    from .cv import fold_dirs, is_cv_dir
+    out = []
+    for p in paths:
+        if is_cv_dir(p):
+            folds = fold_dirs(p)
+            if not folds:
+                raise UserError(f"cross-validation folder '{p}' has no finished fold yet; continue it with "
+                                f"'imgcls cv --resume {p}'.")
+            out += folds
+        else:
+            out.append(Path(p))
+    return out
 
 
 # ---------------------------------------------------------------- inputs -> uint8 images

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from .pathlabels import PathLabels, read_path_labels
 from .sources import read_csv, resolve_classes, scan_folder
 from .splits import split_indices
 
@@ -35,6 +36,7 @@ class DataSplit:
     classes: list[str]
     bad: list = field(default_factory=list)  # (path, problem) left out by data.on_bad_image=skip
     grouping: str = "not grouped"            # how the split was made, for the log's data: line
+    label_record: dict = field(default_factory=dict)  # labels from paths: the rule, for model.json
 
     def counts(self, side: str) -> list[int]:
         labels = getattr(self, side).labels
@@ -68,8 +70,15 @@ def resolve_group_column(header: Sequence[str], setting: Optional[str]) -> Optio
 
 
 def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_column: str,
-          group_column: Optional[str], what: str):
+          group_column: Optional[str], what: str, path_labels: Optional[PathLabels] = None):
     """(paths, labels, groups or None, the group column used, the CSV's other columns)."""
+    if root and path_labels is not None:
+        got = read_path_labels(root, path_labels)
+        if got.unmatched:
+            warnings.warn(f"{len(got.unmatched)} image(s) under '{root}' do not match data.path_pattern and are "
+                          f"skipped, e.g. '{got.unmatched[0]}'.", stacklevel=3)
+        groups = got.groups if group_column == "auto" else None
+        return got.paths, got.labels, groups, ("group" if groups is not None else None), {"__labelled__": got}
     if csv_path:
         explicit = None if group_column in (None, "auto") else group_column
         paths, labels, groups, others = read_csv(csv_path, path_column, label_column, explicit, with_columns=True)
@@ -102,13 +111,16 @@ def _warn_identifiers(others: dict, csv_path: str) -> None:
 def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional[str],
                 val_csv: Optional[str], val_fraction: float, seed: int,
                 path_column: str = "path", label_column: str = "label",
-                group_column: Optional[str] = "auto", classes: Optional[list] = None) -> DataSplit:
+                group_column: Optional[str] = "auto", classes: Optional[list] = None,
+                path_labels: Optional[PathLabels] = None, fold: Optional[tuple[str, int]] = None) -> DataSplit:
     paths, labels, groups, column, others = _read(root, csv_path, path_column, label_column, group_column,
-                                                  "training")
-    explicit = [str(c) for c in classes] if classes else None
+                                                  "training", path_labels)
+    labelled = others.pop("__labelled__", None)
+    explicit = [str(c) for c in classes] if classes else (labelled.classes if labelled else None)
     if val_root or val_csv:
         vpaths, vlabels, vgroups, vcolumn, _ = _read(val_root, val_csv, path_column, label_column,
-                                                     group_column if val_csv else None, "validation")
+                                                     group_column if (val_csv or path_labels) else None,
+                                                     "validation", path_labels)
         _check_same_classes(set(labels), set(vlabels), explicit)
         names = resolve_classes(labels + vlabels, explicit)
         code = {c: i for i, c in enumerate(names)}
@@ -126,14 +138,17 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
         code = {c: i for i, c in enumerate(names)}
         full = Side(paths, [code[l] for l in labels], groups)
         try:
-            tr, va = split_indices(full.labels, groups, val_fraction, seed, names)
+            tr, va = (fold_indices(paths, *fold) if fold else
+                      split_indices(full.labels, groups, val_fraction, seed, names))
         except UserError as e:
             if groups is None:
                 raise
             raise UserError(f"{str(e).rstrip('.')} (grouped by data.group_column '{column}'); or set "
                             "data.group_column=none to split without groups.") from None
         train, val = full.subset(tr), full.subset(va)
-        if groups is not None:
+        if fold:
+            grouping = f"fold {fold[1]} of '{fold[0]}' validates"
+        elif groups is not None:
             grouping = f"grouped by '{column}': {len(set(train.groups))} / {len(set(val.groups))} groups"
         else:
             grouping = "not grouped" if csv_path else "not grouped (class folders have no group column)"
@@ -143,7 +158,37 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
     if len(present) < 2:
         raise UserError(f"the training data has {len(present)} class(es); a classifier needs at least 2 "
                         "class folders (or label values).")
-    return DataSplit(train, val, names, grouping=grouping)
+    return DataSplit(train, val, names, grouping=grouping, label_record=labelled.record if labelled else {})
+
+
+def read_samples(root: Optional[str], csv_path: Optional[str], path_column: str = "path",
+                 label_column: str = "label", group_column: Optional[str] = "auto", classes: Optional[list] = None,
+                 path_labels: Optional[PathLabels] = None) -> tuple[Side, list[str], Optional[str]]:
+    """Every sample of the training data, unsplit (what cross-validation folds): (samples with
+    integer labels, class names, the group column used or None)."""
+    paths, labels, groups, column, others = _read(root, csv_path, path_column, label_column, group_column,
+                                                  "training", path_labels)
+    labelled = others.pop("__labelled__", None)
+    names = resolve_classes(labels, [str(c) for c in classes] if classes else (labelled.classes if labelled else None))
+    code = {c: i for i, c in enumerate(names)}
+    return Side(paths, [code[l] for l in labels], groups), names, column
+
+
+def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices: val is every file of ``fold`` in ``folds_csv`` (path,fold), train the rest.
+    The file must list exactly the files read (a cross-validation's folds belong to its data)."""
+    from .folds import read_folds_csv
+    listed_paths, listed_folds = read_folds_csv(folds_csv)
+    of = dict(zip(listed_paths, (int(f) for f in listed_folds)))
+    missing = [p for p in paths if p not in of]
+    if missing or len(of) != len(paths):
+        raise UserError(f"'{folds_csv}' lists other files than the data ({len(missing)} file(s) not in it, e.g. "
+                        f"'{(missing or [''])[0]}'); make the folds again with 'imgcls cv'.")
+    if fold not in set(of.values()):
+        raise UserError(f"data.fold={fold} is not a fold of '{folds_csv}' (folds: "
+                        f"{', '.join(map(str, sorted(set(of.values()))))}); pick one of them.")
+    val = [i for i, p in enumerate(paths) if of[p] == fold]
+    return [i for i, p in enumerate(paths) if of[p] != fold], val
 
 
 def _check_same_classes(train: set, val: set, explicit: Optional[list]) -> None:

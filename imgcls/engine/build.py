@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import Config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
 from ..data import DataSplit, build_split, demo_root, write_split_csv
 from ..data.build import check_same_split
+from ..data.pathlabels import PathLabels
 from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
 from ..data.decode import ImageLimits, image_channels
 from ..data.prep import BatchPrep
@@ -132,8 +133,11 @@ def _split(cfg: Config, log) -> DataSplit:
         demo = demo_root()
         root, val_root, csv_path, val_csv = str(demo / "train"), str(demo / "val"), None, None
         log(f"no data configured: training on the MNIST-5k demo in {demo}")
+    path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, cfg.task.label, d.label_maps,
+                                                                  d.bins, d.on_bad_image)
     split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
-                        d.path_column, d.label_column, d.group_column, d.classes)
+                        d.path_column, d.label_column, d.group_column, d.classes, path_labels,
+                        (d.folds_csv, d.fold) if d.folds_csv else None)
     return _drop_bad_images(split, d.on_bad_image, ImageLimits(d.min_image_side, d.max_image_pixels), log)
 
 
@@ -178,7 +182,7 @@ def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str) -> Mode
                      image_size=d.image_size, crop_pct=d.crop_pct, mean=tuple(mean), std=tuple(std),
                      augment=d.augment, allows_flip=get_preset(d.augment).allows_flip, task=task.name,
                      monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__,
-                     min_side=d.min_image_side, max_pixels=d.max_image_pixels)
+                     min_side=d.min_image_side, max_pixels=d.max_image_pixels, extra=dict(split.label_record))
 
 
 def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monitor: str) -> None:
@@ -245,10 +249,10 @@ def _make_mix(mixup: float, cutmix: float, num_classes: int):
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
-def _absolute_data_paths(cfg: Config) -> Config:
+def absolute_data_paths(cfg: Config) -> Config:
     """Data paths as absolute paths, so config.yaml and split/*.csv mean the same files wherever the
     run folder is opened from (evaluate, predict, report, resume from another directory)."""
-    keys = ("data.root", "data.csv", "data.val_root", "data.val_csv")
+    keys = ("data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv")
     changes = {}
     for key in keys:
         value = getattr(cfg.data, key.split(".")[1])
@@ -269,7 +273,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     """Everything for ``fit``. ``run_dir`` None creates a new folder; else it is the folder being
     resumed, with ``start`` its last.pt (None when killed before the first checkpoint)."""
     if start is None and run_dir is None:
-        cfg = _absolute_data_paths(cfg)
+        cfg = absolute_data_paths(cfg)
     task = get_task(cfg.task.type)
     monitor = task.resolve_monitor(cfg.train.monitor)
     device = _device(cfg)
