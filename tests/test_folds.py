@@ -132,8 +132,19 @@ def test_small_class_is_a_warning_naming_its_code():
         warnings.simplefilter("always")
         folds = make_folds(5, 0, labels=labels)
     messages = [str(w.message) for w in caught]
-    assert messages == ["class 2 has 3 sample(s), fewer than the 5 folds; some folds have none of it."]
+    assert messages == ["class 2 (3 samples) has fewer samples than the 5 folds, so some folds have none of it."]
     assert len(set(folds[40:])) == 3
+
+
+def test_grouped_small_classes_are_one_warning_counting_groups():
+    labels = [0] * 40 + [1] * 6 + [2] * 4
+    groups = [f"p{i // 2}" for i in range(40)] + ["q1"] * 6 + ["r1", "r1", "r2", "r2"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_folds(5, 0, labels=labels, groups=groups)
+    assert [str(w.message) for w in caught] == [
+        "class 1 (1 group), 2 (2 groups) have fewer groups than the 5 folds, so some folds have none of them."]
+    assert caught[0].filename == __file__  # points at the caller
 
 
 def test_folds_csv_round_trip(tmp_path):

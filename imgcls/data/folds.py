@@ -77,10 +77,7 @@ def _label_folds(codes: np.ndarray, groups, n_folds: int, seed: int, what: str) 
     if counts.max() < n_folds:  # StratifiedKFold refuses this case
         raise UserError(f"{n_folds} stratified folds need a {what} with at least {n_folds} samples, but the largest "
                         f"has {counts.max()}; use fewer folds.")
-    for c, count in zip(classes, counts):
-        if count < n_folds:
-            warnings.warn(f"{what} {c} has {count} sample(s), fewer than the {n_folds} folds; some folds have none of it.",
-                          stacklevel=4)
+    _warn_small(codes, groups, n_folds, what)
     if groups is None:
         splitter, args = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed), (codes,)
     else:
@@ -90,6 +87,17 @@ def _label_folds(codes: np.ndarray, groups, n_folds: int, seed: int, what: str) 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)  # named above
         return _fold_of(splitter.split(np.zeros((len(codes), 1)), *args), len(codes))
+
+
+def _warn_small(codes: np.ndarray, groups, n_folds: int, what: str) -> None:
+    """One warning naming every class with fewer samples (with groups: fewer groups) than folds."""
+    unit = "sample" if groups is None else "group"
+    ids = np.arange(len(codes)) if groups is None else np.asarray(groups)
+    small = [(c, n) for c in np.unique(codes) if (n := len(np.unique(ids[codes == c]))) < n_folds]
+    if small:
+        listed = ", ".join(f"{c} ({n} {unit}{'s' if n > 1 else ''})" for c, n in small)
+        warnings.warn(f"{what} {listed} {'has' if len(small) == 1 else 'have'} fewer {unit}s than the {n_folds} "
+                      f"folds, so some folds have none of {'it' if len(small) == 1 else 'them'}.", stacklevel=4)
 
 
 def _multilabel_folds(matrix: np.ndarray, groups, n_folds: int, seed: int) -> np.ndarray:
