@@ -86,6 +86,8 @@ class LossConfig:
     gamma: float = 2.0                   # focal
     alpha: Optional[float] = None        # focal
     smoothing: float = 0.1               # label_smoothing: eps spread over all K classes
+    delta: float = 1.0                   # huber (regression), in units of the standardised target
+    pos_weight: Union[None, str, list[float]] = None  # bce (multilabel): balanced | [w per label]
 
 
 @dataclass(frozen=True)
@@ -464,19 +466,22 @@ def _check_fields(cfg: Config) -> None:
         raise UserError(f"config key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got '{dev}'.")
 
 
-def _registries():
-    """section -> (what an entry is called, the entry names, entry name -> the parameters it takes)."""
+def _registries(task=None):
+    """section -> (what an entry is called, the entry names, entry name -> the parameters it takes);
+    the losses are those ``task`` offers, by the names its users write (focal, not binary_focal)."""
     from . import losses, optim
+    from .tasks import get_task
+    task = task or get_task("multiclass")
     return {
-        "loss": ("loss", losses.list_losses(), lambda n: losses.loss_info(n).params),
+        "loss": ("loss", list(task.losses), lambda n: losses.loss_info(task.resolve_loss(n)).params),
         "optim": ("optimizer", optim.list_optimizers(), lambda n: optim.optim_info(n).params),
         "sched": ("schedule", optim.list_schedulers(), lambda n: optim.sched_info(n).params),
     }
 
 
-def _check_unused(cfg: Config, section: str, chosen: str) -> None:
+def _check_unused(cfg: Config, section: str, chosen: str, task=None) -> None:
     """A parameter key the chosen entry does not use may only hold its default (so config.yaml reloads)."""
-    noun, names, params_of = _registries()[section]
+    noun, names, params_of = _registries(task)[section]
     values, defaults = getattr(cfg, section), _SECTION_TYPES[section]()
     for f in fields(values):
         users = [n for n in names if f.name in params_of(n)]
@@ -498,7 +503,7 @@ def _check_registries(cfg: Config) -> None:
     from .tasks import get_task
 
     task = get_task(cfg.task.type)
-    for kind, value, valid in (("loss", cfg.loss.name, [*list_losses(), "auto"]),
+    for kind, value, valid in (("loss", cfg.loss.name, [*task.losses, "auto"]),
                                ("optimizer", cfg.optim.name, list_optimizers()),
                                ("scheduler", cfg.sched.name, list_schedulers()),
                                ("augment preset", cfg.data.augment, list_augments())):
@@ -509,8 +514,9 @@ def _check_registries(cfg: Config) -> None:
         hint = f"unknown monitor metric '{cfg.train.monitor}'" + (f" (did you mean '{close[0]}'?)" if close else "")
         raise UserError(f"{hint}; set train.monitor to auto or one of {', '.join(task.metric_names())}.")
     loss = task.resolve_loss(cfg.loss.name)
-    for section, chosen in (("loss", loss), ("optim", cfg.optim.name), ("sched", cfg.sched.name)):
-        _check_unused(cfg, section, chosen)
+    user_loss = task.default_loss if cfg.loss.name == "auto" else cfg.loss.name
+    for section, chosen in (("loss", user_loss), ("optim", cfg.optim.name), ("sched", cfg.sched.name)):
+        _check_unused(cfg, section, chosen, task)
     check_loss_params(loss, loss_kwargs(cfg))
     check_optim_params(cfg.optim.name, optim_kwargs(cfg))
     check_sched_params(cfg.sched.name, sched_kwargs(cfg), epochs=cfg.train.epochs, lr=cfg.optim.lr)

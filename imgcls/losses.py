@@ -35,6 +35,9 @@ __all__ = [
     "CrossEntropyLoss",
     "FocalLoss",
     "SoftF1Loss",
+    "BCELoss",
+    "BinaryFocalLoss",
+    "RegressionLoss",
     "F1_EPS",
 ]
 
@@ -248,8 +251,76 @@ def _check_smoothing(smoothing: float) -> float:
     return float(smoothing)
 
 
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (math.isfinite(delta) and delta > 0):
+        raise UserError(f"loss.delta (huber) is {delta!r}; use a positive number (1.0 is torch's default), in "
+                        "units of the standardised target.")
+    return float(delta)
+
+
+def _check_pos_weight(w):
+    if w is None or w == "balanced" or w == "none":
+        return None if w == "none" else w
+    if isinstance(w, (list, tuple)) and w and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in w):
+        return [float(v) for v in w]
+    raise UserError(f"loss.pos_weight is {w!r}; use balanced, null, or one positive number per label.")
+
+
+# ---------------------------------------------------------------- multi-label and regression losses
+
+class BCELoss(nn.Module):
+    """Multi-label: binary cross-entropy on logits [N, L] against 0/1 (or soft) targets [N, L], the mean
+    over all N*L entries (torch's BCEWithLogitsLoss); ``pos_weight`` [L] scales each label's positives."""
+
+    def __init__(self, pos_weight: Tensor | None = None):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=self.pos_weight)
+
+
+class BinaryFocalLoss(nn.Module):
+    """Multi-label focal loss (Lin et al.): per entry -alpha_t (1 - p_t)^gamma log p_t on sigmoid
+    probabilities, mean over N*L; with alpha None every entry weighs 1, so gamma=0 is plain BCE.
+    (torchvision.ops.sigmoid_focal_loss with alpha<0 and reduction='mean' is the same.)"""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None):
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        x, y = logits.float(), target.float()
+        ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = torch.exp(-ce)  # the probability given to the true side of each entry
+        loss = (1 - p_t).pow(self.gamma) * ce
+        if self.alpha is not None:
+            loss = (self.alpha * y + (1 - self.alpha) * (1 - y)) * loss
+        return loss.mean()
+
+
+class RegressionLoss(nn.Module):
+    """Regression on one output per image (logits [N, 1] or [N]) against standardised targets [N]:
+    mse, l1 or huber (delta in standardised units), the mean over the batch, as torch's losses."""
+
+    def __init__(self, kind: str, delta: float = 1.0):
+        super().__init__()
+        self.kind, self.delta = kind, delta
+
+    def forward(self, output: Tensor, target: Tensor) -> Tensor:
+        x, y = output.float().reshape(-1), target.float().reshape(-1)
+        if self.kind == "mse":
+            return F.mse_loss(x, y)
+        if self.kind == "l1":
+            return F.l1_loss(x, y)
+        return F.huber_loss(x, y, delta=self.delta)
+
+
 # Every parameter a loss may take: its default (the config's too), its check. Config key: loss.<name>.
 LOSS_PARAMS: dict[str, Param] = {
+    "delta": Param(1.0, _check_delta, "huber: where the loss turns from squared to linear (standardised units)"),
+    "pos_weight": Param(None, _check_pos_weight, "bce: weight of each label's positives; balanced = negatives/positives"),
     "gamma": Param(2.0, _check_gamma, "focusing exponent; 0 is cross-entropy"),
     "alpha": Param(None, _check_alpha, "uniform scale of the loss; null = 1"),
     "smoothing": Param(0.1, _check_smoothing, "eps spread over all K classes, as in torch"),
@@ -262,6 +333,7 @@ class LossInfo:
     description: str
     params: tuple[str, ...]          # keyword parameters besides class_weights (which every loss takes)
     build: Callable[..., nn.Module]  # (num_classes, class_weights, **params) -> the loss module
+    kind: str = "class"              # class (softmax over K >= 2), binary (per label), regression
 
 
 _LOSSES: dict[str, LossInfo] = {i.name: i for i in (
@@ -272,12 +344,23 @@ _LOSSES: dict[str, LossInfo] = {i.name: i for i in (
              lambda k, w, smoothing: CrossEntropyLoss(k, w, smoothing)),
     LossInfo("f1", "soft macro-F1: 1 - mean F1 of softmax probabilities over the batch", (),
              lambda k, w: SoftF1Loss(k, w)),
+    LossInfo("bce", "multi-label binary cross-entropy on sigmoid outputs", ("pos_weight",),
+             lambda k, w, pos_weight: BCELoss(None if pos_weight is None else torch.as_tensor(pos_weight)),
+             kind="binary"),
+    LossInfo("binary_focal", "multi-label focal loss on sigmoid outputs (loss.name=focal with task.type=multilabel)",
+             ("gamma", "alpha"), lambda k, w, gamma, alpha: BinaryFocalLoss(gamma, alpha), kind="binary"),
+    LossInfo("mse", "regression: mean squared error of the standardised target", (),
+             lambda k, w: RegressionLoss("mse"), kind="regression"),
+    LossInfo("l1", "regression: mean absolute error of the standardised target", (),
+             lambda k, w: RegressionLoss("l1"), kind="regression"),
+    LossInfo("huber", "regression: Huber loss (squared below loss.delta, linear above)", ("delta",),
+             lambda k, w, delta: RegressionLoss("huber", delta), kind="regression"),
 )}
 
 
-def list_losses() -> list[str]:
-    """Names accepted by `create_loss`, sorted."""
-    return sorted(_LOSSES)
+def list_losses(kind: str | None = None) -> list[str]:
+    """Names accepted by `create_loss`, sorted; ``kind`` (class, binary, regression) keeps one family."""
+    return sorted(n for n, i in _LOSSES.items() if kind is None or i.kind == kind)
 
 
 def loss_info(name: str) -> LossInfo:
@@ -303,10 +386,17 @@ def create_loss(
     """Build loss `name` (`list_losses()`); `params` are the ones its entry takes (focal: gamma, alpha;
     label_smoothing: smoothing), anything else is refused. Every loss takes `class_weights` [K]."""
     checked = check_loss_params(name, params)
-    if num_classes < 2:
+    info = _LOSSES[name]
+    if info.kind == "class" and num_classes < 2:
         raise UserError(f"num_classes is {num_classes}; a classification loss needs at least 2 classes.")
-    weights = _validated_weights(class_weights, num_classes)
-    return _LOSSES[name].build(num_classes, weights, **checked)
+    if info.kind != "class" and class_weights is not None:
+        raise UserError(f"loss '{name}' takes no class weights; remove loss.class_weights"
+                        + (" (loss.pos_weight weighs each label's positives)." if info.kind == "binary" else "."))
+    if "pos_weight" in checked and isinstance(checked["pos_weight"], list) and len(checked["pos_weight"]) != num_classes:
+        raise UserError(f"loss.pos_weight lists {len(checked['pos_weight'])} values for {num_classes} labels; give "
+                        "one per label, or balanced.")
+    weights = _validated_weights(class_weights, num_classes) if info.kind == "class" else None
+    return info.build(num_classes, weights, **checked)
 
 
 def class_weights_from_counts(counts: Sequence[int], mode: str | Sequence[float] | None) -> Tensor | None:

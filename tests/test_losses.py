@@ -37,7 +37,9 @@ def _soft_target(seed: int, n: int = 16, k: int = K) -> torch.Tensor:
 
 
 def test_registry_lists_the_four_losses():
-    assert list_losses() == sorted(["cross_entropy", "focal", "label_smoothing", "f1"])
+    assert list_losses("class") == sorted(["cross_entropy", "focal", "label_smoothing", "f1"])
+    assert list_losses() == sorted(["cross_entropy", "focal", "label_smoothing", "f1", "bce", "binary_focal",
+                                    "mse", "l1", "huber"])
 
 
 def test_unknown_name_suggests_the_closest():
@@ -176,7 +178,7 @@ def test_soft_f1_weights_average_over_classes():
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("name", list_losses("class"))
 def test_one_hot_soft_target_equals_index_target(name, weighted):
     logits, target = _batch(8)
     loss = create_loss(name, K, class_weights=_weights() if weighted else None)
@@ -184,7 +186,7 @@ def test_one_hot_soft_target_equals_index_target(name, weighted):
 
 
 @pytest.mark.parametrize("soft", [False, True])
-@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("name", list_losses("class"))
 def test_gradients_are_finite_and_non_zero(name, soft):
     logits, target = _batch(9)
     logits = logits.float().requires_grad_()
@@ -196,7 +198,7 @@ def test_gradients_are_finite_and_non_zero(name, soft):
     assert logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("name", list_losses("class"))
 def test_half_precision_logits_give_a_float32_loss(name):
     logits, target = _batch(10)
     loss = create_loss(name, K)(logits.to(torch.bfloat16), target)
@@ -204,7 +206,7 @@ def test_half_precision_logits_give_a_float32_loss(name):
     torch.testing.assert_close(loss, create_loss(name, K)(logits.to(torch.bfloat16).float(), target))
 
 
-@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("name", list_losses("class"))
 def test_class_weights_follow_the_module_to_another_dtype(name):
     loss = create_loss(name, K, class_weights=_weights()).to(torch.float64)
     assert loss.class_weights.dtype == torch.float64
@@ -258,7 +260,7 @@ def test_a_parameter_the_loss_does_not_take_is_refused(name, kwargs, bad, takes)
 def test_every_loss_declares_params_with_the_config_defaults():
     from imgcls.config import LossConfig
     from imgcls.losses import LOSS_PARAMS, loss_info
-    for name in list_losses():
+    for name in list_losses("class"):
         info = loss_info(name)
         assert info.name == name and info.description
         for p in info.params:
@@ -270,7 +272,7 @@ def test_every_loss_declares_params_with_the_config_defaults():
         loss_info("focla")
 
 
-@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("name", list_losses("class"))
 def test_every_loss_runs_forward_and_backward_on_random_data(name):
     from imgcls.losses import LOSS_PARAMS, loss_info
     params = {p: LOSS_PARAMS[p].default for p in loss_info(name).params}  # every parameter, spelled out
