@@ -56,7 +56,7 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
     from ..combine import parse_combine
     group_classes = {n: list((classes_of or {}).get(n) or scan.class_order.get(n) or sorted(set(cols[n])))
                      for n in cols if n != "group"}
-    rule = parse_combine(label, {n: len(c) for n, c in group_classes.items()})
+    rule = parse_combine(label, {n: len(c) for n, c in group_classes.items()}, key="task.label")
     codes = {}
     for n in rule.names:
         index = {c: i for i, c in enumerate(group_classes[n])}

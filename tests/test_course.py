@@ -1,0 +1,78 @@
+"""The course's data set as it comes (labels in folder and file names, 7 photos per person) trains with
+configs/course-18.yaml, grouped by person, and its 18 classes are the competition's codes."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcls
+from imgcls.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")
+MASK = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
+
+
+def make_course(root: Path, people: int = 30, size: int = 16) -> dict:
+    """root/<id>_<gender>_Asian_<age>/<photo>.jpg with learnable 16 px photos (colour = mask, stripes =
+    gender), macOS resource-fork files beside them; returns {path: (person, code)}."""
+    rng = np.random.default_rng(0)
+    truth = {}
+    for i in range(people):
+        pid, gender, age = f"{i + 1:06d}", ("male", "female")[i % 2], (22, 45, 65)[i % 3]
+        folder = root / f"{pid}_{gender}_Asian_{age}"
+        folder.mkdir(parents=True)
+        for photo in PHOTOS:
+            img = rng.integers(0, 50, (size, size, 3)).astype(np.int32)
+            img[..., MASK[photo]] += 150
+            if gender == "female":
+                img[:, ::4] += 80
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{photo}.jpg", quality=95)
+            code = MASK[photo] * 6 + (i % 2) * 3 + (i % 3)
+            truth[str((folder / f"{photo}.jpg").resolve())] = (pid, code)
+        (folder / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / ".DS_Store").write_bytes(b"Bud1")
+    return truth
+
+
+def test_course_config_trains_the_18_classes_grouped_by_person(tmp_path):
+    truth = make_course(tmp_path / "train" / "images")
+    cfg = load_config(REPO / "configs" / "course-18.yaml", [
+        f"data.root={tmp_path / 'train' / 'images'}", "data.image_size=16", "model.name=small_cnn",
+        "data.num_workers=0", "train.epochs=2", "train.batch_size=32", "train.progress=false", "run.report=false",
+        f"run.dir={tmp_path / 'run'}", "data.augment=light"])
+    res = imgcls.train(cfg, log=lambda *a: None)
+    info = json.loads((res.run_dir / "model.json").read_text())
+    assert info["classes"] == [str(k) for k in range(18)]
+    table = info["task"]["combine"]["table"]
+    assert table[1 * 6 + 1 * 3 + 2] == {"mask": 1, "gender": 1, "age": 2}  # incorrect, female, >=60
+    assert info["task"]["groups"]["mask"] == ["wear", "incorrect", "not_wear"]
+    sides = {}
+    for side in ("train", "val"):
+        with open(res.run_dir / "split" / f"{side}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert all(int(r["label"]) == truth[r["path"]][1] for r in rows)  # the rule applied to each path
+        sides[side] = {r["group"] for r in rows}
+        assert all(r["group"] == truth[r["path"]][0] for r in rows)
+    assert not sides["train"] & sides["val"] and len(sides["train"] | sides["val"]) == 30  # no person leaks
+    assert sum(1 for _ in (res.run_dir / "split" / "train.csv").open()) - 1 + \
+        sum(1 for _ in (res.run_dir / "split" / "val.csv").open()) - 1 == 30 * 7  # resource forks skipped
+
+
+def test_the_age_boundary_is_one_override(tmp_path):
+    make_course(tmp_path / "images", people=6)
+    from imgcls.data.build import read_samples
+    from imgcls.data.pathlabels import PathLabels
+    for bins, want in (([30, 60], {0: 2, 1: 2, 2: 2}), ([30, 44], {0: 2, 1: 0, 2: 4})):
+        cfg = load_config(REPO / "configs" / "course-18.yaml", [f"data.root={tmp_path / 'images'}",
+                                                                f"data.bins.age={bins}"])
+        d = cfg.data
+        side, classes, _ = read_samples(d.root, None, path_labels=PathLabels(d.path_pattern, cfg.task.label,
+                                                                            d.label_maps, d.bins))
+        ages = [int(classes[y]) % 3 for y in side.labels]
+        assert {a: ages.count(a) // 7 for a in range(3)} == want
