@@ -17,7 +17,14 @@ Conventions (K = ``num_classes``; tested against scikit-learn with the arguments
   **present in the targets** (sklearn ``roc_auc_score`` per class on ``y == c``). It is NaN when
   fewer than two classes are present, since no class then has both positives and negatives.
   (torchmetrics' macro AUROC instead counts an absent class as 0.)
-* **top5_acc** is top-k accuracy with k = min(5, K) (so 1.0 when K <= 5).
+* **top5_acc** (also the scalar ``val/top5_acc``) is top-k accuracy with k = min(5, K) (so 1.0 when
+  K <= 5), as sklearn ``top_k_accuracy_score``.
+* **Rank** of the true class among the K logits: 1 + the number of classes with a strictly greater
+  logit (rank 1 = best; ties count in the true class's favour). ``val/mrr`` is the mean of 1/rank
+  (sklearn ``label_ranking_average_precision_score`` on one-hot targets, which has one relevant label,
+  equals it when there are no ties). ``val/ndcg_at_5`` is the mean of 1/log2(1 + rank) if rank <= 5,
+  else 0: NDCG@5 with one relevant item, as the mean of sklearn ``ndcg_score(one_hot, logits, k=5)``
+  per image (sklearn averages the gain over tied scores instead; equal without ties).
 * **ece** is the expected calibration error of Guo et al. (2017): confidences (max softmax
   probability) fall into 15 equal-width bins (i/15, (i+1)/15]; ECE = sum over bins of
   (bin size / N) * |bin accuracy - bin mean confidence|. (torchmetrics bins [lo, hi) and puts
@@ -45,6 +52,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "val/recall_macro",
     "val/balanced_acc",
     "val/auroc",
+    "val/mrr",
+    "val/ndcg_at_5",
+    "val/top5_acc",
 )
 
 ECE_BINS = 15  # equal-width bins over confidence in (0, 1]
@@ -101,6 +111,8 @@ class ClassificationMetrics:
         self._ece_count = torch.zeros(ECE_BINS, dtype=torch.float64)
         self._ece_conf = torch.zeros(ECE_BINS, dtype=torch.float64)
         self._ece_correct = torch.zeros(ECE_BINS, dtype=torch.float64)
+        self._rr_sum = torch.zeros((), dtype=torch.float64)    # sum of 1/rank over images
+        self._ndcg_sum = torch.zeros((), dtype=torch.float64)  # sum of 1/log2(1 + rank), rank <= 5
         self._loss_sum: Tensor | float = 0.0
         self._loss_samples = 0
         self._num_samples = 0
@@ -114,6 +126,8 @@ class ClassificationMetrics:
         self._ece_count = self._ece_count.to(device, acc)
         self._ece_conf = self._ece_conf.to(device, acc)
         self._ece_correct = self._ece_correct.to(device, acc)
+        self._rr_sum = self._rr_sum.to(device, acc)
+        self._ndcg_sum = self._ndcg_sum.to(device, acc)
 
     def update(self, logits: Tensor, target: Tensor, loss_sum: float | Tensor | None = None) -> None:
         """Add a batch: ``logits`` [N, K], integer ``target`` [N] in [0, K), and optionally the
@@ -147,6 +161,10 @@ class ClassificationMetrics:
         self._ece_conf.index_put_((bins,), confidence.to(self._ece_conf.dtype), accumulate=True)
         self._ece_correct.index_put_((bins,), correct, accumulate=True)
 
+        rank = _true_class_rank(logits, target).to(self._rr_sum.dtype)
+        self._rr_sum += rank.reciprocal().sum()
+        self._ndcg_sum += torch.where(rank <= TOP_K, 1.0 / torch.log2(1.0 + rank), 0.0).sum()
+
         self._num_samples += n
         if loss_sum is not None:
             self._loss_sum = self._loss_sum + (loss_sum.detach() if isinstance(loss_sum, Tensor) else loss_sum)
@@ -159,13 +177,7 @@ class ClassificationMetrics:
             raise RuntimeError("ClassificationMetrics.compute() called before any update()")
         cm = self._confmat.cpu().to(torch.float64)
         tp = cm.diagonal()
-        support = cm.sum(dim=1)
-        predicted = cm.sum(dim=0)
-        # zero_division=0: an undefined ratio (0/0) becomes 0, as sklearn with zero_division=0.
-        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
-        recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
-        f1_den = 2 * tp + (predicted - tp) + (support - tp)  # 2TP + FP + FN
-        f1 = torch.where(f1_den > 0, 2 * tp / f1_den.clamp(min=1), 0.0)
+        precision, recall, f1, support = _per_class_prf(cm)
         present = support > 0
 
         scalars = {
@@ -178,6 +190,10 @@ class ClassificationMetrics:
         }
         if self._loss_samples:
             scalars["val/loss"] = float(self._loss_sum) / self._loss_samples
+        top5 = self._topk.compute().item()
+        scalars["val/mrr"] = self._rr_sum.item() / self._num_samples
+        scalars["val/ndcg_at_5"] = self._ndcg_sum.item() / self._num_samples
+        scalars["val/top5_acc"] = top5
 
         count = self._ece_count.cpu().double()
         gaps = (self._ece_correct.cpu() - self._ece_conf.cpu()).abs()  # per bin: |sum correct - sum conf|
@@ -194,7 +210,7 @@ class ClassificationMetrics:
                 for i, name in enumerate(self.class_names)
             ],
             "confusion_matrix": cm.to(torch.int64).tolist(),
-            "top5_acc": self._topk.compute().item(),
+            "top5_acc": top5,
             # sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - conf_sum_b| / N
             "ece": (gaps.sum() / count.sum()).item(),
             "num_samples": self._num_samples,
@@ -219,6 +235,25 @@ class ClassificationMetrics:
         """JSON-ready breakdown: classes, per_class table, confusion_matrix (rows = true),
         top5_acc, ece, num_samples."""
         return copy.deepcopy(self._summary()[1])
+
+
+def _per_class_prf(cm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Precision, recall, F1 and support per class from a float confusion matrix (rows = true).
+    An undefined ratio (0/0) is 0, as sklearn with ``zero_division=0``."""
+    tp = cm.diagonal()
+    support = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
+    f1_den = predicted + support  # 2TP + FP + FN
+    f1 = torch.where(f1_den > 0, 2 * tp / f1_den.clamp(min=1), 0.0)
+    return precision, recall, f1, support
+
+
+def _true_class_rank(scores: Tensor, target: Tensor) -> Tensor:
+    """Rank of each row's true class: 1 + the number of classes scored strictly higher (long, [N])."""
+    true_score = scores.gather(1, target[:, None])
+    return 1 + (scores > true_score).sum(dim=1)
 
 
 def ece_bin_index(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
