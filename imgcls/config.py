@@ -35,6 +35,8 @@ class TaskConfig:
     # multiclass from data.path_pattern: the group that is the class (e.g. mask), or a combine rule
     # over groups, e.g. "mask * 6 + gender * 3 + age" (one head over the combined codes 0..N-1)
     label: Optional[str] = None
+    target: Optional[str] = None        # regression: the CSV column or path group holding the number
+    bins: Optional[list[float]] = None  # regression: also report the binned result, e.g. [30, 60]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class DataConfig:
     val_fraction: float = 0.2           # 0 is allowed (unused) with val_root / val_csv
     path_column: str = "path"
     label_column: str = "label"
+    label_separator: str = "|"          # multilabel: labels joined in one cell, 'cat|outdoor'
+    label_columns: Optional[list[str]] = None  # multilabel: one 0/1 column per label instead
     group_column: Optional[str] = "auto"  # auto: a column named 'group'; none/null: no grouping; or a name
     classes: Optional[list[str]] = None  # explicit class order = integer codes
     image_size: int = 224               # side of the square the model sees (px)
@@ -385,6 +389,37 @@ _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are c
 }
 
 
+def _check_task_fit(cfg: Config) -> None:
+    """Options whose meaning depends on the task type, refused where they have none."""
+    from .tasks import get_task
+    t, d = cfg.task, cfg.data
+    task = get_task(t.type)
+    if t.bins is not None and t.type != "regression":
+        raise UserError(f"config key 'task.bins' bins a regression target, but task.type is {t.type}; remove it.")
+    if t.bins is not None and (not t.bins or list(t.bins) != sorted(set(t.bins))):
+        raise UserError(f"config key 'task.bins' must list increasing boundaries such as [30, 60], got {t.bins}.")
+    if t.target is not None and t.type != "regression":
+        raise UserError(f"config key 'task.target' names a regression target, but task.type is {t.type}; remove it.")
+    if d.label_columns is not None and t.type != "multilabel":
+        raise UserError(f"config key 'data.label_columns' lists multi-label 0/1 columns, but task.type is "
+                        f"{t.type}; remove it or set task.type=multilabel.")
+    if (d.mixup or d.cutmix) and not task.mixes:
+        raise UserError(f"data.mixup/data.cutmix have no mixing rule for task.type={t.type} yet"
+                        f"{' (a mixed target of two numbers is not a target)' if t.type == 'regression' else ''}; "
+                        "set them to 0.")
+    if not task.per_class_sampling:
+        if d.sampler == "balanced":
+            raise UserError(f"data.sampler=balanced draws classes equally often, but task.type={t.type} has no one "
+                            "class per image; use data.sampler=random"
+                            + (" (loss.pos_weight=balanced weighs rare labels)." if t.type == "multilabel" else "."))
+        if cfg.loss.class_weights not in (None, "none"):
+            raise UserError(f"loss.class_weights weighs classes, but task.type={t.type} has none; remove it"
+                            + (" (loss.pos_weight weighs each label's positives)." if t.type == "multilabel" else "."))
+    if cfg.loss.pos_weight is not None and t.type != "multilabel":
+        raise UserError("config key 'loss.pos_weight' weighs multi-label positives; remove it or set "
+                        "task.type=multilabel.")
+
+
 def _check_path_labels(cfg: Config) -> None:
     """data.path_pattern and the keys that only mean something with it."""
     d = cfg.data
@@ -397,6 +432,14 @@ def _check_path_labels(cfg: Config) -> None:
         if value and d.path_pattern is None:
             raise UserError(f"config key '{key}' applies to groups of data.path_pattern, which is not set; set "
                             "data.path_pattern or remove it.")
+    if d.path_pattern is not None and cfg.task.type == "regression":
+        if not cfg.task.target:
+            raise UserError("config key 'task.target' must name the group of data.path_pattern that holds the "
+                            "regression target; set it.")
+        return
+    if d.path_pattern is not None and cfg.task.type != "multiclass":
+        raise UserError(f"data.path_pattern labels multiclass and regression tasks, not task.type="
+                        f"{cfg.task.type}; use a CSV (data.csv) for it.")
     if d.path_pattern is not None and not cfg.task.label:
         raise UserError("config key 'task.label' must name the group of data.path_pattern that is the class (or "
                         "a combine rule such as 'mask * 6 + gender * 3 + age'); set it.")
@@ -438,6 +481,7 @@ def _check_fields(cfg: Config) -> None:
     if d.val_root and d.val_csv:
         raise UserError("config keys 'data.val_root' and 'data.val_csv' are both set; give one of them.")
     _check_path_labels(cfg)
+    _check_task_fit(cfg)
     if (d.folds_csv is None) != (d.fold is None):
         raise UserError("config keys 'data.folds_csv' and 'data.fold' go together (the folds file and the fold "
                         "that validates); set both or neither.")
@@ -502,7 +546,7 @@ def _check_registries(cfg: Config) -> None:
     from .optim import check_optim_params, check_sched_params, list_optimizers, list_schedulers
     from .tasks import get_task
 
-    task = get_task(cfg.task.type)
+    task = get_task(cfg.task.type).from_config(cfg)
     for kind, value, valid in (("loss", cfg.loss.name, [*task.losses, "auto"]),
                                ("optimizer", cfg.optim.name, list_optimizers()),
                                ("scheduler", cfg.sched.name, list_schedulers()),

@@ -82,20 +82,17 @@ def check_cv_config(cfg: Config, folds: int) -> None:
 def create_cv_folder(cfg: Config, folds: int, log: Callable[[str], None]):
     """Make the folds and the cv folder (``run.dir``, else ``run.root/<run.name>-cv-<n>``) with
     folds.csv, config.yaml (data paths absolute) and cv.json; returns (cv_dir, its lock, the config)."""
-    from .data.build import read_samples
+    from .data.build import DataSources, read_samples
     from .data.folds import make_folds, write_folds_csv
-    from .data.pathlabels import PathLabels
     from .engine.build import absolute_data_paths
     from .engine.rundir import RunLock, create_run_dir
+    from .tasks import get_task
 
     check_cv_config(cfg, folds)
     cfg = absolute_data_paths(cfg)
-    d = cfg.data
-    path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, cfg.task.label, d.label_maps,
-                                                                  d.bins, d.on_bad_image)
-    samples, classes, column = read_samples(d.root, d.csv, d.path_column, d.label_column, d.group_column,
-                                            d.classes, path_labels)
-    fold_of = make_folds(folds, cfg.train.seed, labels=samples.labels, groups=samples.groups)
+    task = get_task(cfg.task.type).from_config(cfg)
+    samples, classes, column = read_samples(DataSources.from_config(cfg, cfg.data.root, cfg.data.csv), task)
+    fold_of = make_folds(folds, cfg.train.seed, groups=samples.groups, **task.fold_targets(samples.labels))
     cv_dir = create_run_dir(cfg.run.dir, cfg.run.root, f"{cfg.run.name}-cv")
     lock = RunLock(cv_dir).acquire()
     write_folds_csv(cv_dir / "folds.csv", samples.paths, fold_of, samples.groups)

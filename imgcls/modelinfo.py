@@ -61,7 +61,8 @@ class ModelInfo:
 
     @property
     def task_type(self) -> Task:
-        return get_task(self.task)
+        """The task as this model was trained and calibrated (thresholds, target mean/std, bins)."""
+        return get_task(self.task).configure(self.extra)
 
     @property
     def num_outputs(self) -> int:
@@ -142,7 +143,7 @@ class ModelInfo:
         get_task(task["type"])
         if len(d["mean"]) != d["channels"] or len(d["std"]) != d["channels"]:
             raise UserError(f"'{where}' has mean/std of another length than channels={d['channels']}.")
-        if len(d["classes"]) < 2:
+        if len(d["classes"]) < get_task(task["type"]).min_classes:
             raise UserError(f"'{where}' names {len(d['classes'])} class(es); a classifier has at least 2.")
         monitor = d["monitor"]
         limits = d.get("image_limits", {})  # absent before it was recorded: the defaults training used then

@@ -31,7 +31,12 @@ class MetricInfo:
 
 
 class Task:
-    """The interface; see ``MulticlassTask`` for what each member means."""
+    """The interface; see ``MulticlassTask`` for what each member means.
+
+    The registry holds one unconfigured instance per type; ``configure(record)`` gives the instance a
+    run uses, carrying what model.json records about the task (regression's target mean/std and bins,
+    multi-label thresholds). ``fit(targets)`` computes that record from the training targets.
+    """
     name: str = ""
     losses: tuple[str, ...] = ()
     default_loss: str = ""
@@ -39,6 +44,41 @@ class Task:
     default_monitor: str = ""
     log_metrics: tuple[str, ...] = ()
     report_sections: tuple[str, ...] = ()
+    min_classes: int = 2                      # of model.json's classes (regression: its one output)
+    mixes: bool = True                        # MixUp/CutMix have a rule for these targets
+    per_class_sampling: bool = True           # data.sampler=balanced and loss.class_weights apply
+
+    # -- configuration (what model.json's task record holds)
+    def configure(self, record: Optional[dict] = None) -> "Task":
+        return self
+
+    def fit(self, targets: Sequence, classes: Sequence[str]) -> dict:
+        """The record entries computed from the training targets (regression: mean and std)."""
+        return {}
+
+    def from_config(self, cfg) -> "Task":
+        """The task as a config sets it up (before any data is read)."""
+        return self
+
+    # -- labels and targets
+    def classes_from(self, labels: Sequence[str], explicit: Optional[Sequence[str]]) -> list[str]:
+        from .data.sources import resolve_classes
+        return resolve_classes(list(labels), list(explicit) if explicit else None)
+
+    def label_text(self, target, classes: Sequence[str]) -> str:
+        return str(classes[target])
+
+    def counts(self, targets: Sequence, classes: Sequence[str]) -> list[int]:
+        """Training images per class (per label for multi-label)."""
+        return [list(targets).count(k) for k in range(len(classes))]
+
+    def target_tensor(self, targets: Sequence, classes: Sequence[str]) -> Tensor:
+        """What the dataset returns per image, for all of them: [N] class codes here."""
+        return torch.as_tensor(list(targets), dtype=torch.long)
+
+    def fold_targets(self, targets: Sequence) -> dict:
+        """How folds and the validation split stratify: keyword arguments of data.folds.make_folds."""
+        return {"labels": list(targets)}
 
     # -- names and directions
     def metric_names(self) -> list[str]:
@@ -95,9 +135,6 @@ class MulticlassTask(Task):
         code = {c: i for i, c in enumerate(classes)}
         return [code[label] for label in labels]
 
-    def stratify_key(self, targets: Sequence[int]) -> list[int]:
-        return list(targets)
-
     def create_metrics(self, classes: Sequence[str]):
         from .metrics import ClassificationMetrics
         return ClassificationMetrics(len(classes), list(classes))
@@ -111,8 +148,8 @@ class MulticlassTask(Task):
         from .metrics import recall_warnings
         return recall_warnings(scalars, details)
 
-    def calibrate(self, probs: Tensor, targets: Tensor) -> dict:
-        """Post-validation calibration stored in the model record; multiclass needs none."""
+    def calibrate(self, details: dict) -> dict:
+        """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
         return {}
 
     def record(self, classes: Sequence[str]) -> dict:
@@ -137,9 +174,288 @@ class MulticlassTask(Task):
         return rows
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (MulticlassTask(),)}
+def _metric(name: str, direction: str, description: str) -> MetricInfo:
+    return MetricInfo(name, direction, description)
 
-for _t in TASKS.values():  # names travel to trackers: keep them to the safe characters
+
+class MultilabelTask(Task):
+    """Any number of labels per image out of L; L logits, sigmoid probabilities, one decision
+    threshold per label (tuned on validation to maximise that label's F1, stored in model.json)."""
+    name = "multilabel"
+    losses = ("bce", "focal")
+    default_loss = "bce"
+    metrics = (
+        _metric("train/loss", "min", "mean training loss over the epoch's finite steps"),
+        _metric("val/loss", "min", "mean validation loss (the training criterion)"),
+        _metric("val/map", "max", "mean average precision over labels with a positive in validation"),
+        _metric("val/f1_micro", "max", "F1 over all (image, label) decisions, at the tuned thresholds"),
+        _metric("val/f1_macro", "max", "F1 averaged over labels, at the tuned thresholds"),
+        _metric("val/f1_samples", "max", "F1 averaged over images, at the tuned thresholds"),
+        _metric("val/f1_macro_at_0.5", "max", "F1 averaged over labels, every threshold 0.5"),
+        _metric("val/precision_micro", "max", "precision over all decisions, at the tuned thresholds"),
+        _metric("val/recall_micro", "max", "recall over all decisions, at the tuned thresholds"),
+        _metric("val/lrap", "max", "label-ranking average precision (an image with no label scores 1)"),
+        _metric("val/coverage", "min", "how far down the ranking all true labels are covered"),
+        _metric("val/ndcg", "max", "normalised discounted cumulative gain of the label ranking"),
+        _metric("val/mrr", "max", "mean reciprocal rank of the first true label (images with a label)"),
+    )
+    default_monitor = "val/map"
+    log_metrics = ("val/loss", "val/map", "val/f1_macro")
+    report_sections = ("curves",)
+    min_classes = 1
+    mixes = False
+    per_class_sampling = False
+
+    def __init__(self, thresholds: Optional[Sequence[float]] = None, separator: str = "|"):
+        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
+        self.separator = separator
+
+    def configure(self, record: Optional[dict] = None) -> "Task":
+        record = record or {}
+        return MultilabelTask(record.get("thresholds"), record.get("separator", "|"))
+
+    def from_config(self, cfg) -> "Task":
+        return MultilabelTask(None, cfg.data.label_separator)
+
+    def resolve_loss(self, name: str) -> str:
+        name = super().resolve_loss(name)
+        return "binary_focal" if name == "focal" else name
+
+    def head_size(self, classes: Sequence[str]) -> int:
+        return len(classes)
+
+    def _split(self, label: str) -> list[str]:
+        return [t.strip() for t in str(label).split(self.separator) if t.strip()]
+
+    def classes_from(self, labels: Sequence[str], explicit: Optional[Sequence[str]]) -> list[str]:
+        from .data.sources import resolve_classes
+        names = sorted({t for label in labels for t in self._split(label)})
+        if not names:
+            from .errors import UserError
+            raise UserError("no image has a label; multi-label targets are the label column's labels joined by "
+                            f"data.label_separator ('{self.separator}'), e.g. 'cat{self.separator}outdoor'.")
+        return resolve_classes(names, list(explicit) if explicit else None)
+
+    def encode(self, labels: Sequence[str], classes: Sequence[str]) -> list[tuple[int, ...]]:
+        code = {c: i for i, c in enumerate(classes)}
+        out = []
+        for label in labels:
+            tags = self._split(label)
+            unknown = [t for t in tags if t not in code]
+            if unknown:
+                from .errors import UserError
+                raise UserError(f"label '{unknown[0]}' is not among the labels ({', '.join(classes)}); fix it or "
+                                "list it in data.classes.")
+            out.append(tuple(sorted({code[t] for t in tags})))
+        return out
+
+    def label_text(self, target, classes: Sequence[str]) -> str:
+        return self.separator.join(classes[k] for k in target)
+
+    def counts(self, targets: Sequence, classes: Sequence[str]) -> list[int]:
+        return [sum(1 for t in targets if k in t) for k in range(len(classes))]
+
+    def _matrix(self, targets: Sequence, width: int) -> Tensor:
+        m = torch.zeros(len(targets), width)
+        for i, t in enumerate(targets):
+            m[i, list(t)] = 1.0
+        return m
+
+    def target_tensor(self, targets: Sequence, classes: Sequence[str]) -> Tensor:
+        return self._matrix(targets, len(classes))
+
+    def fold_targets(self, targets: Sequence) -> dict:
+        width = 1 + max((k for t in targets for k in t), default=1)
+        return {"multilabel": self._matrix(targets, max(width, 2)).numpy()}
+
+    def create_metrics(self, classes: Sequence[str]):
+        from .metrics import MultilabelMetrics
+        return _TunedThresholds(MultilabelMetrics(list(classes)))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return logits.float().sigmoid()
+
+    def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
+        return []
+
+    def calibrate(self, details: dict) -> dict:
+        return {"thresholds": [row["threshold"] for row in details["per_label"]], "separator": self.separator}
+
+    def record(self, classes: Sequence[str]) -> dict:
+        return {"type": self.name, "separator": self.separator,
+                **({"thresholds": self.thresholds} if self.thresholds is not None else {})}
+
+    def decide(self, probs: Tensor) -> Tensor:
+        """[N, L] bool: a label is predicted when its probability reaches its threshold (0.5 untuned)."""
+        t = torch.tensor(self.thresholds if self.thresholds is not None else [0.5] * probs.shape[1])
+        return probs >= t
+
+    def prediction_header(self, classes: Sequence[str], labelled: bool) -> list[str]:
+        return ["path", *(["label"] if labelled else []), "pred", *[f"prob_{c}" for c in classes]]
+
+    def prediction_rows(self, paths: Sequence[str], probs: Tensor, classes: Sequence[str],
+                        labels: Optional[Sequence[str]] = None, top_k: int = TOP_K) -> list[list[str]]:
+        """path, [label,] the decided labels joined by the separator, every label's probability."""
+        chosen = self.decide(probs).tolist()
+        return [[paths[i], *([labels[i]] if labels is not None else []),
+                 self.separator.join(c for c, on in zip(classes, row) if on), *[f"{v:.6g}" for v in p]]
+                for i, (p, row) in enumerate(zip(probs.tolist(), chosen))]
+
+
+class _TunedThresholds:
+    """Multi-label metrics whose F1s use thresholds tuned on the same validation pass (optimistic
+    there, as the report says); ``val/f1_macro_at_0.5`` stays at 0.5."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def update(self, logits: Tensor, target: Tensor, loss_sum=None) -> None:
+        self.inner.update(logits, target, loss_sum)
+
+    def compute(self) -> dict:
+        from .metrics import tune_thresholds
+        probs, targets = self.inner.probs_and_targets()
+        self.inner.set_thresholds(tune_thresholds(probs, targets))
+        return self.inner.compute()
+
+    def details(self) -> dict:
+        return self.inner.details()
+
+
+class RegressionTask(Task):
+    """One number per image (an age); one output, trained on the target standardised with the
+    training mean/std (stored in model.json), reported and predicted in the original unit."""
+    name = "regression"
+    losses = ("huber", "l1", "mse")
+    default_loss = "mse"
+    base_metrics = (
+        _metric("train/loss", "min", "mean training loss (on the standardised target)"),
+        _metric("val/loss", "min", "mean validation loss (on the standardised target)"),
+        _metric("val/mae", "min", "mean absolute error, in the target's unit"),
+        _metric("val/mse", "min", "mean squared error"),
+        _metric("val/rmse", "min", "root mean squared error"),
+        _metric("val/r2", "max", "coefficient of determination (scikit-learn's r2_score)"),
+    )
+    binned_metrics = (
+        _metric("val/binned/acc", "max", "accuracy of the binned prediction (task.bins)"),
+        _metric("val/binned/f1_macro", "max", "macro F1 over the bins of task.bins"),
+    )
+    default_monitor = "val/mae"
+    log_metrics = ("val/loss", "val/mae", "val/rmse")
+    report_sections = ("curves",)
+    min_classes = 1
+    mixes = False
+    per_class_sampling = False
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, bins: Optional[Sequence[float]] = None):
+        self.mean, self.std = float(mean), float(std)
+        self.bins = None if not bins else [float(b) for b in bins]
+
+    @property
+    def metrics(self) -> tuple[MetricInfo, ...]:
+        return self.base_metrics + (self.binned_metrics if self.bins else ())
+
+    def configure(self, record: Optional[dict] = None) -> "Task":
+        r = record or {}
+        return RegressionTask(r.get("mean", 0.0), r.get("std", 1.0), r.get("bins"))
+
+    def from_config(self, cfg) -> "Task":
+        return RegressionTask(bins=cfg.task.bins)
+
+    def fit(self, targets: Sequence, classes: Sequence[str]) -> dict:
+        t = torch.tensor(list(targets), dtype=torch.float64)
+        std = float(t.std(unbiased=False)) if len(t) > 1 else 0.0
+        return {"mean": float(t.mean()), "std": std if std > 0 else 1.0, "bins": self.bins}
+
+    def head_size(self, classes: Sequence[str]) -> int:
+        return 1
+
+    def classes_from(self, labels: Sequence[str], explicit: Optional[Sequence[str]]) -> list[str]:
+        return ["value"]
+
+    def encode(self, labels: Sequence[str], classes: Sequence[str]) -> list[float]:
+        import math
+        from .errors import UserError
+        out = []
+        for label in labels:
+            try:
+                v = float(str(label).strip())
+            except ValueError:
+                v = math.nan
+            if not math.isfinite(v):
+                raise UserError(f"regression target '{label}' is not a finite number; fix the label column "
+                                "(task.target names another column).")
+            out.append(v)
+        return out
+
+    def label_text(self, target, classes: Sequence[str]) -> str:
+        return f"{float(target):.6g}"
+
+    def counts(self, targets: Sequence, classes: Sequence[str]) -> list[int]:
+        return [len(targets)]
+
+    def target_tensor(self, targets: Sequence, classes: Sequence[str]) -> Tensor:
+        return (torch.tensor(list(targets), dtype=torch.float64) - self.mean).div(self.std).float()
+
+    def fold_targets(self, targets: Sequence) -> dict:
+        return {"values": list(targets), "bins": self.bins}
+
+    def create_metrics(self, classes: Sequence[str]):
+        from .metrics import RegressionMetrics, bin_names
+        return _Destandardised(RegressionMetrics(self.bins, bin_names(self.bins) if self.bins else None),
+                               self.mean, self.std)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """What TTA and ensembles average: the prediction in the target's unit, [N, 1]."""
+        return logits.float()[:, :1] * self.std + self.mean
+
+    def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
+        return []
+
+    def record(self, classes: Sequence[str]) -> dict:
+        return {"type": self.name, "mean": self.mean, "std": self.std, "bins": self.bins}
+
+    def prediction_header(self, classes: Sequence[str], labelled: bool) -> list[str]:
+        return ["path", *(["label"] if labelled else []), "value", *(["bin"] if self.bins else [])]
+
+    def prediction_rows(self, paths: Sequence[str], probs: Tensor, classes: Sequence[str],
+                        labels: Optional[Sequence[str]] = None, top_k: int = TOP_K) -> list[list[str]]:
+        """path, [label,] the predicted value (6 significant digits) [, its bin]."""
+        values = probs[:, 0].tolist()
+        if self.bins:
+            from .metrics import bin_names, bin_values
+            names = bin_names(self.bins)
+            which = bin_values(probs[:, 0], self.bins).tolist()
+        return [[paths[i], *([labels[i]] if labels is not None else []), f"{v:.6g}",
+                 *([names[which[i]]] if self.bins else [])] for i, v in enumerate(values)]
+
+
+class _Destandardised:
+    """Regression metrics fed the model's standardised output and target back in the original unit."""
+
+    def __init__(self, inner, mean: float, std: float):
+        self.inner, self.mean, self.std = inner, mean, std
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def update(self, logits: Tensor, target: Tensor, loss_sum=None) -> None:
+        pred = logits.float()[:, 0] * self.std + self.mean
+        self.inner.update(pred, target.float().reshape(-1) * self.std + self.mean, loss_sum)
+
+    def compute(self) -> dict:
+        return self.inner.compute()
+
+    def details(self) -> dict:
+        return self.inner.details()
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (MulticlassTask(), MultilabelTask(), RegressionTask())}
+
+for _t in (*TASKS.values(), RegressionTask(bins=[1.0])):  # names travel to trackers: safe characters only
     assert all(_METRIC_NAME.match(m.name) for m in _t.metrics), _t.name
 
 

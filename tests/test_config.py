@@ -65,7 +65,7 @@ def test_overrides_are_typed_and_frozen():
     ("optim.name=adamm", "unknown optimizer 'adamm' (did you mean 'adam"),
     ("sched.name=cosin", "unknown scheduler 'cosin' (did you mean 'cosine'?)"),
     ("train.monitor=val/f1", "unknown monitor metric 'val/f1' (did you mean 'val/f1_macro'?); set train.monitor"),
-    ("task.type=multilabel", "unknown task type (task.type) 'multilabel'"),
+    ("task.type=multilabe", "unknown task type (task.type) 'multilabe' (did you mean 'multilabel'?)"),
     ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
     ("train.lr=0.1", "unknown config key 'train.lr' (did you mean 'optim.lr'?)"),
     ("data.augment=strongest", "unknown augment preset 'strongest' (did you mean 'strong'?)"),

@@ -66,13 +66,10 @@ def test_course_config_trains_the_18_classes_grouped_by_person(tmp_path):
 
 def test_the_age_boundary_is_one_override(tmp_path):
     make_course(tmp_path / "images", people=6)
-    from imgcls.data.build import read_samples
-    from imgcls.data.pathlabels import PathLabels
+    from imgcls.data.build import DataSources, read_samples
     for bins, want in (([30, 60], {0: 2, 1: 2, 2: 2}), ([30, 44], {0: 2, 1: 0, 2: 4})):
         cfg = load_config(REPO / "configs" / "course-18.yaml", [f"data.root={tmp_path / 'images'}",
                                                                 f"data.bins.age={bins}"])
-        d = cfg.data
-        side, classes, _ = read_samples(d.root, None, path_labels=PathLabels(d.path_pattern, cfg.task.label,
-                                                                            d.label_maps, d.bins))
+        side, classes, _ = read_samples(DataSources.from_config(cfg, cfg.data.root))
         ages = [int(classes[y]) % 3 for y in side.labels]
         assert {a: ages.count(a) // 7 for a in range(3)} == want

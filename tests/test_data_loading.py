@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from imgcls.data.build import build_split
+from imgcls.data.build import DataSources, build_split
 from imgcls.data.dataset import EpochBatchSampler, ImageDataset, make_loader
 from imgcls.data.transforms import eval_transform, normalize, train_transform
 
 
 def _epochs(folder, workers, epochs=(0, 1), start_batch=0, preset="strong"):
-    split = build_split(str(folder), None, None, None, 0.25, seed=0)
+    split = build_split(DataSources(str(folder)), 0.25, seed=0)
     ds = ImageDataset(split.train.paths, split.train.labels, 3, train_transform(preset, 12, 3), seed=7)
     sampler = EpochBatchSampler(len(ds), 10, seed=7)
     loader = make_loader(ds, sampler, workers)
@@ -52,7 +52,7 @@ def test_loading_does_not_touch_the_global_rng(tiny_folder):
 
 
 def test_workers_return_uint8_and_normalisation_is_per_batch(tiny_folder):
-    split = build_split(str(tiny_folder), None, None, None, 0.25, seed=0)
+    split = build_split(DataSources(str(tiny_folder)), 0.25, seed=0)
     ds = ImageDataset(split.val.paths, split.val.labels, 3, eval_transform(16))
     x, y, i = next(iter(make_loader(ds, EpochBatchSampler(len(ds), 4, 0, shuffle=False), 0)))
     assert x.dtype == torch.uint8 and x.shape == (4, 3, 16, 16)

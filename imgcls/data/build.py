@@ -18,7 +18,7 @@ from .splits import split_indices
 @dataclass
 class Side:
     paths: list[str]
-    labels: list[int]                 # integer codes into classes
+    labels: list                      # the task's targets: class codes (multi-label: tuples of codes; regression: numbers)
     groups: Optional[list[str]] = None
 
     def __len__(self) -> int:
@@ -37,10 +37,14 @@ class DataSplit:
     bad: list = field(default_factory=list)  # (path, problem) left out by data.on_bad_image=skip
     grouping: str = "not grouped"            # how the split was made, for the log's data: line
     label_record: dict = field(default_factory=dict)  # labels from paths: the rule, for model.json
+    task: object = None                      # the Task whose targets Side.labels hold (None: multiclass)
 
     def counts(self, side: str) -> list[int]:
-        labels = getattr(self, side).labels
-        return [labels.count(k) for k in range(len(self.classes))]
+        """Training images per class (per label for multi-label; all images for regression)."""
+        return (self.task or _multiclass()).counts(getattr(self, side).labels, self.classes)
+
+    def label_text(self, target) -> str:
+        return (self.task or _multiclass()).label_text(target, self.classes)
 
 
 ID_NAMES = {"id", "person", "person_id", "subject", "patient", "participant", "user", "case"}
@@ -69,11 +73,63 @@ def resolve_group_column(header: Sequence[str], setting: Optional[str]) -> Optio
     return setting
 
 
-def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_column: str,
-          group_column: Optional[str], what: str, path_labels: Optional[PathLabels] = None):
-    """(paths, labels, groups or None, the group column used, the CSV's other columns)."""
-    if root and path_labels is not None:
-        got = read_path_labels(root, path_labels)
+@dataclass(frozen=True)
+class DataSources:
+    """Where the samples and their labels come from: the data.* keys that say it, in one record."""
+    root: Optional[str] = None
+    csv: Optional[str] = None
+    val_root: Optional[str] = None
+    val_csv: Optional[str] = None
+    path_column: str = "path"
+    label_column: str = "label"
+    label_columns: Optional[tuple[str, ...]] = None  # multi-label: one 0/1 column per label
+    label_separator: str = "|"
+    group_column: Optional[str] = "auto"
+    classes: Optional[tuple[str, ...]] = None
+    path_labels: Optional[PathLabels] = None
+
+    @classmethod
+    def from_config(cls, cfg, root=None, csv=None, val_root=None, val_csv=None) -> "DataSources":
+        """From a Config (data paths given separately when the engine substitutes the demo's)."""
+        d, t = cfg.data, cfg.task
+        label = t.target if t.type == "regression" else t.label
+        path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, label, d.label_maps, d.bins,
+                                                                      d.on_bad_image)
+        return cls(root, csv, val_root, val_csv, d.path_column,
+                   t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
+                   tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
+                   tuple(str(c) for c in d.classes) if d.classes else None, path_labels)
+
+
+_TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
+
+
+def _labels_from_columns(others: dict, first: list[str], src: DataSources, csv_path: str) -> list[str]:
+    """Multi-label 0/1 columns -> the labels joined by the separator (the one-cell form)."""
+    cols = {src.label_columns[0]: first, **{c: others.pop(c, None) for c in src.label_columns[1:]}}
+    missing = [c for c, v in cols.items() if v is None]
+    if missing:
+        raise UserError(f"CSV file '{csv_path}' has no column '{missing[0]}' of data.label_columns; fix the list.")
+    out = []
+    for i in range(len(first)):
+        on = []
+        for c, values in cols.items():
+            cell = values[i].strip().lower()
+            if cell not in _TRUE_CELLS | _FALSE_CELLS:
+                raise UserError(f"column '{c}' of '{csv_path}' holds '{values[i]}' on row {i + 2}; a label column "
+                                "holds 0 or 1.")
+            if cell in _TRUE_CELLS:
+                on.append(c)
+        out.append(src.label_separator.join(on))
+    return out
+
+
+def _read(src: DataSources, side: str):
+    """(paths, labels, groups or None, the group column used, the CSV's other columns) of one side."""
+    root, csv_path = (src.root, src.csv) if side == "training" else (src.val_root, src.val_csv)
+    group_column = src.group_column if (side == "training" or csv_path or src.path_labels) else None
+    if root and src.path_labels is not None:
+        got = read_path_labels(root, src.path_labels)
         if got.unmatched:
             warnings.warn(f"{len(got.unmatched)} image(s) under '{root}' do not match data.path_pattern and are "
                           f"skipped, e.g. '{got.unmatched[0]}'.", stacklevel=3)
@@ -81,7 +137,8 @@ def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_
         return got.paths, got.labels, groups, ("group" if groups is not None else None), {"__labelled__": got}
     if csv_path:
         explicit = None if group_column in (None, "auto") else group_column
-        paths, labels, groups, others = read_csv(csv_path, path_column, label_column, explicit, with_columns=True)
+        label_column = src.label_columns[0] if src.label_columns else src.label_column
+        paths, labels, groups, others = read_csv(csv_path, src.path_column, label_column, explicit, with_columns=True)
         column = explicit
         if group_column == "auto":  # one read of the file: the 'group' column is among the others
             column = resolve_group_column(list(others), "auto")
@@ -89,14 +146,16 @@ def _read(root: Optional[str], csv_path: Optional[str], path_column: str, label_
             if groups is not None and not all(groups):
                 raise UserError(f"CSV file '{csv_path}' has empty '{column}' cells; fill them, or set "
                                 "data.group_column=none to split without groups.")
+        if src.label_columns:
+            labels = _labels_from_columns(others, labels, src, csv_path)
         return paths, labels, groups, column, others
     if root:
         paths, labels = scan_folder(root)
         if group_column not in (None, "auto"):
-            raise UserError(f"data.group_column needs CSV labels (data.csv), but {what} is a folder; "
+            raise UserError(f"data.group_column needs CSV labels (data.csv), but {side} is a folder; "
                             "use a CSV with a group column, or set data.group_column=none.")
         return paths, labels, None, None, {}
-    raise UserError(f"no {what} data configured; set data.root (class folders) or data.csv.")
+    raise UserError(f"no {side} data configured; set data.root (class folders) or data.csv.")
 
 
 def _warn_identifiers(others: dict, csv_path: str) -> None:
@@ -108,25 +167,22 @@ def _warn_identifiers(others: dict, csv_path: str) -> None:
             return
 
 
-def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional[str],
-                val_csv: Optional[str], val_fraction: float, seed: int,
-                path_column: str = "path", label_column: str = "label",
-                group_column: Optional[str] = "auto", classes: Optional[list] = None,
-                path_labels: Optional[PathLabels] = None, fold: Optional[tuple[str, int]] = None) -> DataSplit:
-    paths, labels, groups, column, others = _read(root, csv_path, path_column, label_column, group_column,
-                                                  "training", path_labels)
+def build_split(src: DataSources, val_fraction: float, seed: int, task=None,
+                fold: Optional[tuple[str, int]] = None) -> DataSplit:
+    """The two sides: a separate validation source, fold ``fold`` of a folds file, or a
+    ``val_fraction`` split stratified by the task's targets and grouped when a group exists."""
+    task = task or _multiclass()
+    paths, labels, groups, column, others = _read(src, "training")
     labelled = others.pop("__labelled__", None)
-    explicit = [str(c) for c in classes] if classes else (labelled.classes if labelled else None)
-    if val_root or val_csv:
-        vpaths, vlabels, vgroups, vcolumn, _ = _read(val_root, val_csv, path_column, label_column,
-                                                     group_column if (val_csv or path_labels) else None,
-                                                     "validation", path_labels)
-        _check_same_classes(set(labels), set(vlabels), explicit)
-        names = resolve_classes(labels + vlabels, explicit)
-        code = {c: i for i, c in enumerate(names)}
-        train = Side(paths, [code[l] for l in labels], groups)
-        val = Side(vpaths, [code[l] for l in vlabels], vgroups)
-        grouping = f"validation from {'data.val_csv' if val_csv else 'data.val_root'}"
+    explicit = list(src.classes) if src.classes else (labelled.classes if labelled else None)
+    if src.val_root or src.val_csv:
+        vpaths, vlabels, vgroups, vcolumn, _ = _read(src, "validation")
+        if task.name == "multiclass":
+            _check_same_classes(set(labels), set(vlabels), explicit)
+        names = task.classes_from(labels + vlabels, explicit)
+        train = Side(paths, task.encode(labels, names), groups)
+        val = Side(vpaths, task.encode(vlabels, names), vgroups)
+        grouping = f"validation from {'data.val_csv' if src.val_csv else 'data.val_root'}"
         if groups is not None and vgroups is not None:
             shared = set(groups) & set(vgroups)
             if shared:
@@ -134,12 +190,10 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
                               f"validation data (e.g. {sorted(shared)[0]!r}); validation then sees people it trained "
                               "on.", stacklevel=2)
     else:
-        names = resolve_classes(labels, explicit)
-        code = {c: i for i, c in enumerate(names)}
-        full = Side(paths, [code[l] for l in labels], groups)
+        names = task.classes_from(labels, explicit)
+        full = Side(paths, task.encode(labels, names), groups)
         try:
-            tr, va = (fold_indices(paths, *fold) if fold else
-                      split_indices(full.labels, groups, val_fraction, seed, names))
+            tr, va = (fold_indices(paths, *fold) if fold else _split_sides(task, full, val_fraction, seed, names))
         except UserError as e:
             if groups is None:
                 raise
@@ -151,27 +205,41 @@ def build_split(root: Optional[str], csv_path: Optional[str], val_root: Optional
         elif groups is not None:
             grouping = f"grouped by '{column}': {len(set(train.groups))} / {len(set(val.groups))} groups"
         else:
-            grouping = "not grouped" if csv_path else "not grouped (class folders have no group column)"
-    if groups is None and csv_path:
-        _warn_identifiers({k: v for k, v in others.items()}, csv_path)
-    present = sorted(set(train.labels))
+            grouping = "not grouped" if src.csv else "not grouped (class folders have no group column)"
+    if groups is None and src.csv:
+        _warn_identifiers({k: v for k, v in others.items()}, src.csv)
+    present = sorted(set(train.labels)) if task.name == "multiclass" else [0, 1]
     if len(present) < 2:
         raise UserError(f"the training data has {len(present)} class(es); a classifier needs at least 2 "
                         "class folders (or label values).")
-    return DataSplit(train, val, names, grouping=grouping, label_record=labelled.record if labelled else {})
+    return DataSplit(train, val, names, grouping=grouping, label_record=labelled.record if labelled else {},
+                     task=task)
 
 
-def read_samples(root: Optional[str], csv_path: Optional[str], path_column: str = "path",
-                 label_column: str = "label", group_column: Optional[str] = "auto", classes: Optional[list] = None,
-                 path_labels: Optional[PathLabels] = None) -> tuple[Side, list[str], Optional[str]]:
-    """Every sample of the training data, unsplit (what cross-validation folds): (samples with
-    integer labels, class names, the group column used or None)."""
-    paths, labels, groups, column, others = _read(root, csv_path, path_column, label_column, group_column,
-                                                  "training", path_labels)
+def _multiclass():
+    from ..tasks import get_task
+    return get_task("multiclass")
+
+
+def _split_sides(task, full: Side, val_fraction: float, seed: int, names) -> tuple[list[int], list[int]]:
+    """Multiclass: ``split_indices`` (stratified, grouped, tiny classes kept in training). Other tasks:
+    the first of round(1 / val_fraction) folds, stratified as cross-validation stratifies them."""
+    if task.name == "multiclass":
+        return split_indices(full.labels, full.groups, val_fraction, seed, names)
+    from .folds import make_folds
+    k = max(2, round(1 / val_fraction))
+    fold_of = make_folds(k, seed, groups=full.groups, **task.fold_targets(full.labels))
+    return [i for i, f in enumerate(fold_of) if f != 0], [i for i, f in enumerate(fold_of) if f == 0]
+
+
+def read_samples(src: DataSources, task=None) -> tuple[Side, list[str], Optional[str]]:
+    """Every sample of the training data, unsplit (what cross-validation folds): (samples with the
+    task's targets, class names, the group column used or None)."""
+    task = task or _multiclass()
+    paths, labels, groups, column, others = _read(src, "training")
     labelled = others.pop("__labelled__", None)
-    names = resolve_classes(labels, [str(c) for c in classes] if classes else (labelled.classes if labelled else None))
-    code = {c: i for i, c in enumerate(names)}
-    return Side(paths, [code[l] for l in labels], groups), names, column
+    names = task.classes_from(labels, list(src.classes) if src.classes else (labelled.classes if labelled else None))
+    return Side(paths, task.encode(labels, names), groups), names, column
 
 
 def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:
@@ -216,7 +284,7 @@ def check_same_split(split: DataSplit, folder: Path) -> None:
         with open(path, newline="") as f:
             recorded = [(r["path"], r["label"]) for r in csv.DictReader(f)]
         s = getattr(split, side)
-        now = [(p, split.classes[y]) for p, y in zip(s.paths, s.labels)]
+        now = [(p, split.label_text(y)) for p, y in zip(s.paths, s.labels)]
         if now != recorded:
             changed = len(set(now) ^ set(recorded))
             raise UserError(f"the {side} data differs from the run's {path} ({changed} file(s) added, removed or "
@@ -224,9 +292,10 @@ def check_same_split(split: DataSplit, folder: Path) -> None:
                             "a new run.")
 
 
-def write_split_csv(side: Side, classes: list[str], path: Path) -> None:
+def write_split_csv(side: Side, split: DataSplit, path: Path) -> None:
+    """split/<side>.csv: path, the label as written in the data (joined labels, the number), group."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "group"])
         for i, (p, y) in enumerate(zip(side.paths, side.labels)):
-            w.writerow([p, classes[y], "" if side.groups is None else side.groups[i]])
+            w.writerow([p, split.label_text(y), "" if side.groups is None else side.groups[i]])

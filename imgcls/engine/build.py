@@ -19,7 +19,7 @@ from .. import __version__
 from ..config import Config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
 from ..data import DataSplit, build_split, demo_root, write_split_csv
 from ..data.build import check_same_split
-from ..data.pathlabels import PathLabels
+from ..data.build import DataSources
 from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
 from ..data.decode import ImageLimits, image_channels
 from ..data.prep import BatchPrep
@@ -126,18 +126,15 @@ def _device(cfg: Config) -> torch.device:
     return device
 
 
-def _split(cfg: Config, log) -> DataSplit:
+def _split(cfg: Config, task: Task, log) -> DataSplit:
     d = cfg.data
     root, val_root, csv_path, val_csv = d.root, d.val_root, d.csv, d.val_csv
     if not (root or csv_path):
         demo = demo_root()
         root, val_root, csv_path, val_csv = str(demo / "train"), str(demo / "val"), None, None
         log(f"no data configured: training on the MNIST-5k demo in {demo}")
-    path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, cfg.task.label, d.label_maps,
-                                                                  d.bins, d.on_bad_image)
-    split = build_split(root, csv_path, val_root, val_csv, d.val_fraction, cfg.train.seed,
-                        d.path_column, d.label_column, d.group_column, d.classes, path_labels,
-                        (d.folds_csv, d.fold) if d.folds_csv else None)
+    src = DataSources.from_config(cfg, root, csv_path, val_root, val_csv)
+    split = build_split(src, d.val_fraction, cfg.train.seed, task, (d.folds_csv, d.fold) if d.folds_csv else None)
     return _drop_bad_images(split, d.on_bad_image, ImageLimits(d.min_image_side, d.max_image_pixels), log)
 
 
@@ -197,9 +194,13 @@ def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monito
 
 
 def _criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
-    cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights)
+    cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights) if task.per_class_sampling else None
+    kwargs = loss_kwargs(cfg)
+    if kwargs.get("pos_weight") == "balanced":  # each label's negatives / positives in the training data
+        pos, n = split.counts("train"), len(split.train)
+        kwargs["pos_weight"] = [(n - p) / p if p else 1.0 for p in pos]
     return create_loss(task.resolve_loss(cfg.loss.name), task.head_size(split.classes),
-                       class_weights=None if cw is None else cw.to(device), **loss_kwargs(cfg))
+                       class_weights=None if cw is None else cw.to(device), **kwargs).to(device)
 
 
 def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimizer, device, info: ModelInfo,
@@ -226,9 +227,11 @@ def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimiz
 
 def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device):
     d = cfg.data
-    train_ds = ImageDataset(split.train.paths, split.train.labels, info.channels,
+    task = split.task
+    train_ds = ImageDataset(split.train.paths, task.target_tensor(split.train.labels, split.classes), info.channels,
                             train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed)
-    val_ds = ImageDataset(split.val.paths, split.val.labels, info.channels, info.eval_transform())
+    val_ds = ImageDataset(split.val.paths, task.target_tensor(split.val.labels, split.classes), info.channels,
+                          info.eval_transform())
     weights = balanced_weights(split.train.labels, len(split.classes)) if d.sampler == "balanced" else None
     sampler = EpochBatchSampler(len(train_ds), batch_size, cfg.train.seed, True, weights)
     val_sampler = EpochBatchSampler(len(val_ds), batch_size * 2, 0, shuffle=False)
@@ -274,11 +277,15 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     resumed, with ``start`` its last.pt (None when killed before the first checkpoint)."""
     if start is None and run_dir is None:
         cfg = absolute_data_paths(cfg)
-    task = get_task(cfg.task.type)
+    task = get_task(cfg.task.type).from_config(cfg)
     monitor = task.resolve_monitor(cfg.train.monitor)
     device = _device(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    split = _split(cfg, log)
+    split = _split(cfg, task, log)
+    # what the task learns from the training targets (regression: their mean/std) goes into model.json
+    split.label_record = {**split.label_record, **task.fit(split.train.labels, split.classes)}
+    task = task.configure({**task.record(split.classes), **split.label_record})
+    split.task = task
     if start is not None:
         check_same_split(split, Path(run_dir) / "split")
     info = _model_info(cfg, task, split, monitor)
@@ -333,7 +340,7 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
     atomic_write_text(folder / "config.yaml", to_yaml(run.cfg))
     atomic_write_json(folder / "env.json", env_info(run.device, run.cfg.train.seed))
     (folder / "split").mkdir(exist_ok=True)
-    write_split_csv(run.split.train, run.split.classes, folder / "split" / "train.csv")
-    write_split_csv(run.split.val, run.split.classes, folder / "split" / "val.csv")
+    write_split_csv(run.split.train, run.split, folder / "split" / "train.csv")
+    write_split_csv(run.split.val, run.split, folder / "split" / "val.csv")
     if run.split.bad:
         atomic_write_text(folder / "bad_images.csv", csv_text(["path", "problem"], run.split.bad))

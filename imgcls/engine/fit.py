@@ -137,14 +137,16 @@ def _finite_model(run: Run, value) -> bool:
 
 def _save_best(run: Run, epoch: int, value: float, scalars: dict, details: dict, probs, indices,
                train_loss: float) -> None:
-    run.info = run.info.replace(epoch=epoch, monitor_value=value)
+    # the task's calibration of this epoch (multi-label thresholds) is part of the model
+    run.info = run.info.replace(epoch=epoch, monitor_value=value,
+                                extra={**run.info.extra, **run.task.calibrate(details)})
     save_weights(run.run_dir / "best.safetensors", run.model)
     run.info.write(run.run_dir / "model.json")
-    val, classes = run.split.val, run.split.classes
+    val, classes, task = run.split.val, run.split.classes, run.info.task_type
     order = indices.tolist()
-    write_csv(run.run_dir / "val_predictions.csv", run.task.prediction_header(classes, labelled=True),
-              run.task.prediction_rows([val.paths[i] for i in order], probs, classes,
-                                       [classes[val.labels[i]] for i in order]))
+    write_csv(run.run_dir / "val_predictions.csv", task.prediction_header(classes, labelled=True),
+              task.prediction_rows([val.paths[i] for i in order], probs, classes,
+                                   [run.split.label_text(val.labels[i]) for i in order]))
     atomic_write_json(run.run_dir / "val_metrics.json", {
         "epoch": epoch, "monitor": run.plan.monitor, **scalars, "train/loss": train_loss, **details})
 
