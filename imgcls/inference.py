@@ -148,8 +148,8 @@ def default_workers(n_items: int, batch_size: int, device: torch.device) -> int:
 # ---------------------------------------------------------------- the predictor
 
 class Predictions(NamedTuple):
-    labels: list[str]    # predicted class name per input
-    probs: torch.Tensor  # [N, K] float32 class probabilities, columns in Predictor.classes order
+    labels: list[str]    # the prediction per input as text: class name (multi-label: joined labels; regression: value)
+    probs: torch.Tensor  # [N, K] what the task averages: class (label) probabilities, or [N, 1] values
 
 
 @dataclass
@@ -274,7 +274,7 @@ class Predictor:
             i, reason = res.errors[0]
             raise UserError(f"cannot read image '{items[i]}': {reason}; fix or remove it, or call "
                             "predict_files, which skips unreadable images.")
-        return Predictions([self.classes[k] for k in res.probs.argmax(dim=1).tolist()], res.probs)
+        return Predictions(self.info.task_type.predicted(res.probs, self.classes), res.probs)
 
 
 # ---------------------------------------------------------------- inputs from the command line
@@ -355,17 +355,18 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], path_column: str = "path
 
 # ---------------------------------------------------------------- output tables
 
-def prediction_header(classes: Sequence[str]) -> list[str]:
-    """predict's own columns (after the path or the carried input columns)."""
+def prediction_header(classes: Sequence[str], task=None) -> list[str]:
+    """predict's own columns (after the path or the carried input columns): the task's."""
     from .tasks import get_task
-    return get_task("multiclass").prediction_header(classes, labelled=False)[1:]
+    return (task or get_task("multiclass")).prediction_header(classes, labelled=False)[1:]
 
 
-def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K,
-                     task: str = "multiclass") -> list[list[str]]:
-    """pred, prob, top_k and every class probability per row: the task's one prediction writer."""
+def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K, task=None) -> list[list[str]]:
+    """The task's prediction columns per row (multiclass: pred, prob, top_k, every class probability):
+    the one prediction writer, shared with val_predictions.csv."""
     from .tasks import get_task
-    return [r[1:] for r in get_task(task).prediction_rows([""] * len(probs), probs, classes, top_k=top_k)]
+    task = task or get_task("multiclass")
+    return [r[1:] for r in task.prediction_rows([""] * len(probs), probs, classes, top_k=top_k)]
 
 
 def errors_path(out: Path) -> Path:
@@ -402,6 +403,9 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}.")
     predictor = load(model, ensemble, device)
+    if submission and predictor.info.task != "multiclass":
+        raise UserError(f"--submission writes one class per image, but this model's task is {predictor.info.task}; "
+                        "drop --submission to get its prediction columns.")
     table = collect_inputs(inputs, path_column)
     if submission and id_column and table.columns and id_column not in table.columns:
         raise UserError(f"--id-column '{id_column}' is not a column of the input CSV (columns: "
@@ -411,6 +415,7 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
                                   num_workers=num_workers, tta=tta, scales=scales, progress=progress)
     seconds = time.perf_counter() - t0
     errors = [(table.given[i], reason) for i, reason in sorted(res.errors)]
+    task = predictor.info.task_type
     if not res.ok:  # nothing to write but the problems: a run that predicted nothing has failed
         atomic_write_text(errors_path(out), csv_text(["path", "problem"], errors))
         raise UserError(f"none of the {len(table.paths)} input(s) could be predicted (first: '{errors[0][0]}': "
@@ -432,12 +437,12 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
                           f"(listed in {errors_path(out)}).", stacklevel=2)
     else:
         carried = table.columns
-        own = ["path", *prediction_header(classes)] if not carried else prediction_header(classes)
+        own = ["path", *prediction_header(classes, task)] if not carried else prediction_header(classes, task)
         clash = [c for c in carried if c in own]
         if clash:
             warnings.warn(f"input CSV columns {', '.join(clash)} are replaced by the new predictions.", stacklevel=2)
         keep = [j for j, c in enumerate(carried) if c not in own]
-        cells = prediction_cells(res.probs, classes, top_k)
+        cells = prediction_cells(res.probs, classes, top_k, task)
         rows = []
         for row, i in enumerate(res.ok):
             first = [table.rows[i][j] for j in keep] if carried else [table.given[i]]

@@ -80,6 +80,21 @@ class Task:
         """How folds and the validation split stratify: keyword arguments of data.folds.make_folds."""
         return {"labels": list(targets)}
 
+    def calibrate(self, details: dict) -> dict:
+        """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
+        return {}
+
+    def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
+        return []
+
+    def record(self, classes: Sequence[str]) -> dict:
+        """What model.json stores about the task."""
+        return {"type": self.name}
+
+    def predicted(self, probs: Tensor, classes: Sequence[str]) -> list[str]:
+        """The prediction of each row as text (the 'pred' or 'value' column)."""
+        return [r[1] for r in self.prediction_rows([""] * len(probs), probs, classes)]
+
     # -- names and directions
     def metric_names(self) -> list[str]:
         return [m.name for m in self.metrics]

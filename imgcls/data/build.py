@@ -87,6 +87,7 @@ class DataSources:
     group_column: Optional[str] = "auto"
     classes: Optional[tuple[str, ...]] = None
     path_labels: Optional[PathLabels] = None
+    empty_labels: bool = False              # multi-label: an empty label cell is an image with no label
 
     @classmethod
     def from_config(cls, cfg, root=None, csv=None, val_root=None, val_csv=None) -> "DataSources":
@@ -98,7 +99,7 @@ class DataSources:
         return cls(root, csv, val_root, val_csv, d.path_column,
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
-                   tuple(str(c) for c in d.classes) if d.classes else None, path_labels)
+                   tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel")
 
 
 _TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
@@ -138,7 +139,8 @@ def _read(src: DataSources, side: str):
     if csv_path:
         explicit = None if group_column in (None, "auto") else group_column
         label_column = src.label_columns[0] if src.label_columns else src.label_column
-        paths, labels, groups, others = read_csv(csv_path, src.path_column, label_column, explicit, with_columns=True)
+        paths, labels, groups, others = read_csv(csv_path, src.path_column, label_column, explicit, with_columns=True,
+                                                 empty_labels=src.empty_labels)
         column = explicit
         if group_column == "auto":  # one read of the file: the 'group' column is among the others
             column = resolve_group_column(list(others), "auto")

@@ -155,9 +155,11 @@ def read_csv(
     label_column: str = "label",
     group_column: str | None = None,
     with_columns: bool = False,
+    empty_labels: bool = False,
 ):
     """Read (paths, labels, groups) from a CSV with a header row; groups is None without `group_column`.
-    With ``with_columns`` a fourth value maps every other column's name to its cells.
+    With ``with_columns`` a fourth value maps every other column's name to its cells. ``empty_labels``
+    accepts an empty label cell (multi-label: an image with no label).
 
     Relative paths are taken relative to the CSV's own folder (so the CSV and its images can move
     together); absolute paths are kept. Cells are read as strings with surrounding spaces removed.
@@ -186,7 +188,7 @@ def read_csv(
         cells = {}
         for key, i in index.items():
             value = row[i].strip() if i < len(row) else ""
-            if not value:
+            if not value and not (empty_labels and key == "data.label_column"):
                 raise UserError(f"CSV file '{csv_path}' line {line_no} has an empty '{wanted[key]}' cell; fill it or remove the line.")
             cells[key] = value
         paths.append(str(base / cells["data.path_column"]))  # an absolute path replaces `base`

@@ -1,0 +1,129 @@
+"""Multi-label and regression runs train end to end on small generated data, write their run folder,
+and predict reproduces val_predictions.csv."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcls
+from conftest import small_config
+from imgcls.cli import main
+from imgcls.errors import UserError
+
+TAGS = ("red", "green", "blue")
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def make_multilabel(root: Path, n: int = 96, size: int = 16, seed: int = 0) -> Path:
+    """Each tag lights its colour channel; an image has any subset of tags (none included)."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    lines = ["path,label"]
+    for i in range(n):
+        on = [t for t in TAGS if rng.random() < 0.45]
+        img = rng.integers(0, 60, (size, size, 3))
+        for t in on:
+            img[..., TAGS.index(t)] += 170
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
+        lines.append(f"img/{i:03d}.png,{'|'.join(on)}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def make_regression(root: Path, n: int = 96, size: int = 16, seed: int = 0) -> Path:
+    """The target (an 'age' 10..80) is the image's brightness."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    lines = ["path,age"]
+    for i in range(n):
+        age = float(rng.uniform(10, 80))
+        img = rng.integers(0, 30, (size, size, 3)) + int(age * 2.5)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
+        lines.append(f"img/{i:03d}.png,{age:.2f}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def task_config(csv_path: Path, run_dir: Path, **extra):
+    return small_config(Path("."), run_dir, **{"data.root": None, "data.csv": str(csv_path), "data.augment": "none",
+                                               "train.epochs": 4, "optim.lr": 0.01, **extra})
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory):
+    csv_path = make_multilabel(tmp_path_factory.mktemp("ml"))
+    return imgcls.train(task_config(csv_path, tmp_path_factory.mktemp("mlrun") / "run",
+                                    **{"task.type": "multilabel"}), log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    csv_path = make_regression(tmp_path_factory.mktemp("rg"))
+    return imgcls.train(task_config(csv_path, tmp_path_factory.mktemp("rgrun") / "run",
+                                    **{"task.type": "regression", "task.target": "age", "task.bins": [30, 60],
+                                       "train.epochs": 6}), log=lambda *a: None)
+
+
+def test_multilabel_run_folder_records_thresholds_and_learns(multilabel_run):
+    run = multilabel_run.run_dir
+    info = json.loads((run / "model.json").read_text())
+    assert info["task"]["type"] == "multilabel" and info["classes"] == sorted(TAGS)
+    assert len(info["task"]["thresholds"]) == 3 and all(0 <= t <= 1 for t in info["task"]["thresholds"])
+    header = list(rows(run / "val_predictions.csv")[0])
+    assert header == ["path", "label", "pred", "prob_blue", "prob_green", "prob_red"]
+    metrics = rows(run / "metrics.csv")
+    assert {"val/map", "val/f1_macro", "val/lrap", "val/coverage"} <= set(metrics[0])
+    assert multilabel_run.best_metrics["val/map"] > 0.9  # the colours are easy to see
+    vm = json.loads((run / "val_metrics.json").read_text())
+    assert vm["monitor"] == "val/map"
+
+
+def test_regression_run_standardises_and_predicts_in_the_original_unit(regression_run):
+    run = regression_run.run_dir
+    info = json.loads((run / "model.json").read_text())
+    train_ages = [float(r["label"]) for r in rows(run / "split" / "train.csv")]
+    assert info["task"]["mean"] == pytest.approx(np.mean(train_ages))
+    assert info["task"]["std"] == pytest.approx(np.std(train_ages))
+    preds = rows(run / "val_predictions.csv")
+    assert list(preds[0]) == ["path", "label", "value", "bin"]
+    err = np.mean([abs(float(r["value"]) - float(r["label"])) for r in preds])
+    assert err == pytest.approx(regression_run.best_metrics["val/mae"], rel=1e-3)
+    assert regression_run.best_metrics["val/mae"] < 15  # well below the 17.5 of always predicting the mean
+    assert "val/binned/f1_macro" in regression_run.best_metrics
+
+
+@pytest.mark.parametrize("which", ["multilabel_run", "regression_run"])
+def test_predict_reproduces_val_predictions(which, request, tmp_path, capsys):
+    run = request.getfixturevalue(which).run_dir
+    val = rows(run / "val_predictions.csv")
+    (tmp_path / "in.csv").write_text("path\n" + "\n".join(r["path"] for r in val) + "\n")
+    assert main(["predict", str(run), str(tmp_path / "in.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    got = rows(tmp_path / "p.csv")
+    assert [r["path"] for r in got] == [r["path"] for r in val]
+    for a, b in zip(got, val):
+        for k in a:
+            if k == "path":
+                continue
+            if k.startswith("prob_") or k == "value":
+                assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5)
+            else:
+                assert a[k] == b[k]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"task.type": "regression", "data.mixup": 0.2}, "no mixing rule for task.type=regression"),
+    ({"task.type": "multilabel", "data.sampler": "balanced"}, "use data.sampler=random"),
+    ({"task.type": "multiclass", "task.bins": [1.0]}, "task.bins"),
+])
+def test_task_options_that_do_not_apply_are_refused(tmp_path, overrides, words):
+    with pytest.raises(UserError, match=words):
+        task_config(tmp_path / "x.csv", tmp_path / "run", **overrides)
