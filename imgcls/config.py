@@ -37,6 +37,9 @@ class TaskConfig:
     label: Optional[str] = None
     target: Optional[str] = None        # regression: the CSV column or path group holding the number
     bins: Optional[list[float]] = None  # regression: also report the binned result, e.g. [30, 60]
+    # multihead: name -> {type, label, classes, loss, <loss options>, weight}; e.g. task.heads.age.loss=focal
+    heads: Optional[dict[str, dict[str, Any]]] = None
+    combine: Optional[str] = None       # multihead: the combined class, e.g. "mask * 6 + gender * 3 + age"
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,14 @@ def _check_task_fit(cfg: Config) -> None:
     from .tasks import get_task
     t, d = cfg.task, cfg.data
     task = get_task(t.type)
+    if (t.heads or t.combine) and t.type != "multihead":
+        raise UserError(f"config keys 'task.heads'/'task.combine' describe a multi-head model, but task.type is "
+                        f"{t.type}; set task.type=multihead or remove them.")
+    if t.type == "multihead":
+        task.from_config(cfg)  # every head's type, label, classes, loss and weight, and the combine rule
+        if cfg.loss.name != "auto":
+            raise UserError("loss.name is set per head with task.type=multihead (task.heads.<name>.loss); set "
+                            "loss.name=auto.")
     if t.bins is not None and t.type != "regression":
         raise UserError(f"config key 'task.bins' bins a regression target, but task.type is {t.type}; remove it.")
     if t.bins is not None and (not t.bins or list(t.bins) != sorted(set(t.bins))):
@@ -437,8 +448,13 @@ def _check_path_labels(cfg: Config) -> None:
             raise UserError("config key 'task.target' must name the group of data.path_pattern that holds the "
                             "regression target; set it.")
         return
+    if d.path_pattern is not None and cfg.task.type == "multihead":
+        if cfg.task.label:
+            raise UserError("config key 'task.label' is for one head; with task.type=multihead each head names its "
+                            "group in task.heads.<name>.label; remove task.label.")
+        return
     if d.path_pattern is not None and cfg.task.type != "multiclass":
-        raise UserError(f"data.path_pattern labels multiclass and regression tasks, not task.type="
+        raise UserError(f"data.path_pattern labels multiclass, regression and multihead tasks, not task.type="
                         f"{cfg.task.type}; use a CSV (data.csv) for it.")
     if d.path_pattern is not None and not cfg.task.label:
         raise UserError("config key 'task.label' must name the group of data.path_pattern that is the class (or "
@@ -559,9 +575,11 @@ def _check_registries(cfg: Config) -> None:
         raise UserError(f"{hint}; set train.monitor to auto or one of {', '.join(task.metric_names())}.")
     loss = task.resolve_loss(cfg.loss.name)
     user_loss = task.default_loss if cfg.loss.name == "auto" else cfg.loss.name
-    for section, chosen in (("loss", user_loss), ("optim", cfg.optim.name), ("sched", cfg.sched.name)):
+    sections = (("loss", user_loss), ("optim", cfg.optim.name), ("sched", cfg.sched.name))
+    for section, chosen in sections[1:] if cfg.task.type == "multihead" else sections:  # heads check their own
         _check_unused(cfg, section, chosen, task)
-    check_loss_params(loss, loss_kwargs(cfg))
+    if cfg.task.type != "multihead":
+        check_loss_params(loss, loss_kwargs(cfg))
     check_optim_params(cfg.optim.name, optim_kwargs(cfg))
     check_sched_params(cfg.sched.name, sched_kwargs(cfg), epochs=cfg.train.epochs, lr=cfg.optim.lr)
 

@@ -369,6 +369,20 @@ def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = T
     return [r[1:] for r in task.prediction_rows([""] * len(probs), probs, classes, top_k=top_k)]
 
 
+def _most_frequent(info: ModelInfo, task, classes: Sequence[str]) -> str:
+    """What an unreadable image gets in a submission: the most frequent training class (first on ties);
+    multi-head: the combined code of each head's most frequent class."""
+    counts = list(info.train_counts)
+    if info.task == "multiclass":
+        return classes[max(range(len(classes)), key=lambda k: (counts[k], -k))]
+    codes, start = {}, 0
+    for h in task.heads:
+        part = counts[start:start + h.size]
+        codes[h.name] = max(range(len(part)), key=lambda k: (part[k], -k))
+        start += h.size
+    return str(int(task.rule.apply({n: codes[n] for n in task.rule.names})))
+
+
 def errors_path(out: Path) -> Path:
     """Where unreadable inputs are listed: predictions.csv -> predictions.errors.csv."""
     return out.with_name(out.stem + ".errors.csv")
@@ -403,9 +417,10 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}.")
     predictor = load(model, ensemble, device)
-    if submission and predictor.info.task != "multiclass":
-        raise UserError(f"--submission writes one class per image, but this model's task is {predictor.info.task}; "
-                        "drop --submission to get its prediction columns.")
+    if submission and not (predictor.info.task == "multiclass" or getattr(predictor.info.task_type, "rule", None)):
+        raise UserError(f"--submission writes one class per image, but this model's task is {predictor.info.task}"
+                        f"{' without task.combine' if predictor.info.task == 'multihead' else ''}; drop --submission "
+                        "to get its prediction columns.")
     table = collect_inputs(inputs, path_column)
     if submission and id_column and table.columns and id_column not in table.columns:
         raise UserError(f"--id-column '{id_column}' is not a column of the input CSV (columns: "
@@ -423,11 +438,10 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
     classes = predictor.classes
 
     if submission:
-        counts = predictor.info.train_counts
-        fallback = classes[max(range(len(classes)), key=lambda k: (counts[k], -k))]  # first on ties
+        fallback = _most_frequent(predictor.info, task, classes)
         labels = [fallback] * len(table.paths)
-        for row, i in enumerate(res.ok):
-            labels[i] = classes[int(res.probs[row].argmax())]
+        for i, text in zip(res.ok, task.predicted(res.probs, classes)):
+            labels[i] = text
         ids = ([r[table.columns.index(id_column)] for r in table.rows] if id_column and table.columns
                else table.given)
         text = csv_text([id_column or "path", label_column], list(zip(ids, labels)))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import unknown_name
 
@@ -90,6 +90,10 @@ class Task:
     def record(self, classes: Sequence[str]) -> dict:
         """What model.json stores about the task."""
         return {"type": self.name}
+
+    def criterion(self, kwargs: dict) -> Optional[nn.Module]:
+        """A task whose loss is not one registry entry builds it here (multi-head); None: create_loss."""
+        return None
 
     def predicted(self, probs: Tensor, classes: Sequence[str]) -> list[str]:
         """The prediction of each row as text (the 'pred' or 'value' column)."""
@@ -468,7 +472,9 @@ class _Destandardised:
         return self.inner.details()
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (MulticlassTask(), MultilabelTask(), RegressionTask())}
+from .heads import MultiheadTask  # noqa: E402  (it builds on the task types above)
+
+TASKS: dict[str, Task] = {t.name: t for t in (MulticlassTask(), MultilabelTask(), RegressionTask(), MultiheadTask())}
 
 for _t in (*TASKS.values(), RegressionTask(bins=[1.0])):  # names travel to trackers: safe characters only
     assert all(_METRIC_NAME.match(m.name) for m in _t.metrics), _t.name

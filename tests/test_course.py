@@ -73,3 +73,36 @@ def test_the_age_boundary_is_one_override(tmp_path):
         side, classes, _ = read_samples(DataSources.from_config(cfg, cfg.data.root))
         ages = [int(classes[y]) % 3 for y in side.labels]
         assert {a: ages.count(a) // 7 for a in range(3)} == want
+
+
+def test_course_config_three_heads_and_the_combined_class(tmp_path, capsys):
+    from imgcls.cli import main
+    truth = make_course(tmp_path / "train" / "images")
+    cfg = load_config(REPO / "configs" / "course.yaml", [
+        f"data.root={tmp_path / 'train' / 'images'}", "data.image_size=16", "model.name=small_cnn",
+        "data.num_workers=0", "train.epochs=2", "train.batch_size=32", "train.progress=false", "run.report=false",
+        f"run.dir={tmp_path / 'run'}", "data.augment=light", "optim.lr=0.01"])
+    res = imgcls.train(cfg, log=lambda *a: None)
+    info = json.loads((res.run_dir / "model.json").read_text())
+    assert [h["name"] for h in info["task"]["heads"]] == ["mask", "gender", "age"]
+    assert len(info["task"]["combine"]["table"]) == 18
+    metrics = list(csv.DictReader((res.run_dir / "metrics.csv").open()))
+    assert {"val/mask/f1_macro", "val/gender/acc", "val/age/f1_macro", "val/combined/f1_macro"} <= set(metrics[0])
+    with open(res.run_dir / "val_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    codes = {"mask": {"wear": 0, "incorrect": 1, "not_wear": 2}, "gender": {"male": 0, "female": 1},
+             "age": {"<30": 0, "30-59": 1, ">=60": 2}}
+    for r in rows:  # the combined class is the rule applied to the heads' predicted codes
+        want = codes["mask"][r["mask"]] * 6 + codes["gender"][r["gender"]] * 3 + codes["age"][r["age"]]
+        assert int(r["combined"]) == want
+        mask, gender, age = r["label"].split("|")
+        assert codes["mask"][mask] * 6 + codes["gender"][gender] * 3 + codes["age"][age] == truth[r["path"]][1]
+    # predict reproduces val_predictions.csv, and --submission writes the combined code
+    (tmp_path / "in.csv").write_text("path\n" + "\n".join(r["path"] for r in rows) + "\n")
+    assert main(["predict", str(res.run_dir), str(tmp_path / "in.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    got = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [(g["combined"], g["mask"], g["age"]) for g in got] == [(r["combined"], r["mask"], r["age"]) for r in rows]
+    assert main(["predict", str(res.run_dir), str(tmp_path / "in.csv"), "--submission", "--out",
+                 str(tmp_path / "s.csv")]) == 0
+    sub = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert [s["label"] for s in sub] == [r["combined"] for r in rows]

@@ -127,3 +127,54 @@ def test_predict_reproduces_val_predictions(which, request, tmp_path, capsys):
 def test_task_options_that_do_not_apply_are_refused(tmp_path, overrides, words):
     with pytest.raises(UserError, match=words):
         task_config(tmp_path / "x.csv", tmp_path / "run", **overrides)
+
+
+def make_multihead(root: Path, n: int = 96, size: int = 16, seed: int = 0) -> Path:
+    """colour (3 classes) lights a channel, stripes (2) adds stripes, brightness is an 'age'."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    lines = ["path,colour,stripes,age"]
+    for i in range(n):
+        colour, stripes, age = int(rng.integers(3)), int(rng.integers(2)), float(rng.uniform(10, 80))
+        img = rng.integers(0, 30, (size, size, 3)) + int(age)
+        img[..., colour] += 120
+        if stripes:
+            img[:, ::4] += 60
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
+        lines.append(f"img/{i:03d}.png,{('r', 'g', 'b')[colour]},{('plain', 'striped')[stripes]},{age:.2f}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_three_heads_with_a_regression_head_and_a_combine_rule(tmp_path, capsys):
+    csv_path = make_multihead(tmp_path / "data")
+    heads = {"colour": {"classes": ["r", "g", "b"]}, "stripes": {"classes": ["plain", "striped"], "weight": 0.5},
+             "age": {"type": "regression", "loss": "huber", "delta": 2.0}}
+    cfg = task_config(csv_path, tmp_path / "run", **{"task.type": "multihead", "task.heads": heads,
+                                                     "task.combine": "colour * 2 + stripes", "train.epochs": 10})
+    res = imgcls.train(cfg, log=lambda *a: None)
+    assert res.best_metrics["val/combined/f1_macro"] > 0.7 and res.best_metrics["val/age/mae"] < 10
+    info = json.loads((res.run_dir / "model.json").read_text())
+    assert info["classes"] == ["colour/r", "colour/g", "colour/b", "stripes/plain", "stripes/striped", "age"]
+    assert [h["weight"] for h in info["task"]["heads"]] == [1.0, 0.5, 1.0]
+    val = rows(res.run_dir / "val_predictions.csv")
+    assert list(val[0])[:8] == ["path", "label", "colour", "colour_prob", "stripes", "stripes_prob", "age", "combined"]
+    for r in val:
+        assert int(r["combined"]) == ["r", "g", "b"].index(r["colour"]) * 2 + ["plain", "striped"].index(r["stripes"])
+    (tmp_path / "in.csv").write_text("path\n" + "\n".join(r["path"] for r in val) + "\n")
+    assert main(["predict", str(res.run_dir), str(tmp_path / "in.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    got = rows(tmp_path / "p.csv")
+    assert [g["combined"] for g in got] == [r["combined"] for r in val]
+    assert all(float(g["age"]) == pytest.approx(float(r["age"]), rel=1e-4) for g, r in zip(got, val))
+
+
+@pytest.mark.parametrize("heads, combine, words", [
+    ({"combined": {"classes": ["a", "b"]}}, None, "may not be combined or binned"),
+    ({"a": {"classes": ["x", "y"]}, "b": {}}, "a * 2 + b", "head 'b' must list its classes"),
+    ({"a": {"classes": ["x", "y"], "gamma": 2}}, None, "not a parameter of the cross_entropy loss"),
+    ({"a": {"classes": ["x", "y"]}, "b": {"classes": ["u", "v"]}}, "a + b", "task.combine"),
+])
+def test_head_mistakes_are_one_sentence(tmp_path, heads, combine, words):
+    with pytest.raises(UserError, match=words):
+        task_config(tmp_path / "x.csv", tmp_path / "run", **{"task.type": "multihead", "task.heads": heads,
+                                                             "task.combine": combine})

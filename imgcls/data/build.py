@@ -88,18 +88,21 @@ class DataSources:
     classes: Optional[tuple[str, ...]] = None
     path_labels: Optional[PathLabels] = None
     empty_labels: bool = False              # multi-label: an empty label cell is an image with no label
+    head_columns: Optional[tuple[str, ...]] = None  # multi-head: each head's column (or path group)
 
     @classmethod
     def from_config(cls, cfg, root=None, csv=None, val_root=None, val_csv=None) -> "DataSources":
         """From a Config (data paths given separately when the engine substitutes the demo's)."""
         d, t = cfg.data, cfg.task
         label = t.target if t.type == "regression" else t.label
+        heads = tuple(str((spec or {}).get("label") or name) for name, spec in (t.heads or {}).items()) or None
         path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, label, d.label_maps, d.bins,
-                                                                      d.on_bad_image)
+                                                                      d.on_bad_image, heads)
         return cls(root, csv, val_root, val_csv, d.path_column,
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
-                   tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel")
+                   tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel",
+                   heads)
 
 
 _TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
@@ -138,7 +141,8 @@ def _read(src: DataSources, side: str):
         return got.paths, got.labels, groups, ("group" if groups is not None else None), {"__labelled__": got}
     if csv_path:
         explicit = None if group_column in (None, "auto") else group_column
-        label_column = src.label_columns[0] if src.label_columns else src.label_column
+        label_column = (src.label_columns[0] if src.label_columns else
+                        src.head_columns[0] if src.head_columns else src.label_column)
         paths, labels, groups, others = read_csv(csv_path, src.path_column, label_column, explicit, with_columns=True,
                                                  empty_labels=src.empty_labels)
         column = explicit
@@ -150,6 +154,13 @@ def _read(src: DataSources, side: str):
                                 "data.group_column=none to split without groups.")
         if src.label_columns:
             labels = _labels_from_columns(others, labels, src, csv_path)
+        if src.head_columns:  # a tuple of each head's cell per image
+            cols = [labels if c == label_column else others.pop(c, None) for c in src.head_columns]
+            missing = [c for c, v in zip(src.head_columns, cols) if v is None]
+            if missing:
+                raise UserError(f"CSV file '{csv_path}' has no column '{missing[0]}' for a head; set "
+                                "task.heads.<name>.label to one of its columns.")
+            labels = list(zip(*cols))
         return paths, labels, groups, column, others
     if root:
         paths, labels = scan_folder(root)

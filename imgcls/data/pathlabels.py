@@ -22,10 +22,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 class PathLabels:
     """The config keys behind labels from paths (data.path_pattern, data.label_maps, data.bins, task.label)."""
     pattern: str
-    label: str
+    label: Optional[str]
     label_maps: Optional[dict] = None
     bins: Optional[dict] = None
     on_bad: str = "error"
+    columns: Optional[tuple[str, ...]] = None  # multi-head: one group per head; labels are tuples
 
 
 @dataclass
@@ -45,6 +46,14 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
     scan = scan_pattern(root, spec.pattern, spec.label_maps, spec.bins, on_bad=spec.on_bad)
     cols = scan.columns
     groups = cols.get("group")
+    if spec.columns:  # one label per head
+        missing = [c for c in spec.columns if c not in cols]
+        if missing:
+            raise UserError(f"head label '{missing[0]}' is not a group of data.path_pattern (groups: "
+                            f"{', '.join(sorted(cols))}); set task.heads.<name>.label to one of them.")
+        return PathLabelled(scan.paths, list(zip(*(cols[c] for c in spec.columns))), groups, None,
+                            {"class_order": {c: scan.class_order[c] for c in spec.columns if c in scan.class_order}},
+                            scan.unmatched)
     label = spec.label.strip()
     if _NAME.fullmatch(label):  # one group is the class
         if label not in cols:

@@ -194,6 +194,9 @@ def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monito
 
 
 def _criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
+    own = task.criterion({})  # multi-head: each head's own loss, weighted
+    if own is not None:
+        return own.to(device)
     cw = class_weights_from_counts(split.counts("train"), cfg.loss.class_weights) if task.per_class_sampling else None
     kwargs = loss_kwargs(cfg)
     if kwargs.get("pos_weight") == "balanced":  # each label's negatives / positives in the training data
