@@ -322,6 +322,11 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
     """
     from ..io import check_writable
 
+    if (Path(run_dir) / "model.json").is_file():
+        from ..modelinfo import ModelInfo
+        if ModelInfo.read(Path(run_dir) / "model.json").task != "multiclass":
+            from .taskreport import write_task_report  # here: taskreport builds on this module's sections
+            return write_task_report(run_dir)
     run = load_run(run_dir)
     check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
     old = run.run_dir / "report.html"
