@@ -473,7 +473,7 @@ def _ranking_scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
     has_label = y.any(axis=1)
     # Coverage by hand: sklearn's coverage_error refuses a single label (L = 1).
     lowest_true = np.where(y, p, np.inf).min(axis=1, keepdims=True)
-    coverage = np.where(has_label, (p >= lowest_true).sum(axis=1), 0)
+    coverage = (p >= lowest_true).sum(axis=1)  # 0 for an image with no true label (lowest is inf)
     best_true = np.where(y, p, -np.inf).max(axis=1, keepdims=True)
     first_rank = 1 + (p > best_true).sum(axis=1)
     # sklearn's ndcg_score refuses L = 1; there an image scores 1 with its label, 0 without.

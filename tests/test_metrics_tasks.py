@@ -211,7 +211,12 @@ def test_multilabel_mrr_ties_and_first_true_label():
     target = torch.tensor([[0.0, 1, 1, 0], [0, 1, 0, 0]])
     m = MultilabelMetrics(list("abcd"))
     m.update(torch.logit(probs).float(), target)
-    assert m.compute()["val/mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    s = m.compute()
+    assert s["val/mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    # Coverage counts a tie against us: image 1 needs both 0.7s, image 0 the top three.
+    assert s["val/coverage"] == pytest.approx((3 + 2) / 2) == coverage_error(target, probs)
+    assert s["val/lrap"] == pytest.approx(label_ranking_average_precision_score(target, probs))
+    assert s["val/ndcg"] == pytest.approx(ndcg_score(target, probs))  # tied scores share the gain
 
 
 def test_multilabel_nothing_positive_gives_nan_map_and_mrr():
