@@ -141,6 +141,9 @@ class MulticlassTask(Task):
         MetricInfo("val/recall_macro", "max", "recall averaged over all classes"),
         MetricInfo("val/balanced_acc", "max", "mean recall over the classes present"),
         MetricInfo("val/auroc", "max", "one-vs-rest ROC-AUC over the classes present"),
+        MetricInfo("val/mrr", "max", "mean reciprocal rank of the true class among the class scores"),
+        MetricInfo("val/ndcg_at_5", "max", "NDCG@5 of the class ranking with the true class as the one relevant item"),
+        MetricInfo("val/top5_acc", "max", "top-k accuracy, k = min(5, classes)"),
     )
     default_monitor = "val/f1_macro"
     log_metrics = ("val/loss", "val/acc", "val/f1_macro")   # shown on each epoch's line

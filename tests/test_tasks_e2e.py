@@ -178,3 +178,10 @@ def test_head_mistakes_are_one_sentence(tmp_path, heads, combine, words):
     with pytest.raises(UserError, match=words):
         task_config(tmp_path / "x.csv", tmp_path / "run", **{"task.type": "multihead", "task.heads": heads,
                                                              "task.combine": combine})
+
+
+def test_multiclass_runs_log_the_ranking_views(small_run):
+    row = rows(small_run.run_dir / "metrics.csv")[-1]
+    assert {"val/mrr", "val/ndcg_at_5", "val/top5_acc"} <= set(row)
+    assert float(row["val/top5_acc"]) == 1.0  # 3 classes: the true one is always in the top 5
+    assert float(row["val/acc"]) <= float(row["val/mrr"]) <= 1.0  # rank 1 scores 1, others less
