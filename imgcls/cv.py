@@ -151,6 +151,9 @@ def write_oof(cv_dir: Path, dirs: Sequence[Path]) -> dict:
         raise UserError(f"an image is in two folds' validation data ({len(seen) - len(set(seen))} repeat(s)); "
                         f"the folds of '{cv_dir / 'folds.csv'}' overlap; run the cv again.")
     atomic_write_text(cv_dir / "oof_predictions.csv", csv_text(header + ["fold"], rows))
+    from .modelinfo import ModelInfo
+    if ModelInfo.read(dirs[0] / "model.json").task != "multiclass":
+        return None  # out-of-fold metrics are computed for multiclass runs only (so far); the file is written
     return oof_metrics(header, rows)
 
 
