@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    confusion_matrix,
     coverage_error,
     f1_score,
     label_ranking_average_precision_score,
@@ -351,7 +352,6 @@ def test_regression_matches_sklearn(seed, bins):
         warnings.simplefilter("ignore")
         f1 = f1_score(true_bin, pred_bin, labels=labels, average="macro", zero_division=0)
     assert s["val/binned/f1_macro"] == pytest.approx(f1, abs=1e-12)
-    from sklearn.metrics import confusion_matrix
     assert details["binned_confusion_matrix"] == confusion_matrix(true_bin, pred_bin, labels=labels).tolist()
     assert details["bin_names"] == bin_names(bins) and details["bins"] == [float(b) for b in bins]
 
