@@ -64,6 +64,9 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
                         "choose another --out.")
     check_writable(out_dir, "evaluation folder", "choose another --out")  # before predicting, not after
     predictor = load(model, ensemble, device)
+    if predictor.info.task != "multiclass":
+        raise UserError(f"imgcls evaluate scores multiclass runs so far, and '{model}' is a {predictor.info.task} "
+                        "run; use 'imgcls predict' on the images and compare with the labels.")
     paths, labels = read_labelled(data, path_column, label_column)
     classes = predictor.classes
     unknown = sorted(set(labels) - set(classes))

@@ -166,6 +166,9 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
         _need_onnx()  # before loading anything: the fix is an install
     member = load_member(run_dir)
     info = member.info
+    if info.task != "multiclass":
+        raise UserError(f"imgcls export handles multiclass runs so far, and '{run_dir}' is a {info.task} run; "
+                        "use its best.safetensors with model.json, or 'imgcls predict'.")
     model = _Logits(member.model).eval()
     batch, source = check_batch(run_dir, info)
 
