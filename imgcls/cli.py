@@ -187,8 +187,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
     p.add_argument("--data", required=True, help="class-folder tree or CSV (path,label), as for training")
     p.add_argument("--out", help="output folder (default: MODEL/eval-<data name>)")
-    p.add_argument("--path-column", default="path")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--path-column", help="path column of a CSV (default: the run's data.path_column)")
+    p.add_argument("--label-column", help="label column of a CSV (default: the run's, as it trained)")
     _add_inference_options(p)
     p.set_defaults(func=_cmd_evaluate)
 

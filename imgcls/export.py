@@ -58,8 +58,9 @@ def metadata(info: ModelInfo) -> dict:
         "classes": list(info.classes), "image_size": info.image_size, "channels": info.channels,
         "mean": list(info.mean), "std": list(info.std), "resize": info.resize,
         "architecture": info.architecture, "task": info.task,
+        "task_record": info.to_json()["task"],
         "input": "float32 [N, channels, image_size, image_size], normalised: (pixel / 255 - mean) / std",
-        "output": "logits [N, len(classes)]; softmax gives probabilities",
+        "output": info.task_type.outputs_text(),
     }
 
 
@@ -166,9 +167,6 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
         _need_onnx()  # before loading anything: the fix is an install
     member = load_member(run_dir)
     info = member.info
-    if info.task != "multiclass":
-        raise UserError(f"imgcls export handles multiclass runs so far, and '{run_dir}' is a {info.task} run; "
-                        "use its best.safetensors with model.json, or 'imgcls predict'.")
     model = _Logits(member.model).eval()
     batch, source = check_batch(run_dir, info)
 

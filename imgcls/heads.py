@@ -273,6 +273,22 @@ class MultiheadTask(Task):
             parts.append(x * h.std + h.mean if h.type == "regression" else x.softmax(dim=1))
         return torch.cat(parts, dim=1)
 
+    def raw_outputs(self, probs: Tensor) -> Tensor:
+        parts = []
+        for h, s in zip(self.heads, self.slices()):
+            p = probs.float()[:, s]
+            parts.append((p - h.mean) / h.std if h.type == "regression"
+                         else p.clamp_min(torch.finfo(torch.float32).tiny).log())
+        return torch.cat(parts, dim=1)
+
+    def outputs_text(self) -> str:
+        parts = [f"{h.name}: {h.size} logit(s), softmax gives its class probabilities" if h.type == "multiclass"
+                 else f"{h.name}: 1 standardised value (value = output * std + mean of task_record.heads)"
+                 for h in self.heads]
+        rule = (f"; the combined class is task_record.combine applied to the heads' argmax codes"
+                if self.rule is not None else "")
+        return f"[N, {self.head_size(())}], the heads side by side in this order: " + "; ".join(parts) + rule
+
     def combined_log_probs(self, probs: Tensor) -> Tensor:
         """[N, N_combined] log-probabilities of the combined classes from the heads' probabilities."""
         idx = {h.name: (h, s) for h, s in zip(self.heads, self.slices())}

@@ -342,9 +342,14 @@ class MultilabelMetrics:
     tensors on the logits' device, no host sync in ``update``; validation sets are small), then
     summarises them on the CPU in float64. Conventions: see the module docstring."""
 
-    def __init__(self, label_names: list[str]) -> None:
+    def __init__(self, label_names: list[str], inputs: str = "logits") -> None:
+        """``inputs``: what ``update`` is given, 'logits' (pre-sigmoid) or 'probabilities' (averaged
+        over TTA views or ensemble members, compared with the thresholds as they are)."""
         if len(label_names) < 1:
             raise UserError("multi-label metrics need at least one label; give the images some labels.")
+        if inputs not in ("logits", "probabilities"):
+            raise ValueError(f"inputs must be 'logits' or 'probabilities', got {inputs!r}")
+        self.inputs = inputs
         self.label_names = [str(n) for n in label_names]
         self.set_thresholds(None)
         self.reset()
@@ -378,7 +383,8 @@ class MultilabelMetrics:
         if logits.shape[0] == 0:
             return
         # float32 even under autocast: fp16 sigmoid saturates and creates ties in every ranking.
-        self._probs.append(logits.detach().float().sigmoid())
+        p = logits.detach().float()
+        self._probs.append(p if self.inputs == "probabilities" else p.sigmoid())
         self._targets.append(target.detach().to(device=logits.device, dtype=torch.float32))
         self._num_samples += logits.shape[0]
         if loss_sum is not None:

@@ -84,6 +84,12 @@ class Task:
         """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
         return {}
 
+    def scoring_metrics(self, classes: Sequence[str]):
+        """The validation metrics of a trained model on new data, fed ``probabilities`` (averaged over
+        TTA views and ensemble members) instead of outputs, with its calibration fixed (multi-label:
+        the stored thresholds, not thresholds tuned again on that data)."""
+        return _FromProbabilities(self.create_metrics(classes), self.raw_outputs)
+
     def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
         return []
 
@@ -94,6 +100,15 @@ class Task:
     def criterion(self, kwargs: dict) -> Optional[nn.Module]:
         """A task whose loss is not one registry entry builds it here (multi-head); None: create_loss."""
         return None
+
+    def outputs_text(self) -> str:
+        """What the model's raw outputs are, in words (exported models carry it in their metadata)."""
+        return "logits [N, len(classes)]; softmax gives probabilities"
+
+    def raw_outputs(self, probs: Tensor) -> Tensor:
+        """The inverse of ``probabilities``: outputs whose probabilities are ``probs`` (so metrics fed
+        logits can score averaged probabilities of TTA views and ensembles)."""
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
 
     def predicted(self, probs: Tensor, classes: Sequence[str]) -> list[str]:
         """The prediction of each row as text (the 'pred' or 'value' column)."""
@@ -297,6 +312,19 @@ class MultilabelTask(Task):
     def probabilities(self, logits: Tensor) -> Tensor:
         return logits.float().sigmoid()
 
+    def scoring_metrics(self, classes: Sequence[str]):
+        from .metrics import MultilabelMetrics
+        m = MultilabelMetrics(list(classes), inputs="probabilities")  # thresholds compare them as they are
+        m.set_thresholds(self.thresholds)
+        return m
+
+    def raw_outputs(self, probs: Tensor) -> Tensor:
+        return torch.logit(probs.double()).clamp(-100.0, 100.0).float()  # a saturated 1.0 stays 1.0
+
+    def outputs_text(self) -> str:
+        return ("logits [N, len(classes)]; sigmoid gives each label's probability, and a label is predicted when "
+                "it reaches its threshold (task_record.thresholds, tuned on validation; 0.5 if absent)")
+
     def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
         return []
 
@@ -322,6 +350,26 @@ class MultilabelTask(Task):
         return [[paths[i], *([labels[i]] if labels is not None else []),
                  self.separator.join(c for c, on in zip(classes, row) if on), *[f"{v:.6g}" for v in p]]
                 for i, (p, row) in enumerate(zip(probs.tolist(), chosen))]
+
+
+class _FromProbabilities:
+    """Metrics that take a model's outputs, fed probabilities: each batch is turned back into outputs
+    whose probabilities they are (``Task.raw_outputs``)."""
+
+    def __init__(self, inner, raw_outputs):
+        self.inner, self.raw_outputs = inner, raw_outputs
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def update(self, probs: Tensor, target: Tensor, loss_sum=None) -> None:
+        self.inner.update(self.raw_outputs(probs), target, loss_sum)
+
+    def compute(self) -> dict:
+        return self.inner.compute()
+
+    def details(self) -> dict:
+        return self.inner.details()
 
 
 class _TunedThresholds:
@@ -433,6 +481,13 @@ class RegressionTask(Task):
     def probabilities(self, logits: Tensor) -> Tensor:
         """What TTA and ensembles average: the prediction in the target's unit, [N, 1]."""
         return logits.float()[:, :1] * self.std + self.mean
+
+    def raw_outputs(self, probs: Tensor) -> Tensor:
+        return (probs.float()[:, :1] - self.mean) / self.std
+
+    def outputs_text(self) -> str:
+        return ("[N, 1], the standardised target: value = output * task_record.std + task_record.mean, in the "
+                "target's unit")
 
     def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
         return []

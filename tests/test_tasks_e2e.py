@@ -13,7 +13,10 @@ from PIL import Image
 import imgcls
 from conftest import small_config
 from imgcls.cli import main
+from imgcls.config import load_config
 from imgcls.errors import UserError
+from imgcls.evaluate import evaluate as evaluate_run
+from imgcls.export import export as export_run
 
 TAGS = ("red", "green", "blue")
 
@@ -101,7 +104,7 @@ def test_regression_run_standardises_and_predicts_in_the_original_unit(regressio
     assert "val/binned/f1_macro" in regression_run.best_metrics
 
 
-@pytest.mark.parametrize("which", ["multilabel_run", "regression_run"])
+@pytest.mark.parametrize("which", ["multilabel_run", "regression_run", "multihead_run"])
 def test_predict_reproduces_val_predictions(which, request, tmp_path, capsys):
     run = request.getfixturevalue(which).run_dir
     val = rows(run / "val_predictions.csv")
@@ -113,7 +116,7 @@ def test_predict_reproduces_val_predictions(which, request, tmp_path, capsys):
         for k in a:
             if k == "path":
                 continue
-            if k.startswith("prob_") or k == "value":
+            if k.startswith("prob_") or k in ("value", "age") or k.endswith("_prob"):
                 assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5)
             else:
                 assert a[k] == b[k]
@@ -146,13 +149,19 @@ def make_multihead(root: Path, n: int = 96, size: int = 16, seed: int = 0) -> Pa
     return root / "labels.csv"
 
 
-def test_three_heads_with_a_regression_head_and_a_combine_rule(tmp_path, capsys):
-    csv_path = make_multihead(tmp_path / "data")
+@pytest.fixture(scope="module")
+def multihead_run(tmp_path_factory):
+    csv_path = make_multihead(tmp_path_factory.mktemp("mh"))
     heads = {"colour": {"classes": ["r", "g", "b"]}, "stripes": {"classes": ["plain", "striped"], "weight": 0.5},
              "age": {"type": "regression", "loss": "huber", "delta": 2.0}}
-    cfg = task_config(csv_path, tmp_path / "run", **{"task.type": "multihead", "task.heads": heads,
-                                                     "task.combine": "colour * 2 + stripes", "train.epochs": 10})
-    res = imgcls.train(cfg, log=lambda *a: None)
+    cfg = task_config(csv_path, tmp_path_factory.mktemp("mhrun") / "run",
+                      **{"task.type": "multihead", "task.heads": heads, "task.combine": "colour * 2 + stripes",
+                         "train.epochs": 10})
+    return imgcls.train(cfg, log=lambda *a: None)
+
+
+def test_three_heads_with_a_regression_head_and_a_combine_rule(multihead_run, tmp_path, capsys):
+    res = multihead_run
     assert res.best_metrics["val/combined/f1_macro"] > 0.7 and res.best_metrics["val/age/mae"] < 10
     info = json.loads((res.run_dir / "model.json").read_text())
     assert info["classes"] == ["colour/r", "colour/g", "colour/b", "stripes/plain", "stripes/striped", "age"]
@@ -185,3 +194,85 @@ def test_multiclass_runs_log_the_ranking_views(small_run):
     assert {"val/mrr", "val/ndcg_at_5", "val/top5_acc"} <= set(row)
     assert float(row["val/top5_acc"]) == 1.0  # 3 classes: the true one is always in the top 5
     assert float(row["val/acc"]) <= float(row["val/mrr"]) <= 1.0  # rank 1 scores 1, others less
+
+
+def _val_rows_csv(run: Path, out: Path) -> Path:
+    """The rows of the run's own labels.csv whose images validated it, as a CSV beside those images."""
+    cfg = load_config(run / "config.yaml")
+    data = Path(cfg.data.csv)
+    val = {r["path"] for r in rows(run / "split" / "val.csv")}
+    with open(data, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        keep = [r for r in reader if str((data.parent / r[0]).resolve()) in val or r[0] in val]
+    assert len(keep) == len(val)
+    target = data.parent / out.name
+    target.write_text(",".join(header) + "\n" + "\n".join(",".join(r) for r in keep) + "\n")
+    return target
+
+
+@pytest.mark.parametrize("which, names", [
+    ("multilabel_run", ["val/map", "val/f1_macro", "val/f1_micro", "val/f1_samples", "val/lrap", "val/coverage"]),
+    ("regression_run", ["val/mae", "val/rmse", "val/r2", "val/binned/f1_macro"]),
+    ("multihead_run", ["val/colour/f1_macro", "val/stripes/acc", "val/age/mae", "val/combined/f1_macro",
+                       "val/combined/acc"]),
+])
+def test_evaluate_on_the_validation_images_equals_training_validation(which, names, request, tmp_path, capsys):
+    """Labels are read as the run read them (joined labels, a target column, one column per head), and
+    the model's stored calibration (multi-label thresholds) is used, so evaluating the validation
+    images gives the best epoch's validation metrics back."""
+    run = request.getfixturevalue(which).run_dir
+    data = _val_rows_csv(run, tmp_path / f"val-{which}.csv")
+    assert main(["evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) == 0
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    best = json.loads((run / "val_metrics.json").read_text())
+    for k in names:
+        assert got[k] == pytest.approx(best[k], abs=2e-4), k
+    preds = rows(tmp_path / "ev" / "predictions.csv")
+    assert len(preds) == got["num_samples"] == len(rows(run / "split" / "val.csv"))
+    printed = capsys.readouterr().out
+    assert names[0] in printed
+
+
+def test_evaluate_multilabel_tables_match_sklearn(multilabel_run, tmp_path):
+    from sklearn.metrics import f1_score
+    run = multilabel_run.run_dir
+    res = evaluate_run(run, _val_rows_csv(run, tmp_path / "v.csv"), tmp_path / "ev")
+    preds = rows(tmp_path / "ev" / "predictions.csv")
+    labels = sorted(TAGS)
+    y = np.array([[t in r["label"].split("|") for t in labels] for r in preds])
+    decided = np.array([[t in r["pred"].split("|") for t in labels] for r in preds])
+    per_label = {r["label"]: r for r in rows(tmp_path / "ev" / "per_label.csv")}
+    for j, t in enumerate(labels):
+        assert float(per_label[t]["f1"]) == pytest.approx(f1_score(y[:, j], decided[:, j], zero_division=0), abs=1e-5)
+    assert res.scalars["val/f1_micro"] == pytest.approx(f1_score(y, decided, average="micro"), abs=1e-6)
+
+
+def test_evaluate_multihead_writes_per_head_and_combined_tables(multihead_run, tmp_path):
+    from sklearn.metrics import confusion_matrix
+    run = multihead_run.run_dir
+    evaluate_run(run, _val_rows_csv(run, tmp_path / "v.csv"), tmp_path / "ev")
+    preds = rows(tmp_path / "ev" / "predictions.csv")
+    true = [["r", "g", "b"].index(r["label"].split("|")[0]) for r in preds]
+    pred = [["r", "g", "b"].index(r["colour"]) for r in preds]
+    with open(tmp_path / "ev" / "colour_confusion_matrix.csv", newline="") as f:
+        cm = [[int(v) for v in row[1:]] for row in list(csv.reader(f))[1:]]
+    assert cm == confusion_matrix(true, pred, labels=[0, 1, 2]).tolist()
+    assert (tmp_path / "ev" / "combined_per_class.csv").is_file()
+
+
+@pytest.mark.parametrize("which", ["multilabel_run", "regression_run", "multihead_run"])
+def test_every_task_exports_to_onnx_with_its_record(which, request, tmp_path):
+    pytest.importorskip("onnxruntime")
+    run = request.getfixturevalue(which).run_dir
+    res = export_run(run, "onnx", tmp_path / "m.onnx")
+    assert res.max_abs_diff <= 1e-4 and res.batch >= 3  # checked on real validation images
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    record = json.loads(props["task_record"])
+    model_json = json.loads((run / "model.json").read_text())
+    assert record == model_json["task"] and props["task"] == model_json["task"]["type"]
+    if which == "multilabel_run":
+        assert record["thresholds"] and "threshold" in props["output"]
+    if which == "regression_run":
+        assert "std" in props["output"]

@@ -255,6 +255,14 @@ def read_samples(src: DataSources, task=None) -> tuple[Side, list[str], Optional
     return Side(paths, task.encode(labels, names), groups), names, column
 
 
+def read_labelled(src: DataSources) -> tuple[list[str], list]:
+    """(paths, raw labels) of ``src``'s training side, read exactly as training reads them (labels
+    as written: class names, joined labels, numbers, or a tuple per head); evaluation encodes them
+    with the model's classes."""
+    paths, labels, _, _, _ = _read(src, "training")
+    return paths, labels
+
+
 def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:
     """(train, val) indices: val is every file of ``fold`` in ``folds_csv`` (path,fold), train the rest.
     The file must list exactly the files read (a cross-validation's folds belong to its data)."""
