@@ -201,7 +201,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
                      label_column=a.label_column, tta=a.tta, scales=a.tta_scales, batch_size=a.batch_size,
                      num_workers=a.workers, device=a.device, progress=sys.stderr.isatty())
     print(format_table(r))
-    print(f"wrote metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv to {r.out_dir}")
+    print(f"wrote {', '.join(r.files)} to {r.out_dir}")
     return 0
 
 

@@ -401,7 +401,7 @@ def _check_task_fit(cfg: Config) -> None:
         raise UserError(f"config keys 'task.heads'/'task.combine' describe a multi-head model, but task.type is "
                         f"{t.type}; set task.type=multihead or remove them.")
     if t.type == "multihead":
-        task.from_config(cfg)  # every head's type, label, classes, loss and weight, and the combine rule
+        task = task.from_config(cfg)  # every head's type, label, classes, loss and weight, and the combine rule
         if cfg.loss.name != "auto":
             raise UserError("loss.name is set per head with task.type=multihead (task.heads.<name>.loss); set "
                             "loss.name=auto.")
@@ -415,9 +415,10 @@ def _check_task_fit(cfg: Config) -> None:
         raise UserError(f"config key 'data.label_columns' lists multi-label 0/1 columns, but task.type is "
                         f"{t.type}; remove it or set task.type=multilabel.")
     if (d.mixup or d.cutmix) and not task.mixes:
-        raise UserError(f"data.mixup/data.cutmix have no mixing rule for task.type={t.type} yet"
-                        f"{' (a mixed target of two numbers is not a target)' if t.type == 'regression' else ''}; "
-                        "set them to 0.")
+        what = (f"head '{next(h.name for h in task.heads if h.type == 'regression')}' is a regression head"
+                if t.type == "multihead" else f"task.type={t.type} has a numeric target")
+        raise UserError(f"data.mixup/data.cutmix have no mixing rule here: {what}, and a mix of two numbers is not "
+                        "a target; set them to 0.")
     if not task.per_class_sampling:
         if d.sampler == "balanced":
             raise UserError(f"data.sampler=balanced draws classes equally often, but task.type={t.type} has no one "

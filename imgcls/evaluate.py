@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,6 +34,7 @@ class EvalResult:
     scalars: dict                       # val/... metrics, as in training's metrics.csv
     details: dict                       # per_class, confusion_matrix, top5_acc, ece, num_samples
     errors: list[tuple[str, str]]       # unreadable images (path, reason), left out of the metrics
+    files: list[str] = field(default_factory=list)  # the file names written into out_dir, in order
 
 
 def default_out_dir(model: str | os.PathLike, data: str | os.PathLike) -> Path:
@@ -120,7 +121,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
         "loss": ("cross-entropy of the predicted probabilities" if task.name == "multiclass" else
                  "not computed (the training loss needs the training options)"),
     })
-    _write_tables(out_dir, task, classes, details)
+    files = ["metrics.json", *_write_tables(out_dir, task, classes, details), "predictions.csv"]
     label_texts = [task.label_text(targets[i], classes) for i in res.ok]
     atomic_write_text(out_dir / "predictions.csv", csv_text(
         task.prediction_header(classes, True),
@@ -132,7 +133,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
                       stacklevel=2)
     elif err_file.exists():
         err_file.unlink()
-    return EvalResult(out_dir, scalars, details, errors)
+    return EvalResult(out_dir, scalars, details, errors, files + (["errors.csv"] if errors else []))
 
 
 def _score(task, classes: Sequence[str], probs: torch.Tensor, targets: list) -> tuple[dict, dict]:
@@ -148,7 +149,7 @@ def _score(task, classes: Sequence[str], probs: torch.Tensor, targets: list) -> 
     return scalars, metrics.details()
 
 
-def _classification_tables(out_dir: Path, details: dict, stem: str = "") -> None:
+def _classification_tables(out_dir: Path, details: dict, stem: str = "") -> list[str]:
     """per_class.csv (worst F1 first) and confusion_matrix.csv (rows = true) of one classification."""
     names = details["classes"]
     code = {c: k for k, c in enumerate(names)}
@@ -159,28 +160,33 @@ def _classification_tables(out_dir: Path, details: dict, stem: str = "") -> None
          for r in worst]))
     atomic_write_text(out_dir / f"{stem}confusion_matrix.csv", csv_text(
         ["true\\pred", *names], [[c, *row] for c, row in zip(names, details["confusion_matrix"])]))
+    return [f"{stem}per_class.csv", f"{stem}confusion_matrix.csv"]
 
 
-def _write_tables(out_dir: Path, task, classes: Sequence[str], details: dict) -> None:
+def _write_tables(out_dir: Path, task, classes: Sequence[str], details: dict) -> list[str]:
     """The task's breakdown: per class (multiclass; per head and the combined class for multi-head),
     per label (multi-label), the binned confusion matrix (regression with bins)."""
     if task.name == "multiclass":
-        _classification_tables(out_dir, details)
-    elif task.name == "multilabel":
+        return _classification_tables(out_dir, details)
+    if task.name == "multilabel":
         atomic_write_text(out_dir / "per_label.csv", csv_text(
             ["label", "precision", "recall", "f1", "support", "ap", "threshold"],
             [[r["label"], f"{r['precision']:.6g}", f"{r['recall']:.6g}", f"{r['f1']:.6g}", r["support"],
               "" if r["ap"] is None else f"{r['ap']:.6g}", f"{r['threshold']:.6g}"] for r in details["per_label"]]))
-    elif task.name == "regression" and "binned_confusion_matrix" in details:
+        return ["per_label.csv"]
+    if task.name == "regression" and "binned_confusion_matrix" in details:
         names = details["bin_names"]
         atomic_write_text(out_dir / "binned_confusion_matrix.csv", csv_text(
             ["true\\pred", *names], [[c, *row] for c, row in zip(names, details["binned_confusion_matrix"])]))
-    elif task.name == "multihead":
+        return ["binned_confusion_matrix.csv"]
+    written = []
+    if task.name == "multihead":
         for name, d in details["heads"].items():
             if "per_class" in d:
-                _classification_tables(out_dir, d, f"{name}_")
+                written += _classification_tables(out_dir, d, f"{name}_")
         if "combined" in details:
-            _classification_tables(out_dir, details["combined"], "combined_")
+            written += _classification_tables(out_dir, details["combined"], "combined_")
+    return written
 
 
 def _json_float(v: float):

@@ -116,12 +116,21 @@ class MultiheadTask(Task):
     losses = ("auto",)
     default_loss = "auto"
     min_classes = 1
-    mixes = False
     per_class_sampling = False
     report_sections = ("curves",)
 
     def __init__(self, heads: Sequence[Head] = (), rule=None):
         self.heads, self.rule = list(heads), rule
+
+    @property
+    def mixes(self) -> bool:
+        """MixUp/CutMix mix each head's classes; a regression head has no mixed target."""
+        return all(h.type == "multiclass" for h in self.heads)
+
+    def soft_targets(self, target: Tensor) -> Tensor:
+        """[N, H] class codes -> [N, sum of head sizes]: each head's one-hot side by side (the layout
+        of the outputs), which MultiHeadLoss reads as each head's class probabilities."""
+        return torch.cat([F.one_hot(target[:, j].long(), h.size).float() for j, h in enumerate(self.heads)], dim=1)
 
     # -- configuration
     def from_config(self, cfg) -> "Task":
@@ -354,10 +363,13 @@ class MultiHeadLoss(nn.Module):
         self.losses = nn.ModuleList(losses)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``target``: [N, H] (a class code or standardised value per head), or after MixUp/CutMix
+        [N, outputs] (each head's class probabilities in its slice; no regression head then)."""
+        soft = target.shape[1] != len(self.slices)
         total = 0.0
         for j, (s, kind, loss, w) in enumerate(zip(self.slices, self.kinds, self.losses, self.weights)):
-            y = target[:, j]
-            total = total + w * loss(logits[:, s], y if kind == "regression" else y.long())
+            y = target[:, s] if soft else target[:, j]
+            total = total + w * loss(logits[:, s], y if (soft or kind == "regression") else y.long())
         return total
 
 

@@ -84,6 +84,11 @@ class Task:
         """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
         return {}
 
+    def soft_targets(self, target: Tensor) -> Tensor:
+        """A batch of targets as rows that MixUp/CutMix may average (``data.prep.SoftTargetMix``);
+        only for tasks with ``mixes`` and a rule of their own (multiclass mixes as torchvision does)."""
+        raise NotImplementedError(f"task '{self.name}' has no mixing rule")
+
     def scoring_metrics(self, classes: Sequence[str]):
         """The validation metrics of a trained model on new data, fed ``probabilities`` (averaged over
         TTA views and ensemble members) instead of outputs, with its calibration fixed (multi-label:
@@ -240,7 +245,7 @@ class MultilabelTask(Task):
     log_metrics = ("val/loss", "val/map", "val/f1_macro")
     report_sections = ("curves",)
     min_classes = 1
-    mixes = False
+    mixes = True              # a mixed image carries each label with the weight of its pixels
     per_class_sampling = False
 
     def __init__(self, thresholds: Optional[Sequence[float]] = None, separator: str = "|"):
@@ -300,6 +305,9 @@ class MultilabelTask(Task):
 
     def target_tensor(self, targets: Sequence, classes: Sequence[str]) -> Tensor:
         return self._matrix(targets, len(classes))
+
+    def soft_targets(self, target: Tensor) -> Tensor:
+        return target.float()  # the 0/1 rows are already what BCE takes as soft targets
 
     def fold_targets(self, targets: Sequence) -> dict:
         width = 1 + max((k for t in targets for k in t), default=1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import imgcls
@@ -123,7 +124,10 @@ def test_predict_reproduces_val_predictions(which, request, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"task.type": "regression", "data.mixup": 0.2}, "no mixing rule for task.type=regression"),
+    ({"task.type": "regression", "data.mixup": 0.2}, "no mixing rule here: task.type=regression"),
+    ({"task.type": "multihead", "data.cutmix": 1.0, "task.heads": {"a": {"classes": ["x", "y"]},
+                                                                   "age": {"type": "regression"}}},
+     "head 'age' is a regression head"),
     ({"task.type": "multilabel", "data.sampler": "balanced"}, "use data.sampler=random"),
     ({"task.type": "multiclass", "task.bins": [1.0]}, "task.bins"),
 ])
@@ -276,3 +280,46 @@ def test_every_task_exports_to_onnx_with_its_record(which, request, tmp_path):
         assert record["thresholds"] and "threshold" in props["output"]
     if which == "regression_run":
         assert "std" in props["output"]
+
+
+@pytest.mark.parametrize("op", ["mixup", "cutmix"])
+def test_soft_target_mix_weighs_targets_as_torchvision_weighs_classes(op):
+    """A one-head multi-head target mixed through its one-hot form equals torchvision's own mixed
+    labels for the same images and random state; multi-label rows mix by the same weights."""
+    from torchvision.transforms import v2
+    from imgcls.data.prep import SoftTargetMix
+    from imgcls.heads import Head, MultiheadTask
+    from imgcls.tasks import get_task
+    make = {"mixup": lambda n: v2.MixUp(alpha=0.4, num_classes=n), "cutmix": lambda n: v2.CutMix(alpha=1.0, num_classes=n)}[op]
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    task = MultiheadTask([Head("a", classes=("p", "q", "r"))])
+    torch.manual_seed(3)
+    got_x, got_y = SoftTargetMix(make, task.soft_targets)(x.clone(), y[:, None].float())
+    torch.manual_seed(3)
+    want_x, want_y = make(3)(x.clone(), y)
+    assert torch.equal(got_x, want_x)
+    assert torch.allclose(got_y, want_y, atol=1e-6)
+    tags = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.float32)
+    torch.manual_seed(3)
+    _, mixed = SoftTargetMix(make, get_task("multilabel").soft_targets)(x.clone(), tags)
+    lam = float(want_y[0, y[0]]) if y[0] != y[-1] else None  # image 0 is mixed with image 5 (torchvision rolls by 1)
+    if lam is not None:
+        assert torch.allclose(mixed, lam * tags + (1 - lam) * tags.roll(1, 0), atol=1e-6)
+
+
+def test_mixup_trains_multilabel_and_multihead_runs(tmp_path):
+    ml = make_multilabel(tmp_path / "ml")
+    plain = imgcls.train(task_config(ml, tmp_path / "a", **{"task.type": "multilabel", "train.epochs": 2}),
+                         log=lambda *a: None)
+    mixed = imgcls.train(task_config(ml, tmp_path / "b", **{"task.type": "multilabel", "train.epochs": 2,
+                                                            "data.mixup": 0.4, "data.cutmix": 1.0}),
+                         log=lambda *a: None)
+    loss = [float(rows(r.run_dir / "metrics.csv")[0]["train/loss"]) for r in (plain, mixed)]
+    assert loss[0] != loss[1] and all(np.isfinite(loss))  # the mixed targets changed what it trained on
+    mh = make_multihead(tmp_path / "mh")
+    heads = {"colour": {"classes": ["r", "g", "b"], "loss": "label_smoothing"}, "stripes": {"classes": ["plain", "striped"]}}
+    res = imgcls.train(task_config(mh, tmp_path / "c", **{"task.type": "multihead", "task.heads": heads,
+                                                         "task.combine": "colour * 2 + stripes", "train.epochs": 2,
+                                                         "data.mixup": 0.4}), log=lambda *a: None)
+    assert np.isfinite(float(rows(res.run_dir / "metrics.csv")[-1]["train/loss"]))

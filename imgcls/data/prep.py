@@ -37,3 +37,24 @@ class BatchPrep:
         if self.mix is not None:
             x, y = self.mix(x, y)
         return x, y
+
+
+class SoftTargetMix:
+    """MixUp/CutMix for targets that are not one class index: multi-label 0/1 rows, a class per head.
+
+    torchvision's MixUp/CutMix mix the images and give, for the batch's own indices as labels, the
+    mixing matrix M [N, N] (row i: how much of image j is in mixed image i). The targets mix by the
+    same matrix: ``M @ soft(y)``, where ``soft`` is the task's soft-target form (multi-label: the 0/1
+    rows; multi-head: each head's one-hot side by side), so a mixed image's labels or per-head classes
+    are weighted exactly as its pixels are. One torchvision op per batch size, built on first use.
+    """
+
+    def __init__(self, make_op: Callable[[int], Callable], soft: Callable[[torch.Tensor], torch.Tensor]):
+        self.make_op, self.soft, self.ops = make_op, soft, {}
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(images)
+        if n not in self.ops:
+            self.ops[n] = self.make_op(n)
+        x, m = self.ops[n](images, torch.arange(n, device=images.device))
+        return x, m.to(torch.float32) @ self.soft(targets).to(torch.float32)

@@ -243,9 +243,14 @@ def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, de
                                                                                    d.num_workers, pin)
 
 
-def _make_mix(mixup: float, cutmix: float, num_classes: int):
+def _make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
+    """torchvision's MixUp/CutMix (one of them per batch when both are on). Class targets mix as
+    torchvision mixes them; the other tasks' targets through their soft form (``SoftTargetMix``)."""
     if not (mixup or cutmix):
         return None
+    if task is not None and task.name != "multiclass":
+        from ..data.prep import SoftTargetMix
+        return SoftTargetMix(lambda n: _make_mix(mixup, cutmix, n), task.soft_targets)
     from torchvision.transforms import v2
     ops = []
     if mixup:
@@ -311,7 +316,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
               step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
                               t.checkpoint_every_steps),
-              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs)),
+              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task)),
               eval_prep=info.batch_prep(device), metrics=task.create_metrics(split.classes),
               plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress)),
