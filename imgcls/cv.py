@@ -152,25 +152,25 @@ def write_oof(cv_dir: Path, dirs: Sequence[Path]) -> dict:
                         f"the folds of '{cv_dir / 'folds.csv'}' overlap; run the cv again.")
     atomic_write_text(cv_dir / "oof_predictions.csv", csv_text(header + ["fold"], rows))
     from .modelinfo import ModelInfo
-    if ModelInfo.read(dirs[0] / "model.json").task != "multiclass":
-        return None  # out-of-fold metrics are computed for multiclass runs only (so far); the file is written
-    return oof_metrics(header, rows)
+    return oof_metrics(header, rows, ModelInfo.read(dirs[0] / "model.json"))
 
 
-def oof_metrics(header: list[str], rows: list[list[str]]) -> dict:
-    """The task's validation metrics on the out-of-fold probabilities (val/loss: cross-entropy of them)."""
+def oof_metrics(header: list[str], rows: list[list[str]], info) -> dict:
+    """The task's validation metrics on the out-of-fold predictions (multiclass val/loss: the
+    cross-entropy of the probabilities); for multi-label also ``thresholds``, tuned on them, which
+    ``imgcls predict CV_DIR`` then uses."""
     import torch.nn.functional as F
-    from .metrics import ClassificationMetrics
-    prob_cols = [i for i, h in enumerate(header) if h.startswith("prob_")]
-    classes = [header[i][len("prob_"):] for i in prob_cols]
-    code = {c: k for k, c in enumerate(classes)}
-    label_col = header.index("label")
-    probs = torch.tensor([[float(r[i]) for i in prob_cols] for r in rows], dtype=torch.float64)
-    target = torch.tensor([code[r[label_col]] for r in rows])
-    logits = probs.clamp_min(torch.finfo(torch.float64).tiny).log()
-    metrics = ClassificationMetrics(len(classes), classes)
-    metrics.update(logits, target, F.nll_loss(logits, target, reduction="sum"))
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.compute().items()}
+    task, classes = info.task_type, [str(c) for c in info.classes]
+    probs = task.probabilities_from_csv(header, rows, classes)
+    labels = task.labels_from_text([r[header.index("label")] for r in rows])
+    target = task.target_tensor(task.encode(labels, classes), classes)
+    metrics = task.oof_metrics(classes)
+    loss = F.nll_loss(task.raw_outputs(probs), target, reduction="sum") if task.name == "multiclass" else None
+    metrics.update(probs, target, loss)
+    out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.compute().items()}
+    if task.name == "multilabel":
+        out["thresholds"] = [row["threshold"] for row in metrics.details()["per_label"]]
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -178,7 +178,7 @@ def format_summary(summary: dict) -> str:
     oof = summary.get("oof") or {}
     lines = [f"{'metric':<22} {'mean ± std over ' + str(len(summary['folds'])) + ' folds':>28}  {'out-of-fold':>11}"]
     for k, m in summary["mean"].items():
-        o = oof.get(k)
+        o = oof.get(k) if _is_number(oof.get(k)) else None
         lines.append(f"{k:<22} {m:>19.4f} ± {summary['std'][k]:.4f}  {'' if o is None else f'{o:.4f}':>11}")
     return "\n".join(lines)
 

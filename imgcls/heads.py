@@ -228,6 +228,10 @@ class MultiheadTask(Task):
             out.append(tuple(values))
         return out
 
+    def labels_from_text(self, texts: Sequence[str]) -> list[tuple]:
+        """The 'label' cells of a prediction CSV ('r|plain|34.5') -> one raw value per head."""
+        return [tuple(str(t).split("|")) for t in texts]
+
     def label_text(self, target, classes: Sequence[str]) -> str:
         return "|".join(f"{float(v):.6g}" if h.type == "regression" else h.classes[int(v)]
                         for h, v in zip(self.heads, target))
@@ -289,6 +293,13 @@ class MultiheadTask(Task):
             parts.append((p - h.mean) / h.std if h.type == "regression"
                          else p.clamp_min(torch.finfo(torch.float32).tiny).log())
         return torch.cat(parts, dim=1)
+
+    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+                               classes: Sequence[str]) -> Tensor:
+        """Per head, side by side: its ``prob_<head>/<class>`` columns, or its value column."""
+        from .tasks import _columns
+        names = [o if h.type == "regression" else f"prob_{o}" for h in self.heads for o in h.outputs()]
+        return _columns(header, rows, names)
 
     def outputs_text(self) -> str:
         parts = [f"{h.name}: {h.size} logit(s), softmax gives its class probabilities" if h.type == "multiclass"

@@ -55,7 +55,23 @@ def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
     """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
     from .device import resolve_device
     dev = resolve_device(device, key="--device")
-    return Predictor([load_member(p, dev) for p in _run_folders([model, *ensemble])], dev)
+    predictor = Predictor([load_member(p, dev) for p in _run_folders([model, *ensemble])], dev)
+    if not ensemble:
+        _use_cv_calibration(predictor, Path(model))
+    return predictor
+
+
+def _use_cv_calibration(predictor: "Predictor", model: Path) -> None:
+    """A cross-validation folder's ensemble decides multi-label labels at the thresholds tuned on its
+    out-of-fold predictions (cv_summary.json), not at fold 0's own."""
+    from .cv import is_cv_dir
+    summary = model / "cv_summary.json"
+    if predictor.info.task != "multilabel" or not is_cv_dir(model) or not summary.is_file():
+        return
+    import json
+    thresholds = (json.loads(summary.read_text()).get("oof") or {}).get("thresholds")
+    if thresholds and len(thresholds) == len(predictor.classes):
+        predictor.info = predictor.info.replace(extra={**predictor.info.extra, "thresholds": list(thresholds)})
 
 
 def _run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:

@@ -68,6 +68,10 @@ class Task:
     def label_text(self, target, classes: Sequence[str]) -> str:
         return str(classes[target])
 
+    def labels_from_text(self, texts: Sequence[str]) -> list:
+        """The 'label' cells of a prediction CSV (``label_text``'s output) -> labels ``encode`` takes."""
+        return list(texts)
+
     def counts(self, targets: Sequence, classes: Sequence[str]) -> list[int]:
         """Training images per class (per label for multi-label)."""
         return [list(targets).count(k) for k in range(len(classes))]
@@ -83,6 +87,16 @@ class Task:
     def calibrate(self, details: dict) -> dict:
         """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
         return {}
+
+    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+                               classes: Sequence[str]) -> Tensor:
+        """What ``probabilities`` gave, read back from prediction CSV rows (``prob_<class>`` columns)."""
+        return _columns(header, rows, [f"prob_{c}" for c in classes])
+
+    def oof_metrics(self, classes: Sequence[str]):
+        """The metrics of out-of-fold predictions (fed probabilities): validation's own metrics, with
+        the calibration the cv's ensemble then uses tuned on them (multi-label thresholds)."""
+        return self.scoring_metrics(classes)
 
     def soft_targets(self, target: Tensor) -> Tensor:
         """A batch of targets as rows that MixUp/CutMix may average (``data.prep.SoftTargetMix``);
@@ -320,6 +334,10 @@ class MultilabelTask(Task):
     def probabilities(self, logits: Tensor) -> Tensor:
         return logits.float().sigmoid()
 
+    def oof_metrics(self, classes: Sequence[str]):
+        from .metrics import MultilabelMetrics
+        return _TunedThresholds(MultilabelMetrics(list(classes), inputs="probabilities"))
+
     def scoring_metrics(self, classes: Sequence[str]):
         from .metrics import MultilabelMetrics
         m = MultilabelMetrics(list(classes), inputs="probabilities")  # thresholds compare them as they are
@@ -358,6 +376,16 @@ class MultilabelTask(Task):
         return [[paths[i], *([labels[i]] if labels is not None else []),
                  self.separator.join(c for c, on in zip(classes, row) if on), *[f"{v:.6g}" for v in p]]
                 for i, (p, row) in enumerate(zip(probs.tolist(), chosen))]
+
+
+def _columns(header: Sequence[str], rows: Sequence[Sequence[str]], names: Sequence[str]) -> Tensor:
+    """[N, len(names)] float32 of the named CSV columns."""
+    from .errors import UserError
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise UserError(f"the predictions have no column '{missing[0]}'; they were written by another kind of run.")
+    at = [list(header).index(n) for n in names]
+    return torch.tensor([[float(r[i]) for i in at] for r in rows], dtype=torch.float32).reshape(len(rows), len(at))
 
 
 class _FromProbabilities:
@@ -492,6 +520,10 @@ class RegressionTask(Task):
 
     def raw_outputs(self, probs: Tensor) -> Tensor:
         return (probs.float()[:, :1] - self.mean) / self.std
+
+    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+                               classes: Sequence[str]) -> Tensor:
+        return _columns(header, rows, ["value"])
 
     def outputs_text(self) -> str:
         return ("[N, 1], the standardised target: value = output * task_record.std + task_record.mean, in the "

@@ -132,3 +132,74 @@ def test_only_then_resume_trains_the_other_folds_and_a_stopped_fold_continues(gr
 def test_cv_mistakes_are_one_sentence(grouped_csv, tmp_path, capsys, overrides, words):
     rc = main(["cv", f"data.csv={grouped_csv}", f"run.dir={tmp_path / 'cv'}", *overrides])
     assert rc == 2 and words in capsys.readouterr().err and not (tmp_path / "cv").exists()
+
+
+def test_multilabel_cv_scores_out_of_fold_and_predict_uses_thresholds_tuned_on_them(tmp_path):
+    from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
+    from test_tasks_e2e import TAGS, make_multilabel
+    data = make_multilabel(tmp_path / "ml", n=60)
+    res = imgcls.cross_validate(cv_config(data, tmp_path / "cv", **{"task.type": "multilabel", "train.epochs": 2,
+                                                                     "data.augment": "none"}),
+                                folds=3, log=lambda *a: None)
+    oof = rows(res.cv_dir / "oof_predictions.csv")
+    labels = sorted(TAGS)
+    y = np.array([[t in r["label"].split("|") for t in labels] for r in oof], dtype=int)
+    p = np.array([[float(r[f"prob_{t}"]) for t in labels] for r in oof])
+    summary = json.loads((res.cv_dir / "cv_summary.json").read_text())["oof"]
+    has = y.sum(0) > 0
+    assert summary["val/map"] == pytest.approx(np.mean([average_precision_score(y[:, j], p[:, j])
+                                                        for j in range(3) if has[j]]), abs=1e-6)
+    assert summary["val/lrap"] == pytest.approx(label_ranking_average_precision_score(y, p), abs=1e-6)
+    thresholds = summary["thresholds"]
+    assert len(thresholds) == 3
+    images = [r["path"] for r in oof[:12]]
+    got = imgcls.load(res.cv_dir).predict(images)
+    decided = got.probs.numpy() >= np.array(thresholds)
+    assert got.labels == ["|".join(t for t, on in zip(labels, row) if on) for row in decided]
+
+
+def test_regression_cv_scores_out_of_fold_in_the_target_unit(tmp_path):
+    from sklearn.metrics import mean_absolute_error, r2_score
+    from test_tasks_e2e import make_regression
+    data = make_regression(tmp_path / "rg", n=60)
+    res = imgcls.cross_validate(cv_config(data, tmp_path / "cv", **{"task.type": "regression", "task.target": "age",
+                                                                     "train.epochs": 2, "data.augment": "none"}),
+                                folds=3, log=lambda *a: None)
+    oof = rows(res.cv_dir / "oof_predictions.csv")
+    y, v = [float(r["label"]) for r in oof], [float(r["value"]) for r in oof]
+    summary = json.loads((res.cv_dir / "cv_summary.json").read_text())["oof"]
+    assert summary["val/mae"] == pytest.approx(mean_absolute_error(y, v), rel=1e-5)
+    assert summary["val/r2"] == pytest.approx(r2_score(y, v), rel=1e-4, abs=1e-5)
+
+
+def test_a_killed_cv_resumes_without_retraining_finished_folds(grouped_csv, tmp_path):
+    """SIGKILL in the middle of fold 1 (fold 0 finished); --resume keeps fold 0 and continues fold 1."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    cv_dir = tmp_path / "cv"
+    args = ["--folds", "2", f"data.csv={grouped_csv}", "model.name=small_cnn", "data.image_size=16",
+            "data.num_workers=0", "train.epochs=6", "train.progress=false", "run.report=false", f"run.dir={cv_dir}"]
+    env = {**os.environ, "PYTHONPATH": str(Path(imgcls.__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "imgcls", "cv", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = cv_dir / "fold-1" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(rows(metrics)) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the cv ended before fold 1 had started; the test could not kill it mid-fold"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (cv_dir / "fold-0" / "best.safetensors").is_file() and not (cv_dir / "oof_predictions.csv").exists()
+    kept = (cv_dir / "fold-0" / "best.safetensors").stat().st_mtime_ns
+    done = len(rows(metrics))
+    assert done < 6
+    assert main(["cv", "--resume", str(cv_dir)]) == 0
+    assert (cv_dir / "fold-0" / "best.safetensors").stat().st_mtime_ns == kept
+    epochs = [int(r["epoch"]) for r in rows(metrics)]
+    assert epochs == list(range(1, 7))
+    assert len(rows(cv_dir / "oof_predictions.csv")) == len(rows(grouped_csv))
