@@ -419,14 +419,20 @@ def _check_task_fit(cfg: Config) -> None:
                 if t.type == "multihead" else f"task.type={t.type} has a numeric target")
         raise UserError(f"data.mixup/data.cutmix have no mixing rule here: {what}, and a mix of two numbers is not "
                         "a target; set them to 0.")
+    if t.type == "multihead" and d.sampler == "balanced" and task.rule is None:
+        raise UserError("data.sampler=balanced draws the combined classes equally often, and this multi-head task "
+                        "has no task.combine; set task.combine or use data.sampler=random.")
     if not task.per_class_sampling:
-        if d.sampler == "balanced":
+        if d.sampler == "balanced" and t.type != "multihead":
             raise UserError(f"data.sampler=balanced draws classes equally often, but task.type={t.type} has no one "
                             "class per image; use data.sampler=random"
                             + (" (loss.pos_weight=balanced weighs rare labels)." if t.type == "multilabel" else "."))
         if cfg.loss.class_weights not in (None, "none"):
-            raise UserError(f"loss.class_weights weighs classes, but task.type={t.type} has none; remove it"
-                            + (" (loss.pos_weight weighs each label's positives)." if t.type == "multilabel" else "."))
+            raise UserError(f"loss.class_weights weighs classes, but task.type={t.type} has "
+                            f"{'one loss per head' if t.type == 'multihead' else 'none'}; remove it"
+                            + (" (loss.pos_weight weighs each label's positives)." if t.type == "multilabel" else
+                               " (data.sampler=balanced balances the combined classes)." if t.type == "multihead"
+                               else "."))
     if cfg.loss.pos_weight is not None and t.type != "multilabel":
         raise UserError("config key 'loss.pos_weight' weighs multi-label positives; remove it or set "
                         "task.type=multilabel.")

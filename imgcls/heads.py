@@ -251,6 +251,10 @@ class MultiheadTask(Task):
                 t[:, j] = (t[:, j] - h.mean) / h.std
         return t.float()
 
+    def sampling_classes(self, targets: Sequence, classes: Sequence[str]) -> tuple[list[int], int]:
+        """data.sampler=balanced draws the combined classes of task.combine equally often."""
+        return self.fold_targets(targets)["labels"], self.rule.size
+
     def fold_targets(self, targets: Sequence) -> dict:
         """Stratified by the combined class, else by the first multiclass head, else by the first value."""
         if self.rule is not None:

@@ -88,6 +88,10 @@ class Task:
         """Entries for the model record from the best epoch's validation (multi-label: thresholds)."""
         return {}
 
+    def sampling_classes(self, targets: Sequence, classes: Sequence[str]) -> tuple[list[int], int]:
+        """(a class code per image, the number of classes) that data.sampler=balanced draws equally often."""
+        return list(targets), len(classes)
+
     def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
                                classes: Sequence[str]) -> Tensor:
         """What ``probabilities`` gave, read back from prediction CSV rows (``prob_<class>`` columns)."""

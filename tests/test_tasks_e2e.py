@@ -323,3 +323,22 @@ def test_mixup_trains_multilabel_and_multihead_runs(tmp_path):
                                                          "task.combine": "colour * 2 + stripes", "train.epochs": 2,
                                                          "data.mixup": 0.4}), log=lambda *a: None)
     assert np.isfinite(float(rows(res.run_dir / "metrics.csv")[-1]["train/loss"]))
+
+
+def test_balanced_sampler_draws_the_combined_classes_of_a_multihead_run_equally(tmp_path):
+    from imgcls.engine.build import build_run
+    csv_path = make_multihead(tmp_path / "data", n=120)
+    heads = {"colour": {"classes": ["r", "g", "b"]}, "stripes": {"classes": ["plain", "striped"]}}
+    cfg = task_config(csv_path, tmp_path / "run", **{"task.type": "multihead", "task.heads": heads,
+                                                     "task.combine": "colour * 2 + stripes", "data.sampler": "balanced"})
+    run = build_run(cfg)
+    combined = [int(c) * 2 + int(s) for c, s in run.split.train.labels]  # the rule, applied by hand
+    counts = np.bincount(combined, minlength=6)
+    drawn = np.bincount(np.asarray(combined)[np.concatenate([run.sampler.order(e).numpy() for e in range(40)])],
+                        minlength=6)
+    assert counts.std() > 0                      # the data itself is not balanced ...
+    share = drawn / drawn.sum()
+    assert np.abs(share - 1 / 6).max() < 0.02    # ... but the sampler draws each combined class 1/6 of the time
+    with pytest.raises(UserError, match="has no task.combine"):
+        task_config(csv_path, tmp_path / "r2", **{"task.type": "multihead", "task.heads": heads,
+                                                  "data.sampler": "balanced"})

@@ -235,7 +235,10 @@ def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, de
                             train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed)
     val_ds = ImageDataset(split.val.paths, task.target_tensor(split.val.labels, split.classes), info.channels,
                           info.eval_transform())
-    weights = balanced_weights(split.train.labels, len(split.classes)) if d.sampler == "balanced" else None
+    weights = None
+    if d.sampler == "balanced":  # multiclass: its classes; multi-head: the combined classes of task.combine
+        codes, n = task.sampling_classes(split.train.labels, split.classes)
+        weights = balanced_weights(codes, n)
     sampler = EpochBatchSampler(len(train_ds), batch_size, cfg.train.seed, True, weights)
     val_sampler = EpochBatchSampler(len(val_ds), batch_size * 2, 0, shuffle=False)
     pin = device.type == "cuda"
