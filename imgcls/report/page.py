@@ -11,7 +11,7 @@ import datetime as _dt
 import math
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -134,65 +134,86 @@ def _curves(run: RunData, save: _Plots) -> str:
                    "The dotted line marks the best epoch, whose weights are in best.safetensors.")
 
 
-def _per_class(run: RunData, save: _Plots) -> str:
-    vm = run.val_metrics
-    acc = float(vm.get("val/acc", math.nan))
-    rows = list(vm["per_class"])
-    # Worst first by F1 (then recall); classes without validation images last: their 0 is a convention.
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["support"] == 0, rows[i]["f1"], rows[i]["recall"]))
+def worst_first(rows: Sequence[dict]) -> list[int]:
+    """Row order worst F1 first (then recall); classes without validation images last: their 0 is a convention."""
+    return sorted(range(len(rows)), key=lambda i: (rows[i]["support"] == 0, rows[i]["f1"], rows[i]["recall"]))
+
+
+def per_class_table(rows: Sequence[dict], acc: float, train_counts: Optional[Sequence[int]], id_: str,
+                    meanings: Optional[Sequence[str]] = None) -> str:
+    """The per-class table (``rows``: val_metrics.json's per_class), worst F1 first; ``meanings`` adds a
+    column saying what each class stands for (a combined code's head classes)."""
     colors = {"precision": "var(--blue)", "recall": "var(--red)", "f1": "var(--grey)"}
     out = []
-    for i in order:
+    for i in worst_first(rows):
         r = rows[i]
         weak = r["support"] > 0 and r["recall"] < acc - RECALL_GAP
         cells = "".join(f'<td class="num" data-metric="{m}" data-value="{r[m]!r}">{num(r[m])}'
                         f'{bar(r[m], colors[m])}</td>' for m in ("precision", "recall", "f1"))
-        train_n = run.train_counts[i] if run.train_counts else "–"
+        meaning = f"<td>{esc(meanings[i])}</td>" if meanings else ""
+        train_n = train_counts[i] if train_counts else "–"
         out.append(f'<tr data-class="{esc(r["class"])}"{" class=weak" if weak else ""}>'
-                   f'<th>{esc(r["class"])}</th>{cells}'
+                   f'<th>{esc(r["class"])}</th>{meaning}{cells}'
                    f'<td class="num" data-metric="support" data-value="{r["support"]}">{r["support"]}</td>'
                    f'<td class="num">{train_n}</td></tr>')
+    headers = ["class", *(["stands for"] if meanings else []), "precision", "recall", "F1", "support", "train images"]
+    return table(headers, out, "perclass", id_)
+
+
+def per_class_intro(acc: float) -> str:
+    return (f"Worst F1 first. Rows in red: recall more than {RECALL_GAP:.2f} below the accuracy ({num(acc)}). "
+            "Support is the number of validation images.")
+
+
+def _per_class(run: RunData, save: _Plots) -> str:
+    vm = run.val_metrics
+    acc = float(vm.get("val/acc", math.nan))
+    rows = list(vm["per_class"])
+    order = worst_first(rows)
     save("per_class", plots.per_class_bars([rows[i]["class"] for i in order], [rows[i] for i in order]))
-    intro = (f"Worst F1 first. Rows in red: recall more than {RECALL_GAP:.2f} below the accuracy ({num(acc)}). "
-             "Support is the number of validation images.")
     return section("per-class", "Per-class precision, recall and F1",
-                   table(["class", "precision", "recall", "F1", "support", "train images"], out, "perclass",
-                         "per-class-table"), intro)
+                   per_class_table(rows, acc, run.train_counts, "per-class-table"), per_class_intro(acc))
 
 
-def _cm_cell(i: int, j: int, count: int, frac: float, true: str, pred: str) -> str:
+def _cm_cell(i: int, j: int, count: int, frac: float, true: str, pred: str,
+             shown: Optional[tuple[str, str]] = None) -> str:
     # Diagonal in blue (right), off-diagonal in red (wrong); sqrt so that small confusions still show.
     alpha = frac if i == j else math.sqrt(frac)
     rgb = "42,111,176" if i == j else "200,69,60"
     ink = "#fff" if alpha > 0.55 else "inherit"
     attrs = f'data-true="{esc(true)}" data-pred="{esc(pred)}" data-count="{count}" data-frac="{frac!r}"'
-    title = f'title="true {esc(true)}, predicted {esc(pred)}: {count} ({frac:.1%} of {esc(true)})"'
+    t, p = shown or (true, pred)
+    title = f'title="true {esc(t)}, predicted {esc(p)}: {count} ({frac:.1%} of {esc(t)})"'
     if count == 0:
         return f'<td class="zero" {attrs} {title}>0</td>'
     return (f'<td {attrs} {title} style="background:rgba({rgb},{alpha:.3f});color:{ink}">'
             f'{count}<small>{frac:.0%}</small></td>')
 
 
-def _confusion(run: RunData, save: _Plots) -> str:
-    cm = np.asarray(run.val_metrics["confusion_matrix"], dtype=np.int64)
-    classes = run.classes
+def confusion_block(cm: np.ndarray, classes: Sequence[str], uri: str, prefix: str = "",
+                    shown: Optional[Sequence[str]] = None) -> str:
+    """The confusion matrix as a table (a heatmap image ``uri`` above TABLE_MAX_CLASSES) and the most
+    confused pairs. Cells carry ``classes`` in data-* attributes and show ``shown`` (default: the same);
+    element ids start with ``prefix``."""
     k = len(classes)
+    shown = list(shown or classes)
     totals = cm.sum(axis=1)
     frac = cm / np.maximum(totals[:, None], 1)
     rot = ' class="rot"' if k > 8 else ""
-    head = "".join(f"<th{rot}>{esc(c)}</th>" for c in classes)
+    head = "".join(f'<th{rot} title="{esc(s)}">{esc(c if len(s) > 12 and k > 8 else s)}</th>'
+                   for c, s in zip(classes, shown))
     body = "".join(
-        f'<tr data-true="{esc(classes[i])}"><th>{esc(classes[i])}</th>'
-        + "".join(_cm_cell(i, j, int(cm[i, j]), float(frac[i, j]), classes[i], classes[j]) for j in range(k))
+        f'<tr data-true="{esc(classes[i])}"><th>{esc(shown[i])}</th>'
+        + "".join(_cm_cell(i, j, int(cm[i, j]), float(frac[i, j]), classes[i], classes[j], (shown[i], shown[j]))
+                  for j in range(k))
         + f'<td class="num">{int(totals[i])}</td></tr>' for i in range(k))
-    grid = (f'<div class="cm-wrap"><table class="cm" id="confusion-table"><thead><tr><th>true \\ predicted</th>'
-            f'{head}<th>images</th></tr></thead><tbody>{body}</tbody></table></div>')
-    uri = save("confusion_matrix", plots.confusion(cm, classes))
+    grid = (f'<div class="cm-wrap"><table class="cm" id="{prefix}confusion-table"><thead><tr><th>true \\ predicted'
+            f'</th>{head}<th>images</th></tr></thead><tbody>{body}</tbody></table></div>')
     if k > TABLE_MAX_CLASSES:
-        shown = (img(uri, "confusion matrix heatmap, row-normalised")
-                 + f"<details><summary>the full {k} x {k} table</summary>{grid}</details>")
+        out = (img(uri, "confusion matrix heatmap, row-normalised")
+               + f"<details><summary>the full {k} x {k} table</summary>{grid}</details>")
     else:
-        shown = grid
+        out = grid
     off = cm.copy()
     np.fill_diagonal(off, 0)
     n_pairs = 10 if k <= TABLE_MAX_CLASSES else 20
@@ -201,12 +222,20 @@ def _confusion(run: RunData, save: _Plots) -> str:
     if pairs:
         items = "".join(
             f'<li data-true="{esc(classes[i])}" data-pred="{esc(classes[j])}" data-count="{v}">'
-            f'<b>{esc(classes[i])}</b> taken for <b>{esc(classes[j])}</b>: {v} image(s), '
-            f'{frac[i, j]:.0%} of {esc(classes[i])}</li>' for v, i, j in pairs)
-        shown += f'<h3>Most confused pairs</h3><ol id="confused-pairs">{items}</ol>'
-    intro = ("Rows are the true class, columns the prediction; each cell shows the count and, below it, the share "
-             "of the row (the diagonal share is the class's recall). Blue: right, red: wrong.")
-    return section("confusion", "Confusion matrix", shown, intro)
+            f'<b>{esc(shown[i])}</b> taken for <b>{esc(shown[j])}</b>: {v} image(s), '
+            f'{frac[i, j]:.0%} of {esc(shown[i])}</li>' for v, i, j in pairs)
+        out += f'<h3>Most confused pairs</h3><ol id="{prefix}confused-pairs">{items}</ol>'
+    return out
+
+
+CONFUSION_INTRO = ("Rows are the true class, columns the prediction; each cell shows the count and, below it, the "
+                   "share of the row (the diagonal share is the class's recall). Blue: right, red: wrong.")
+
+
+def _confusion(run: RunData, save: _Plots) -> str:
+    cm = np.asarray(run.val_metrics["confusion_matrix"], dtype=np.int64)
+    uri = save("confusion_matrix", plots.confusion(cm, run.classes))
+    return section("confusion", "Confusion matrix", confusion_block(cm, run.classes, uri), CONFUSION_INTRO)
 
 
 def _roc(run: RunData, save: _Plots) -> str:

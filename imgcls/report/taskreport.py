@@ -4,6 +4,8 @@
 Sections, in reading order:
   multilabel   findings, summary, curves, per-label table, precision-recall curves
   regression   findings, summary, curves, errors, predicted vs true, residuals, binned confusion (with bins)
+  multihead    findings, summary, curves, heads at a glance, one section per head, the combined class
+               (built in headreport.py on this module's sections)
   other types  findings, summary, curves
 
 Everything is read from the run folder: val_metrics.json gives the per-label rows as training
@@ -18,7 +20,7 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -194,15 +196,33 @@ def _task_facts(run: TaskRun) -> str:
     if run.task == "regression":
         text = f"regression, training target mean {num(r.get('mean'), 4)}, std {num(r.get('std'), 4)}"
         return text + (f", bins at {', '.join(f'{b:g}' for b in r['bins'])}" if r.get("bins") else "")
+    if run.task == "multihead":
+        task = run.info.task_type
+        heads = "; ".join(f"{h.name} ({f'{h.size} classes' if h.type == 'multiclass' else 'regression'}, {h.loss}"
+                          + (f", weight {h.weight:g}" if h.weight != 1 else "") + ")" for h in task.heads)
+        rule = f"; combined = {task.rule.expr} ({task.rule.size} classes)" if task.rule is not None else ""
+        return f"multihead: {heads}{rule}"
     return run.task
 
 
-def _summary(run: TaskRun, n_val: Optional[int]) -> str:
+def _train_total(run: TaskRun) -> Optional[int]:
+    """Training images, where model.json's counts tell (multi-label counts an image once per label)."""
+    counts = run.info.train_counts
+    if not counts:
+        return None
+    if run.task == "regression":
+        return sum(counts)
+    if run.task == "multihead":  # counts per output, the heads side by side: the first head's add up to N
+        return sum(counts[:run.info.task_type.heads[0].size])
+    return None
+
+
+def _summary(run: TaskRun, n_val: Optional[int], names: Optional[Sequence[str]] = None) -> str:
+    """Facts about the run and the best epoch's metrics (``names``, default: all the task declares)."""
     vm, info, env = run.val_metrics, run.info, run.env
     params = _param_count(run.run_dir / "best.safetensors")
     seconds = float(np.nansum(run.column("seconds"))) if run.history else math.nan
-    # multi-label train_counts are per label (an image counts once per label), so no total there
-    n_train = sum(info.train_counts) if info.train_counts and run.task == "regression" else None
+    n_train = _train_total(run)
     facts = [
         ("run folder", str(run.run_dir.resolve())),
         ("task", _task_facts(run)),
@@ -220,7 +240,7 @@ def _summary(run: TaskRun, n_val: Optional[int]) -> str:
                      + (f", git {str(env['git_commit'])[:10]}" if env.get("git_commit") else "")),
     ]
     facts_html = "".join(f"<div><b>{esc(a)}</b> {esc(b)}</div>" for a, b in facts)
-    names = [m for m in run.info.task_type.metric_names() if math.isfinite(run.best(m))]
+    names = [m for m in (names or run.info.task_type.metric_names()) if math.isfinite(run.best(m))]
     best = table(["metric", "at the best epoch"], [
         f'<tr data-metric="{esc(m)}"><td>{esc(m)}</td><td class="num" data-value="{run.best(m)!r}">'
         f'{num(run.best(m), 4)}</td></tr>' for m in names], id_="best-metrics")
@@ -631,6 +651,13 @@ def _other_sections(run: TaskRun, save: _Plots) -> tuple[list[str], tuple]:
 
 # ------------------------------------------------------------------ the report
 
+def _builder(task: str):
+    if task == "multihead":
+        from .headreport import multihead_sections  # here: headreport builds on this module's sections
+        return multihead_sections
+    return {"multilabel": _multilabel_sections, "regression": _regression_sections}.get(task, _other_sections)
+
+
 def write_task_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png for a run whose task is not
     multiclass. Returns the path of report.html; a UserError when ``run_dir`` is not a finished run folder."""
@@ -638,7 +665,7 @@ def write_task_report(run_dir: str | Path) -> Path:
 
     run = load_task_run(run_dir)
     check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
-    build = {"multilabel": _multilabel_sections, "regression": _regression_sections}.get(run.task, _other_sections)
+    build = _builder(run.task)
     with matplotlib.rc_context(plots.font_rc()):  # label names in any script, where a font has the glyphs
         sections, nav = build(run, _Plots(run.run_dir / "plots"))
     finished = _dt.datetime.fromtimestamp((run.run_dir / "metrics.csv").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
