@@ -153,6 +153,12 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
     dirs = [cv_dir / f"fold-{k}" for k in sorted(state["finished"])]
     summary = summarise(cv_dir, dirs, complete=len(state["finished"]) == state["folds"])
     log(format_summary(summary))
+    if cfg.run.report if report is None else report:
+        from .report.cvreport import write_cv_report  # the folds side by side and the out-of-fold results
+        try:
+            log(f"cv report: {write_cv_report(cv_dir)}")
+        except KeyboardInterrupt:
+            raise ReportInterrupted(cv_dir) from None
     log(f"cv folder: {cv_dir}")
     return CVResult(cv_dir, dirs, summary)
 

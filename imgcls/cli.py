@@ -230,7 +230,13 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _add_check_data(sub) -> None:
     c = sub.add_parser("check-data", help="report unreadable, tiny or duplicate images and set problems "
                                           "(exit status 1 when any)")
-    c.add_argument("path", help="class-folder tree (or one with train/ and val/ folders) or a CSV of path,label")
+    c.add_argument("path", nargs="?", help="class-folder tree (or one with train/ and val/ folders) or a CSV of "
+                                           "path,label; with --config, the folder or CSV its training reads "
+                                           "(default: the config's data.root or data.csv)")
+    c.add_argument("overrides", nargs="*", help="with --config: key=value overrides, as for train")
+    c.add_argument("--config", metavar="YAML", help="read the data as this training config does: data.path_pattern "
+                                                   "with data.label_maps and data.bins, label columns, task.type, "
+                                                   "groups (its data.min_image_side and data.max_image_pixels apply)")
     c.add_argument("--val", metavar="PATH", help="a separate validation folder or CSV, checked against PATH")
     c.add_argument("--min-size", type=int, default=8, metavar="PX",
                    help="smallest acceptable image side in pixels (default 8, as training's data.min_image_side)")
@@ -247,7 +253,23 @@ def _cmd_check_data(a: argparse.Namespace) -> int:
         raise UserError(f"--min-size must be at least 1 pixel, got {a.min_size}.")
     if a.max_pixels < 0:
         raise UserError(f"--max-pixels must be 0 (no limit) or a positive pixel count, got {a.max_pixels}.")
-    report = check_data(a.path, min_size=a.min_size, val=a.val, max_pixels=a.max_pixels or None)
+    path, overrides = a.path, list(a.overrides)
+    if path is not None and "=" in path and not Path(path).exists():  # check-data --config C key=value
+        path, overrides = None, [path, *overrides]
+    if a.config is not None:
+        from .checkdata import check_configured
+        from .config import load_config
+        if path is not None:  # the folder or CSV replaces the config's own, before the config is checked
+            key = "data.csv" if Path(path).is_file() else "data.root"
+            other = "data.root" if key == "data.csv" else "data.csv"
+            overrides = [f"{key}={path}", f"{other}=null", *overrides]
+        report = check_configured(load_config(a.config, overrides), None, a.val)
+    else:
+        if overrides:
+            raise UserError(f"'{overrides[0]}' is a config override; check-data takes overrides only with --config.")
+        if path is None:
+            raise UserError("check-data needs the data folder or CSV to check (or --config with data.root set).")
+        report = check_data(path, min_size=a.min_size, val=a.val, max_pixels=a.max_pixels or None)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 

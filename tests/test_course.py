@@ -18,9 +18,10 @@ PHOTOS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal
 MASK = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 
 
-def make_course(root: Path, people: int = 30, size: int = 16) -> dict:
+def make_course(root: Path, people: int = 30, size: int = 16, age_signal: float = 0.0) -> dict:
     """root/<id>_<gender>_Asian_<age>/<photo>.jpg with learnable 16 px photos (colour = mask, stripes =
-    gender), macOS resource-fork files beside them; returns {path: (person, code)}."""
+    gender, and with ``age_signal`` the bottom half brighter by that much per age group), macOS resource-fork
+    files beside them; returns {path: (person, code)}."""
     rng = np.random.default_rng(0)
     truth = {}
     for i in range(people):
@@ -32,6 +33,8 @@ def make_course(root: Path, people: int = 30, size: int = 16) -> dict:
             img[..., MASK[photo]] += 150
             if gender == "female":
                 img[:, ::4] += 80
+            if age_signal:
+                img[size // 2:] += int(age_signal * (i % 3))
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{photo}.jpg", quality=95)
             code = MASK[photo] * 6 + (i % 2) * 3 + (i % 3)
             truth[str((folder / f"{photo}.jpg").resolve())] = (pid, code)

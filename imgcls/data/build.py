@@ -263,6 +263,27 @@ def read_labelled(src: DataSources) -> tuple[list[str], list]:
     return paths, labels
 
 
+@dataclass
+class Listing:
+    """One side of the data as training reads it (``read_listing``)."""
+    paths: list[str]
+    labels: list                     # as written: class names, joined labels, numbers, or a tuple per head
+    groups: Optional[list[str]]
+    group_column: Optional[str]
+    unmatched: list[str]             # files under the root that data.path_pattern did not match
+    classes: Optional[list[str]]     # the class order the path labels fix (label_maps, bins, a combine rule)
+
+
+def read_listing(src: DataSources, side: str = "training") -> Listing:
+    """What training reads from one side (``"training"`` or ``"validation"``), for ``imgcls check-data``."""
+    with warnings.catch_warnings():  # the unmatched files are returned instead
+        warnings.simplefilter("ignore")
+        paths, labels, groups, column, others = _read(src, side)
+    got = others.get("__labelled__")
+    return Listing(paths, labels, groups, column, list(got.unmatched) if got is not None else [],
+                   got.classes if got is not None else None)
+
+
 def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:
     """(train, val) indices: val is every file of ``fold`` in ``folds_csv`` (path,fold), train the rest.
     The file must list exactly the files read (a cross-validation's folds belong to its data)."""

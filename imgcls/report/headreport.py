@@ -48,6 +48,7 @@ class HeadResults:
     combined_train_counts: Optional[list[int]] = None
     prefix: str = ""                         # element ids start with it ("oof-" in the cv report)
     source: str = "val_predictions.csv"
+    label: str = "at training"               # where the scalars come from, as a table heading says it
 
     def value(self, key: str) -> float:
         v = self.scalars.get(key)
@@ -218,7 +219,7 @@ def _glance(res: HeadResults, ids: dict[str, str]) -> str:
         body += "<h3>Regression heads</h3>" + table(["head", "", *[t for _, t in VALUE_METRICS]], val_rows,
                                                     id_=f"{res.prefix}value-heads")
     return section(ids["_glance"], "Heads at a glance", body,
-                   "Each head's metrics at the best epoch (in its own unit for a regression head); the heads share "
+                   f"Each head's metrics ({esc(res.label)}; in its own unit for a regression head); the heads share "
                    "one backbone, trained on the weighted sum of their losses.")
 
 
@@ -250,7 +251,7 @@ def regression_section(id_: str, res: HeadResults, j: int, save: _Plots) -> str:
                     f'data-value="{mine!r}">{num(mine, 4)}</td><td class="num">{at_training}</td>'
                     f'<td>{esc(meaning)}</td></tr>')
     where = Path(res.source).name
-    errors = table(["error", where, "at training" if res.prefix == "" else "metrics", "meaning"], rows,
+    errors = table(["error", where, res.label, "meaning"], rows,
                    id_=f"{id_}-error-table")
     body = f"<div>{errors}</div>"
     if s:

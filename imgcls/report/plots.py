@@ -256,3 +256,23 @@ def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig
+
+
+def fold_curves(folds: Sequence[tuple[str, dict[str, np.ndarray], Optional[int]]], monitor: str) -> Figure:
+    """Each fold's validation loss and monitored metric over epochs, its best epoch as a dot."""
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for n, (name, cols, best) in enumerate(folds):
+        ep = cols["epoch"]
+        for ax, key in zip(axes, ("val/loss", monitor)):
+            ax.plot(ep, cols[key], color=f"C{n % 10}", marker="o" if len(ep) <= 30 else None, ms=3, label=name)
+            at = np.flatnonzero(ep == best)
+            if len(at):
+                ax.plot(ep[at], cols[key][at], "o", ms=8, mfc="none", color=f"C{n % 10}")
+    for ax, title in zip(axes, ("validation loss", f"{monitor} (circled: best epoch)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
