@@ -234,8 +234,9 @@ def _fold_row(cv: CVData, f: Fold, keys: list[str]) -> str:
     size = cv.fold_sizes[f.k]
     head = f'<tr data-fold="{f.k}"><th>{esc(f.run_dir.name)}</th><td class="num">{size}</td>'
     if f.val_metrics is None:
-        return (f'{head.replace("<tr ", "<tr class=weak ", 1)}<td colspan="{len(keys) + 1}" class="note">not finished'
-                f"</td><td></td></tr>")
+        weak = head.replace(">", ' class="weak">', 1)
+        return f'{weak}<td colspan="{len(keys) + 1}" class="note">not finished</td><td></td></tr>'
+
     epoch = f.val_metrics.get("epoch", "?")
     return (f'{head}<td class="num" data-metric="epoch" data-value="{epoch}">{epoch} of {len(f.history)}</td>'
             + "".join(_cell(k, f.value(k)) for k in keys) + f"<td>{report}</td></tr>")
