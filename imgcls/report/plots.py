@@ -249,13 +249,18 @@ def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: s
         axes[1].plot(ep, cols.get(monitor, np.full(len(ep), np.nan)), color=color, label=name)
         axes[2].plot(ep, cols["val/acc"], color=color, label=name)
         axes[3].plot(ep, cols["lr"], color=color, label=name)
-    for ax, title in zip(axes, ("loss (validation solid, train dashed)", monitor, "val/acc", "learning rate")):
+    _epoch_axes(axes, ("loss (validation solid, train dashed)", monitor, "val/acc", "learning rate"))
+    return fig
+
+
+def _epoch_axes(axes, titles: Sequence[str]) -> None:
+    """Titles, an integer epoch axis, a grid and a legend on each of ``axes``."""
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return fig
 
 
 def fold_curves(folds: Sequence[tuple[str, dict[str, np.ndarray], Optional[int]]], monitor: str) -> Figure:
@@ -269,10 +274,5 @@ def fold_curves(folds: Sequence[tuple[str, dict[str, np.ndarray], Optional[int]]
             at = np.flatnonzero(ep == best)
             if len(at):
                 ax.plot(ep[at], cols[key][at], "o", ms=8, mfc="none", color=f"C{n % 10}")
-    for ax, title in zip(axes, ("validation loss", f"{monitor} (circled: best epoch)")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _epoch_axes(axes, ("validation loss", f"{monitor} (circled: best epoch)"))
     return fig
