@@ -64,7 +64,13 @@ class DataConfig:
     mixup: float = 0.0                  # MixUp alpha (0 = off)
     cutmix: float = 0.0                 # CutMix alpha (0 = off)
     sampler: Literal["random", "balanced"] = "random"
-    num_workers: int = 2
+    num_workers: Union[int, str] = "auto"  # auto: 0 on a CPU of 2 cores or with the batched cached path, else more
+    # Decoded cache (imgcls.data.store): auto = memory for sets that fit comfortably, else a memory-mapped
+    # file under $IMGCLS_CACHE reused by later runs; none = decode every image every epoch
+    cache: Literal["auto", "none", "memory", "disk"] = "auto"
+    # Where training augmentation runs: auto = batched on the training device when the images are cached
+    # and the preset has a batched form (imgcls.data.batchaug), else per image in the loader workers
+    augment_on: Literal["auto", "device", "workers"] = "auto"
     on_bad_image: Literal["error", "skip"] = "error"
     # Labels from the path, no CSV: a regex with named groups matching each file's whole path below
     # data.root; a group named 'group' (the person id) groups the split.
@@ -133,6 +139,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0      # mid-epoch last.pt every N optimizer steps; 0 = off
     skip_nonfinite: bool = False         # skip (and count) steps whose loss is NaN/inf
     progress: Union[bool, str] = "auto"  # per-batch bar: auto = only when stderr is a terminal
+    ema: Optional[float] = None          # EMA of the weights (e.g. 0.999): validated, saved and exported when on
+    compile: bool = False                # torch.compile the model (a warning and eager mode where it fails)
 
 
 @dataclass(frozen=True)
@@ -478,10 +486,11 @@ def _check_fields(cfg: Config) -> None:
     for key, lo in _MIN.items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
-        if key == "train.batch_size" and v == "auto":
+        auto = key in ("train.batch_size", "data.num_workers")
+        if auto and v == "auto":
             continue
         if isinstance(v, str):
-            raise UserError(f"config key '{key}' must be a number{' or auto' if key == 'train.batch_size' else ''}, got {v!r}.")
+            raise UserError(f"config key '{key}' must be a number{' or auto' if auto else ''}, got {v!r}.")
         if v is not None and v < lo:
             raise UserError(f"config key '{key}' must be at least {lo}, got {v}.")
     d = cfg.data
@@ -526,6 +535,13 @@ def _check_fields(cfg: Config) -> None:
     if cfg.optim.clip_grad is not None and not cfg.optim.clip_grad > 0:
         raise UserError(f"config key 'optim.clip_grad' must be > 0 (the largest global gradient norm), got "
                         f"{cfg.optim.clip_grad}; use null to turn clipping off.")
+    ema = cfg.train.ema
+    if ema is not None and (isinstance(ema, bool) or not 0.0 < ema < 1.0):
+        raise UserError(f"config key 'train.ema' must be a decay between 0 and 1 (e.g. 0.999), or null for off, "
+                        f"got {ema!r}.")
+    if d.augment_on == "device" and d.cache == "none":
+        raise UserError("config key 'data.augment_on' is device, which augments cached images, but data.cache is "
+                        "none; set data.cache=auto (or memory/disk), or data.augment_on=auto.")
     if cfg.train.progress not in ("auto", True, False):
         raise UserError(f"config key 'train.progress' must be auto, true or false, got {cfg.train.progress!r}.")
     dev = cfg.train.device

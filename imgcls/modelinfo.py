@@ -88,9 +88,11 @@ class ModelInfo:
         from .data.transforms import eval_transform
         return eval_transform(self.image_size, self.crop_pct)
 
-    def batch_prep(self, device: torch.device | str = "cpu", mix=None, channels_last: bool = False) -> BatchPrep:
-        """uint8 batch -> normalised float on ``device`` (mean/std moved there once)."""
-        return BatchPrep(device, self.mean, self.std, mix=mix, channels_last=channels_last)
+    def batch_prep(self, device: torch.device | str = "cpu", mix=None, channels_last: bool = False,
+                   augment=None) -> BatchPrep:
+        """uint8 batch -> normalised float on ``device`` (mean/std moved there once); ``augment``: the
+        batched training augmentation of the cached path."""
+        return BatchPrep(device, self.mean, self.std, mix=mix, channels_last=channels_last, augment=augment)
 
     def load_images(self, paths: Sequence[str | Path]) -> tuple[torch.Tensor, list[int]]:
         """Decode and preprocess a few files as for evaluation: (uint8 batch [n,C,S,S], indices of

@@ -28,19 +28,20 @@ class ImageDataset(Dataset):
     """Items are keyed by (epoch, index); returns (uint8 image [C,H,W], label, index)."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], channels: int,
-                 transform: Optional[Callable] = None, seed: int = 0):
+                 transform: Optional[Callable] = None, seed: int = 0, store=None):
         self.paths = list(paths)
         self.labels = list(labels)
         self.channels = channels
         self.transform = transform
         self.seed = seed
+        self.store = store  # an ImageStore: images by index, decoded once (imgcls.data.store)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        img = load_image(self.paths[index], channels=self.channels)
+        img = self.store[index] if self.store is not None else load_image(self.paths[index], channels=self.channels)
         if self.transform is not None:
             # Seed only the CPU generator the transforms draw from (torch.manual_seed would also
             # queue CUDA seeding, 0.5 ms a call), and restore it: with num_workers=0 the main
@@ -115,3 +116,24 @@ def make_loader(dataset: ImageDataset, sampler: EpochBatchSampler, num_workers: 
     # the global RNG (dropout, MixUp), or a resumed run would draw different numbers.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+
+class CachedLoader:
+    """Batches gathered straight from an ImageStore in the main process (no workers, no per-image
+    collation): (uint8 images [N, C, H, W], targets, dataset indices), in the sampler's order. The
+    images are pinned for a CUDA device, or gathered on the device when the store lives there."""
+
+    def __init__(self, store, targets, sampler: EpochBatchSampler, pin_memory: bool = False):
+        self.store, self.sampler, self.pin = store, sampler, pin_memory
+        self.targets = targets if torch.is_tensor(targets) else torch.as_tensor(targets)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.sampler.start_batch
+
+    def __iter__(self):
+        for keys in self.sampler:
+            idx = torch.as_tensor([i for _, i in keys], dtype=torch.long)
+            images = self.store.gather(idx)
+            if self.pin and images.device.type == "cpu":
+                images = images.pin_memory()
+            yield images, self.targets[idx], idx

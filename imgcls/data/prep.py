@@ -16,23 +16,29 @@ class BatchPrep:
     """uint8 [N,C,H,W] (+ targets) -> model input on ``device``; ``mix`` applies in training only."""
 
     def __init__(self, device: torch.device | str, mean: Sequence[float], std: Sequence[float],
-                 mix: Optional[Callable] = None, channels_last: bool = False):
+                 mix: Optional[Callable] = None, channels_last: bool = False, augment: Optional[Callable] = None):
         self.device = torch.device(device)
         self.mean = torch.as_tensor(list(mean), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.as_tensor(list(std), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.mix = mix
         self.channels_last = channels_last
+        self.augment = augment   # (float 0..1 batch, indices, epoch) -> batch: imgcls.data.batchaug
+        self.epoch = 0           # set by the epoch loop; the batched augmentation draws from (seed, epoch, index)
 
-    def images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> normalised float32 on the device: (pixel / 255 - mean) / std."""
-        x = images.to(self.device, non_blocking=True)
-        x = (x.float() / 255.0 - self.mean) / self.std
+    def images(self, images: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 batch -> normalised float32 on the device: (pixel / 255 - mean) / std; with ``index``
+        and a batched ``augment``, augmented in between (training)."""
+        x = images.to(self.device, non_blocking=True).float() / 255.0
+        if self.augment is not None and index is not None:
+            x = self.augment(x, index, self.epoch)
+        x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A training batch: images as in ``images``, targets on the device, then MixUp/CutMix
-        (the targets become class probabilities)."""
-        x = self.images(images)
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor,
+                 index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch: images as in ``images`` (augmented on the device on the cached path),
+        targets on the device, then MixUp/CutMix (the targets become class probabilities)."""
+        x = self.images(images, index)
         y = targets.to(self.device, non_blocking=True)
         if self.mix is not None:
             x, y = self.mix(x, y)

@@ -7,6 +7,7 @@ that knows what last.pt holds. Tests replace a Run's parts (criterion, validate 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,13 +99,26 @@ class Run:
     resumed: bool = False
     log: Callable[[str], None] = print
     lock: Optional[RunLock] = None  # held from the folder's creation (or the resume) until released
+    ema: Optional[nn.Module] = None  # train.ema: AveragedModel of the weights, updated every optimizer step
+
+    compiled: Optional[nn.Module] = None  # train.compile: torch.compile(model), sharing its parameters
+
+    @property
+    def train_model(self) -> nn.Module:
+        return self.compiled if self.compiled is not None else self.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, best.safetensors and so predict/export/report use: the EMA when on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self) -> dict:
         """What last.pt holds: tensors and plain values only (loads with weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() or None,
                 **self.progress.state_dict(), "rng": rng_state(), "imgcls": __version__,
-                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate}
+                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate,
+                "ema": None if self.ema is None else self.ema.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
@@ -113,6 +127,11 @@ class Run:
         if d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
         self.progress.load_state_dict(d)
+        if self.ema is not None:
+            if not d.get("ema"):
+                raise UserError("this run's last.pt has no EMA state (it was started without train.ema); resume "
+                                "it without train.ema, or start a new run.")
+            self.ema.load_state_dict(d["ema"])
         set_rng_state(d["rng"])
 
 
@@ -228,22 +247,94 @@ def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimiz
     return micro, accumulate
 
 
-def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device):
+@dataclass
+class DataPath:
+    """How batches reach the model: the loaders, and (batched path) the augmentation on the device."""
+    sampler: EpochBatchSampler
+    train_loader: object
+    val_loader: object
+    augment: Optional[Callable] = None   # BatchAugment, or None (workers augment)
+    summary: str = ""                    # one line for the log: the cache and where augmentation runs
+
+
+def _workers(setting, device: torch.device, batched: bool) -> int:
+    """data.num_workers=auto: none where they cannot help (the batched cached path, or a CPU of 2 cores
+    or fewer whose cores the model's threads already fill: bench/bench_predict.py), else up to 8."""
+    if setting != "auto":
+        return int(setting)
+    cores = os.cpu_count() or 1
+    if batched or (device.type == "cpu" and cores <= 2):
+        return 0
+    return min(8, cores - 1) if device.type == "cuda" else 2
+
+
+def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log):
+    """(train store, val store, where) per data.cache; (None, None, None) when off."""
+    from ..data.store import StoreSpec, build_store, choose
+    d = cfg.data
+    train_spec = StoreSpec("train", d.image_size, 1.0, info.channels)
+    where = choose(d.cache, len(split.train) + len(split.val), train_spec)
+    if where is None:
+        return None, None, None
+    import time
+    t0 = time.perf_counter()
+    workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
+    train = build_store(split.train.paths, train_spec, where, workers, log)
+    val = build_store(split.val.paths, StoreSpec("eval", info.image_size, info.crop_pct, info.channels), where,
+                      workers, log)
+    mb = (train.nbytes + val.nbytes) / 2**20
+    log(f"cache: {where}{' (data.cache=auto)' if d.cache == 'auto' else ''}, {len(train)} training images at "
+        f"{train.shape[2]}x{train.shape[3]} + {len(val)} validation images at {val.shape[2]}x{val.shape[3]} "
+        f"({mb:.1f} MB), ready in {time.perf_counter() - t0:.1f} s")
+    return train, val, where
+
+
+def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device,
+             log=print) -> DataPath:
+    from ..data.batchaug import BatchAugment, batch_plan
+    from ..data.dataset import CachedLoader
     d = cfg.data
     task = split.task
-    train_ds = ImageDataset(split.train.paths, task.target_tensor(split.train.labels, split.classes), info.channels,
-                            train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed)
-    val_ds = ImageDataset(split.val.paths, task.target_tensor(split.val.labels, split.classes), info.channels,
-                          info.eval_transform())
+    plan = batch_plan(d.augment)
+    if d.augment_on == "device" and plan is None:
+        raise UserError(f"data.augment_on=device, but preset '{d.augment}' has no batched form (it runs in "
+                        "workers); use data.augment_on=auto or a preset among none, digits, light, default.")
+    train_store, val_store, where = _stores(cfg, info, split, log)
+    batched = train_store is not None and plan is not None and d.augment_on != "workers"
+    workers = _workers(d.num_workers, device, batched)
     weights = None
     if d.sampler == "balanced":  # multiclass: its classes; multi-head: the combined classes of task.combine
         codes, n = task.sampling_classes(split.train.labels, split.classes)
         weights = balanced_weights(codes, n)
-    sampler = EpochBatchSampler(len(train_ds), batch_size, cfg.train.seed, True, weights)
-    val_sampler = EpochBatchSampler(len(val_ds), batch_size * 2, 0, shuffle=False)
+    sampler = EpochBatchSampler(len(split.train), batch_size, cfg.train.seed, True, weights)
+    val_sampler = EpochBatchSampler(len(split.val), batch_size * 2, 0, shuffle=False)
     pin = device.type == "cuda"
-    return sampler, make_loader(train_ds, sampler, d.num_workers, pin), make_loader(val_ds, val_sampler,
-                                                                                   d.num_workers, pin)
+    train_targets = task.target_tensor(split.train.labels, split.classes)
+    val_targets = task.target_tensor(split.val.labels, split.classes)
+    if device.type == "cuda" and train_store is not None:  # gather batches where the model is, if it fits
+        free, _ = torch.cuda.mem_get_info(device)
+        if train_store.nbytes + val_store.nbytes < free // 4:
+            train_store, val_store = train_store.to(device), val_store.to(device)
+    if val_store is not None:
+        val_loader = CachedLoader(val_store, val_targets, val_sampler, pin)
+    else:
+        val_loader = make_loader(ImageDataset(split.val.paths, val_targets, info.channels, info.eval_transform()),
+                                 val_sampler, workers, pin)
+    if batched:
+        train_loader = CachedLoader(train_store, train_targets, sampler, pin)
+        augment = BatchAugment(plan, d.image_size, cfg.train.seed)
+        where_aug = f"batched on {device.type} (preset {d.augment})"
+    else:
+        train_ds = ImageDataset(split.train.paths, train_targets, info.channels,
+                                train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed,
+                                store=train_store)
+        train_loader, augment = make_loader(train_ds, sampler, workers, pin), None
+        why = ("no cache" if train_store is None else "data.augment_on=workers" if plan is not None
+               else f"preset {d.augment} has no batched form")
+        where_aug = f"per image in {workers} worker(s)" if workers else "per image in the main process"
+        where_aug += f" ({why})"
+    summary = f"data path: {'cache ' + where if where else 'decoding every epoch'}; augmentation {where_aug}"
+    return DataPath(sampler, train_loader, val_loader, augment, summary)
 
 
 def _make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
@@ -302,11 +393,15 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     info = _model_info(cfg, task, split, monitor)
     model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
                          cfg.model.drop_rate, image_size=info.image_size, log=log).to(device)
+    if device.type == "cuda":  # NHWC: what cuDNN's fastest convolutions (and tensor cores) want
+        model = model.to(memory_format=torch.channels_last)
     _check_before_folder(cfg, model, split, monitor)
     criterion = _criterion(cfg, task, split, device)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
     batch_size, accumulate = _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log)
-    sampler, train_loader, val_loader = _loaders(cfg, info, split, batch_size, device)
+    data = _loaders(cfg, info, split, batch_size, device, log)
+    log(data.summary)
+    sampler, train_loader, val_loader = data.sampler, data.train_loader, data.val_loader
     sizes = tuple(len(b) for b in sampler.batches(0))  # the same every epoch: order changes, sizes do not
     direction = task.direction(monitor)
     mode = {"mode": direction} if scheduler_takes(cfg.sched.name, "mode") else {}
@@ -319,13 +414,40 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
               step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
                               t.checkpoint_every_steps),
-              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task)),
-              eval_prep=info.batch_prep(device), metrics=task.create_metrics(split.classes),
+              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
+                                   augment=data.augment, channels_last=device.type == "cuda"),
+              eval_prep=info.batch_prep(device, channels_last=device.type == "cuda"), metrics=task.create_metrics(split.classes),
               plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress)),
-              resumed=start is not None, log=log)
+              resumed=start is not None, log=log, ema=_ema(model, t.ema),
+              compiled=_compile(model, info, device, log) if t.compile else None)
     _open_folder(run, start)
     return run
+
+
+def _compile(model: nn.Module, info: ModelInfo, device: torch.device, log) -> Optional[nn.Module]:
+    """torch.compile(model), tried on one small batch first: where compiling fails (no compiler, an
+    unsupported model), a warning and eager mode."""
+    try:
+        compiled = torch.compile(model)
+        x = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device)
+        was = model.training
+        with torch.no_grad():
+            compiled.train(was)(x)
+        return compiled
+    except Exception as e:  # noqa: BLE001 -- any compiler failure means: train eagerly
+        log(f"warning: train.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            "training in eager mode.")
+        return None
+
+
+def _ema(model: nn.Module, decay: Optional[float]) -> Optional[nn.Module]:
+    """torch's own AveragedModel with the EMA update; batch-norm statistics are averaged with the same
+    decay as the weights (use_buffers=True), so the averaged model validates with its own statistics."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _open_folder(run: Run, start: Optional[dict]) -> None:

@@ -80,6 +80,8 @@ def _train(run: Run, stop: StopFlag) -> None:
                desc=f"epoch {position.epoch + 1}", leave=False, disable=not plan.progress, dynamic_ncols=True)
 
     def on_step(state) -> bool:
+        if run.ema is not None:  # after every optimizer step, before a checkpoint can save it
+            run.ema.update_parameters(run.model)
         if stop.signum is not None:
             return True
         if plan.progress and state.global_step % 10 == 0:
@@ -90,7 +92,7 @@ def _train(run: Run, stop: StopFlag) -> None:
         return stop.signum is not None  # a signal during that save: stop now, not a step later
 
     with _explain_oom(run.sampler.batch_size, run.step.accumulate, "training"):
-        train_epoch(run.model, bar, run.criterion, run.optimizer, run.scheduler, run.step, run.prep,
+        train_epoch(run.train_model, bar, run.criterion, run.optimizer, run.scheduler, run.step, run.prep,
                     position, run.scaler, on_step)
     bar.close()
     if stop.signum is not None and position.batches_done < len(run.step.batch_sizes):
@@ -102,7 +104,8 @@ def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
     """Validate, step the epoch schedule, append the metrics row; save the best model when it improved."""
     position, plan, task = run.progress.position, run.plan, run.task
     with _explain_oom(run.sampler.batch_size, run.step.accumulate, "validation"):
-        scalars, details, probs, indices = validate(run.model, run.val_loader, run.criterion, run.metrics,
+        model = run.eval_model if run.ema is not None else run.train_model  # compiled when on, else the model
+        scalars, details, probs, indices = validate(model, run.val_loader, run.criterion, run.metrics,
                                                     run.eval_prep, precision=run.step.precision,
                                                     probabilities=task.probabilities)
     train_loss = position.mean_loss
@@ -132,7 +135,7 @@ def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
 def _finite_model(run: Run, value) -> bool:
     """A NaN/inf monitor, parameter or buffer (batch-norm statistics) never becomes best."""
     return value is not None and math.isfinite(value) and all(
-        bool(torch.isfinite(t).all()) for t in run.model.state_dict().values() if t.is_floating_point())
+        bool(torch.isfinite(t).all()) for t in run.eval_model.state_dict().values() if t.is_floating_point())
 
 
 def _save_best(run: Run, epoch: int, value: float, scalars: dict, details: dict, probs, indices,
@@ -140,7 +143,7 @@ def _save_best(run: Run, epoch: int, value: float, scalars: dict, details: dict,
     # the task's calibration of this epoch (multi-label thresholds) is part of the model
     run.info = run.info.replace(epoch=epoch, monitor_value=value,
                                 extra={**run.info.extra, **run.task.calibrate(details)})
-    save_weights(run.run_dir / "best.safetensors", run.model)
+    save_weights(run.run_dir / "best.safetensors", run.eval_model)
     run.info.write(run.run_dir / "model.json")
     val, classes, task = run.split.val, run.split.classes, run.info.task_type
     order = indices.tolist()

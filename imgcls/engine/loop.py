@@ -91,9 +91,10 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimi
     window_n = 0
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    for images, targets, _ in loader:
+    prep.epoch = state.epoch  # the batched augmentation's per-sample draws: (seed, epoch, index)
+    for images, targets, index in loader:
         j = state.batches_done  # this micro-batch's index in the epoch
-        x, y = prep(images, targets)  # on the device, normalised; MixUp/CutMix make y probabilities
+        x, y = prep(images, targets, index)  # on the device, normalised, augmented; MixUp/CutMix: y probabilities
         with autocast_context(device, step.precision):
             output = model(x)                                # forward
             loss = criterion(output.float(), y)              # loss = criterion(output, labels)
