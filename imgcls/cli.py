@@ -306,6 +306,31 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache(sub) -> None:
+    c = sub.add_parser("cache", help="show or free the decoded-image caches under $IMGCLS_CACHE (data.cache=disk)")
+    c.add_argument("action", choices=["list", "clear"])
+    c.add_argument("keys", nargs="*", help="clear: only these entries (default: all)")
+    c.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(a: argparse.Namespace) -> int:
+    from .data.store import cache_dir, clear_cache, list_cache
+
+    if a.action == "clear":
+        n, freed = clear_cache(a.keys)
+        print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} ({freed / 2**20:.1f} MB) from {cache_dir()}")
+        return 0
+    if a.keys:
+        raise UserError("'imgcls cache list' takes no keys; 'imgcls cache clear KEY' removes one.")
+    entries = list_cache()
+    print(f"{cache_dir()}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    for e in entries:
+        shape = "x".join(map(str, e["shape"] or [])) or "?"
+        print(f"{e['key']}  {e['kind']:<5}  {e['images'] or '?':>7} images  {shape:<18}  "
+              f"{e['bytes'] / 2**20:8.1f} MB  {e['created']}  {e['state']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and export image classifiers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -344,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo_data)
 
-    for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare):
+    for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache):
         add(sub)
     return p
 
