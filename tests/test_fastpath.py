@@ -267,3 +267,15 @@ def test_bad_fast_path_settings_are_one_sentence(tiny_folder, tmp_path, capsys):
                    "train.epochs=1", f"run.dir={tmp_path / 'x'}", *words])
         assert rc == 2 and msg in capsys.readouterr().err, words
         assert not (tmp_path / "x").exists()
+
+
+def test_a_failing_compile_warns_and_trains_eagerly(tiny_folder, tmp_path, monkeypatch):
+    def broken(model, *a, **k):
+        raise RuntimeError("no C++ compiler found")
+    monkeypatch.setattr(torch, "compile", broken)
+    said = []
+    res = imgcls.train(small_config(tiny_folder, tmp_path / "c", **{"train.compile": True, "train.epochs": 1}),
+                       log=said.append)
+    assert any("train.compile failed (RuntimeError: no C++ compiler found); training in eager mode" in s
+               for s in said)
+    assert (res.run_dir / "best.safetensors").is_file()
