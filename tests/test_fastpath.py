@@ -49,7 +49,8 @@ def _quiet(*a):
 
 @pytest.mark.parametrize("where", ["memory", "disk"])
 def test_cached_pixels_equal_direct_decoding(photos, cache, where):
-    ev = build_store(photos, StoreSpec("eval", 16, 0.875, 3), where, log=_quiet)
+    ev = build_store(photos, StoreSpec("eval", 16, 0.875, 3), where, log=_quiet,
+                     eval_view=eval_transform(16, 0.875))
     tr = build_store(photos, StoreSpec("train", 16, 1.0, 3), where, log=_quiet)
     assert tr.shape == (12, 3, 19, 19)  # mixed sizes: short side resized to ceil(16 / 0.875), centre-cropped
     for i, p in enumerate(photos):
@@ -73,36 +74,38 @@ def test_same_size_images_are_stored_as_they_are(tmp_path, cache):
 
 def test_disk_cache_is_reused_and_invalidated_by_any_change(photos, cache):
     spec = StoreSpec("eval", 16, 1.0, 3)
+    view = eval_transform(16, 1.0)
     said = []
-    build_store(photos, spec, "disk", log=said.append)
-    build_store(photos, spec, "disk", log=said.append)
+    build_store(photos, spec, "disk", log=said.append, eval_view=view)
+    build_store(photos, spec, "disk", log=said.append, eval_view=view)
     assert len(said) == 1 and "mapped from" in said[0]  # the second run maps the first one's file
     assert len(list_cache()) == 1
     # a changed file, an added or removed file, another decode size: a new key, never the old pixels
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(photos[3])
     os.utime(photos[3], ns=(1, 10**18))
-    changed = build_store(photos, spec, "disk", log=said.append)
+    changed = build_store(photos, spec, "disk", log=said.append, eval_view=view)
     assert torch.equal(changed[3], eval_transform(16, 1.0)(load_image(photos[3], channels=3)))
-    build_store(photos[:-1], spec, "disk", log=said.append)
-    build_store(photos, StoreSpec("eval", 12, 1.0, 3), "disk", log=said.append)
+    build_store(photos[:-1], spec, "disk", log=said.append, eval_view=view)
+    build_store(photos, StoreSpec("eval", 12, 1.0, 3), "disk", log=said.append, eval_view=eval_transform(12, 1.0))
     assert len(said) == 1 and len(list_cache()) == 4
 
 
 def test_a_torn_cache_file_is_rebuilt_never_read(photos, cache):
     spec = StoreSpec("eval", 16, 1.0, 3)
-    good = build_store(photos, spec, "disk", log=_quiet)
+    view = eval_transform(16, 1.0)
+    good = build_store(photos, spec, "disk", log=_quiet, eval_view=view)
     want = good.gather(torch.arange(12)).clone()
     data = next(cache.glob("*.u8"))
     with open(data, "r+b") as f:  # killed while writing: half the bytes
         f.truncate(data.stat().st_size // 2)
     assert [e["state"] for e in list_cache()] == ["torn"]
     said = []
-    again = build_store(photos, spec, "disk", log=said.append)
+    again = build_store(photos, spec, "disk", log=said.append, eval_view=view)
     assert said == [] and torch.equal(again.gather(torch.arange(12)), want)
     assert [e["state"] for e in list_cache()] == ["ok"]
     # the record missing (killed between the data and its record): rebuilt as well
     next(cache.glob("*.json")).unlink()
-    assert torch.equal(build_store(photos, spec, "disk", log=said.append).gather(torch.arange(12)), want)
+    assert torch.equal(build_store(photos, spec, "disk", log=said.append, eval_view=view).gather(torch.arange(12)), want)
     assert said == []
 
 
@@ -129,7 +132,7 @@ def test_two_processes_share_one_cache_without_corrupting_it(photos, cache, tmp_
 
 
 def test_cache_cli_lists_and_clears(photos, cache, capsys):
-    build_store(photos, StoreSpec("eval", 16, 1.0, 3), "disk", log=_quiet)
+    build_store(photos, StoreSpec("eval", 16, 1.0, 3), "disk", log=_quiet, eval_view=eval_transform(16, 1.0))
     assert main(["cache", "list"]) == 0
     out = capsys.readouterr().out
     assert "1 entry" in out and "12 images" in out and "3x16x16" in out and out.rstrip().endswith("ok")

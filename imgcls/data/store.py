@@ -128,15 +128,18 @@ def _train_geometry(paths: Sequence[str], image_size: int) -> Optional[tuple[int
     return (h, w) if min(h, w) <= side else None
 
 
-def _decoder(spec: StoreSpec, geometry: Optional[tuple[int, int]]) -> tuple[Callable, tuple[int, int]]:
-    """(image -> stored image, stored (H, W))."""
-    from .transforms import eval_transform
+def _decoder(spec: StoreSpec, geometry: Optional[tuple[int, int]],
+             eval_view: Optional[Callable]) -> tuple[Callable, tuple[int, int]]:
+    """(image -> stored image, stored (H, W)); ``eval_view`` is the model record's eval transform."""
+    from .transforms import store_resize
     if spec.kind == "eval":
-        return eval_transform(spec.image_size, spec.crop_pct), (spec.image_size, spec.image_size)
+        if eval_view is None:
+            raise ValueError("an eval store needs the model record's eval transform (ModelInfo.eval_transform())")
+        return eval_view, (spec.image_size, spec.image_size)
     if geometry is not None:
         return (lambda img: img), geometry
     side = stored_side(spec.image_size)
-    return eval_transform(side, 1.0), (side, side)
+    return store_resize(side), (side, side)
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -191,10 +194,11 @@ def _valid_record(data: Path, record: Path, shape: Sequence[int]) -> bool:
 
 
 def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int = 0,
-                log: Callable[[str], None] = print) -> ImageStore:
-    """The store of ``paths`` (``where``: memory | disk), decoded now or (disk) mapped from an earlier run."""
+                log: Callable[[str], None] = print, eval_view: Optional[Callable] = None) -> ImageStore:
+    """The store of ``paths`` (``where``: memory | disk), decoded now or (disk) mapped from an earlier run.
+    An eval store takes ``eval_view``, the model record's eval transform (``ModelInfo.eval_transform()``)."""
     geometry = _train_geometry(paths, spec.image_size) if spec.kind == "train" else None
-    fn, (h, w) = _decoder(spec, geometry)
+    fn, (h, w) = _decoder(spec, geometry, eval_view)
     shape = (len(paths), spec.channels, h, w)
     if where == "memory":
         out = torch.empty(shape, dtype=torch.uint8)

@@ -88,6 +88,11 @@ def eval_transform(image_size: int, crop_pct: float = 1.0) -> v2.Compose:
     return v2.Compose(_resize_crop(image_size, crop_pct))
 
 
+def store_resize(side: int) -> v2.Compose:
+    """The decoded cache's training images: short side to ``side``, centre crop ``side`` x ``side``."""
+    return v2.Compose(_resize_crop(side))
+
+
 def default_mean_std(channels: int) -> tuple[list[float], list[float]]:
     if channels == 3:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)

@@ -281,7 +281,7 @@ def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log):
     workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
     train = build_store(split.train.paths, train_spec, where, workers, log)
     val = build_store(split.val.paths, StoreSpec("eval", info.image_size, info.crop_pct, info.channels), where,
-                      workers, log)
+                      workers, log, eval_view=info.eval_transform())
     mb = (train.nbytes + val.nbytes) / 2**20
     log(f"cache: {where}{' (data.cache=auto)' if d.cache == 'auto' else ''}, {len(train)} training images at "
         f"{train.shape[2]}x{train.shape[3]} + {len(val)} validation images at {val.shape[2]}x{val.shape[3]} "
