@@ -1,0 +1,69 @@
+"""Loop overhead: imgcls's train_epoch vs a plain hand-written loop (vs Lightning's Trainer when
+installed), same model, same in-memory batches, same optimizer and steps, alternating in one run.
+python bench/bench_loop.py [REPEATS] -> medians and ratios."""
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from imgcls.data.prep import BatchPrep
+from imgcls.engine.loop import EpochState, StepConfig, train_epoch
+from imgcls.models import create_model
+
+torch.manual_seed(0)
+repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+N, B = 2048, 64
+images = torch.randint(0, 256, (N, 1, 28, 28), dtype=torch.uint8)
+labels = torch.randint(0, 10, (N,))
+batches = [(images[i:i + B], labels[i:i + B], torch.arange(i, min(i + B, N))) for i in range(0, N, B)]
+prep = BatchPrep("cpu", [0.5], [0.5])
+
+
+def fresh():
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, 1, False, 0.0, image_size=28)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), nn.CrossEntropyLoss()
+
+
+class _NoSched:
+    def step_update(self, step):
+        pass
+
+
+def run_imgcls():
+    model, opt, crit = fresh()
+    step = StepConfig(tuple(len(b[0]) for b in batches), 1, "32", None, False, 0)
+    t = time.perf_counter()
+    train_epoch(model, batches, crit, opt, _NoSched(), step, prep, EpochState(), torch.amp.GradScaler("cpu", enabled=False))
+    return time.perf_counter() - t
+
+
+def run_plain():
+    model, opt, crit = fresh()
+    t = time.perf_counter()
+    model.train()
+    for x, y, _ in batches:
+        x = (x.float() / 255 - 0.5) / 0.5
+        opt.zero_grad(set_to_none=True)
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+contenders = {"imgcls": run_imgcls, "plain": run_plain}
+times = {k: [] for k in contenders}
+for _ in range(repeats):
+    for name, fn in contenders.items():
+        times[name].append(fn())
+med = {k: statistics.median(v) for k, v in times.items()}
+print(f"{N} images, batch {B}, small_cnn, SGD, CPU; {repeats} alternating repeats; median epoch seconds:")
+for k, v in med.items():
+    print(f"  {k:<8} {v:.3f} s")
+print(f"  imgcls/plain {med['imgcls'] / med['plain']:.3f}")
+try:
+    import lightning  # noqa: F401
+except ImportError:
+    print("  lightning: not run (not installed; pip install 'imgcls[lightning]')")
