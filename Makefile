@@ -21,7 +21,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PY) -m pip install -q -e '.[dev,export,bench]'
+	touch $@
+
+# Every benchmark, each writing its section of BENCHMARKS.md; TIMM_TRAIN=path/to/timm/train.py adds timm's rows.
+bench: $(VENV)/.installed-bench
 	$(PY) bench/run_all.py
 
 clean-venv:

@@ -1,6 +1,6 @@
 """Loop overhead: imgcls's train_epoch vs a plain hand-written loop (vs Lightning's Trainer when
 installed), same model, same in-memory batches, same optimizer and steps, alternating in one run.
-python bench/bench_loop.py [REPEATS] -> medians and ratios."""
+python bench/bench_loop.py [REPEATS] [DEVICE] -> medians and ratios (also as RESULT, for bench/gpu_fast.py)."""
 import statistics
 import sys
 import time
@@ -14,16 +14,22 @@ from imgcls.models import create_model
 
 torch.manual_seed(0)
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
 N, B = 2048, 64
-images = torch.randint(0, 256, (N, 1, 28, 28), dtype=torch.uint8)
-labels = torch.randint(0, 10, (N,))
+images = torch.randint(0, 256, (N, 1, 28, 28), dtype=torch.uint8, device=device)
+labels = torch.randint(0, 10, (N,), device=device)
 batches = [(images[i:i + B], labels[i:i + B], torch.arange(i, min(i + B, N))) for i in range(0, N, B)]
-prep = BatchPrep("cpu", [0.5], [0.5])
+prep = BatchPrep(device, [0.5], [0.5], channels_last=True)
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def fresh():
     torch.manual_seed(0)
-    model = create_model("small_cnn", 10, 1, False, 0.0, image_size=28)
+    model = create_model("small_cnn", 10, 1, False, 0.0, image_size=28).to(device, memory_format=torch.channels_last)
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), nn.CrossEntropyLoss()
 
 
@@ -35,21 +41,26 @@ class _NoSched:
 def run_imgcls():
     model, opt, crit = fresh()
     step = StepConfig(tuple(len(b[0]) for b in batches), 1, "32", None, False, 0)
+    sync()
     t = time.perf_counter()
-    train_epoch(model, batches, crit, opt, _NoSched(), step, prep, EpochState(), torch.amp.GradScaler("cpu", enabled=False))
+    train_epoch(model, batches, crit, opt, _NoSched(), step, prep, EpochState(),
+                torch.amp.GradScaler(device.type, enabled=False))
+    sync()
     return time.perf_counter() - t
 
 
 def run_plain():
     model, opt, crit = fresh()
+    sync()
     t = time.perf_counter()
     model.train()
     for x, y, _ in batches:
-        x = (x.float() / 255 - 0.5) / 0.5
+        x = ((x.float() / 255 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
         loss = crit(model(x), y)
         loss.backward()
         opt.step()
+    sync()
     return time.perf_counter() - t
 
 
@@ -59,7 +70,9 @@ for _ in range(repeats):
     for name, fn in contenders.items():
         times[name].append(fn())
 med = {k: statistics.median(v) for k, v in times.items()}
-print(f"{N} images, batch {B}, small_cnn, SGD, CPU; {repeats} alternating repeats; median epoch seconds:")
+RESULT = {**{f"{k}_s": round(v, 4) for k, v in med.items()}, "imgcls_over_plain": round(med["imgcls"] / med["plain"], 3),
+          "device": str(device)}
+print(f"{N} images, batch {B}, small_cnn, SGD, {device}; {repeats} alternating repeats; median epoch seconds:")
 for k, v in med.items():
     print(f"  {k:<8} {v:.3f} s")
 print(f"  imgcls/plain {med['imgcls'] / med['plain']:.3f}")

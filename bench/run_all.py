@@ -1,4 +1,5 @@
-"""Run every benchmark in bench/ (each writes its own section of BENCHMARKS.md)."""
+"""Run every benchmark in bench/, one after another (each writes its own section of BENCHMARKS.md).
+`make bench` runs this; set TIMM_TRAIN to pytorch-image-models' train.py for the timm rows."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RUNS = (
+    ("bench_train_demo.py", ["--repeats", "3"]),
+    ("bench_predict.py", []),
+    ("bench_loop.py", ["5"]),
+    ("bench_cache.py", ["2", "2"]),
+    ("bench_e2e.py", ["--repeats", "3", "--write"]),
+    ("bench_pipeline.py", ["--repeats", "3", "--write"]),
+    ("bench_memory.py", ["--repeats", "2", "--write"]),
+    ("bench_vs_timm.py", ["--seeds", "0", "1", "2", "--write"]),
+)
 
-for script, args in (("bench_train_demo.py", ["--repeats", "3"]), ("bench_predict.py", [])):
+for script, args in RUNS:
     print(f"== {script} {' '.join(args)}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -35,6 +35,14 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return device
 
 
+def channels_last(device: torch.device | str) -> bool:
+    """Whether convolution nets run in NHWC (channels_last) on ``device``: on CUDA it is what cuDNN's
+    fastest kernels and tensor cores want; on the CPU oneDNN's NHWC kernels measured 1.0-1.45x faster
+    (small_cnn at 28 px, resnet18 and efficientnet_b0 at 64-128 px, training and eval; never slower).
+    Not on Apple MPS, where it is untested."""
+    return torch.device(device).type in ("cuda", "cpu")
+
+
 def autocast_context(device: torch.device, precision: str):
     """One precision context for the whole step: fp32 (no-op), bf16 or fp16 autocast."""
     if precision == "32":

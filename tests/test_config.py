@@ -25,8 +25,9 @@ def test_required_keys_exist():
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("demo.yaml", {"model.name": "small_cnn", "sched.name": "onecycle", "optim.lr": 0.003, "data.mean": [0.1307],
-                   "data.augment": "digits", "train.epochs": 12, "run.name": "demo"}),
+    ("demo.yaml", {"model.name": "digits_cnn", "sched.name": "onecycle", "optim.lr": 0.003, "data.mean": [0.1307],
+                   "data.augment": "digits", "train.epochs": 12, "train.ema": 0.99, "loss.name": "label_smoothing",
+                   "run.name": "demo"}),
     ("imbalanced.yaml", {"data.root": "data/mnist-imb/train", "loss.name": "focal", "loss.gamma": 2.0,
                          "data.sampler": "balanced", "optim.weight_decay": 0.01}),
     ("finetune.yaml", {"model.pretrained": "weights/resnet18.safetensors", "data.crop_pct": 0.875,
@@ -121,7 +122,7 @@ def test_list(what, expect, capsys):
 def test_demo_config_matches_the_documented_recipe():
     cfg = load_config(ROOT / "configs/demo.yaml")
     assert cfg.data.root is None and cfg.data.csv is None  # -> the embedded demo data
-    assert cfg.data.augment == "digits" and cfg.model.name == "small_cnn"
+    assert cfg.data.augment == "digits" and cfg.model.name == "digits_cnn"
 
 
 def test_bare_train_uses_the_demo_recipe_from_configs_demo_yaml():
@@ -146,7 +147,7 @@ def test_one_rule_picks_the_base_however_the_keys_arrive(tmp_path):
     only_epochs.write_text("train:\n  epochs: 1\n")
     from_file, from_override = load_config(only_epochs), load_config(None, ["train.epochs=1"])
     assert from_file == from_override
-    assert from_file.model.name == "small_cnn" and from_file.data.augment == "digits"  # the demo recipe below
+    assert from_file.model.name == "digits_cnn" and from_file.data.augment == "digits"  # the demo recipe below
     with_data = tmp_path / "data.yaml"
     with_data.write_text("data:\n  root: photos\ntrain:\n  epochs: 1\n")
     assert load_config(with_data) == load_config(None, ["data.root=photos", "train.epochs=1"])

@@ -11,7 +11,7 @@ from imgcls.models import create_model, list_models
 
 
 @pytest.mark.parametrize("name, size, in_chans", [
-    (name, size, c) for name, size in [("small_cnn", 28), ("resnet18", 32), ("mobilenetv3_small_050", 32),
+    (name, size, c) for name, size in [("small_cnn", 28), ("digits_cnn", 28), ("digits_cnn", 40), ("resnet18", 32), ("mobilenetv3_small_050", 32),
                                        ("efficientnet_b0", 32)] for c in (1, 3)
 ] + [("vit_tiny_patch16_224", 224, 3)])  # a transformer too; one channel count is enough at 224 px
 def test_forward_backward(name, size, in_chans):
@@ -25,6 +25,19 @@ def test_forward_backward(name, size, in_chans):
 
 def test_small_cnn_is_a_timm_model():
     assert "small_cnn" in list_models() and timm.is_model("small_cnn")
+    assert "digits_cnn" in list_models() and timm.is_model("digits_cnn")
+
+
+def test_digits_cnn_head_sees_the_7x7_map_in_place():
+    """At 28 px the head reads the last conv block's 7x7 map as it is (the adaptive pool is the
+    identity), so moving a stroke changes which head weights see it: the output is a linear map of
+    the flattened map, checked against F.linear by hand."""
+    model = create_model("digits_cnn", num_classes=10, in_chans=1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    convs = model.features[:-2](x)               # up to (not including) the adaptive pool and flatten
+    assert convs.shape == (3, 64, 7, 7)
+    want = torch.nn.functional.linear(convs.flatten(1), model.fc.weight, model.fc.bias)
+    torch.testing.assert_close(model(x), want)
 
 
 def test_unknown_model_did_you_mean():

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
 from imgcls.errors import UserError
 
@@ -63,6 +62,7 @@ def _stratified(labels: np.ndarray, val_fraction: float, seed: int, name) -> tup
             f"{len(rest) - n_val} training samples, too few for one per class of {n_classes}; "
             f"change data.val_fraction or provide a validation set."
         )
+    from sklearn.model_selection import StratifiedShuffleSplit  # here: importing sklearn costs 1.6 s of start-up
     splitter = StratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train, val = next(splitter.split(np.zeros(len(rest)), labels[rest]))
     return np.concatenate([np.flatnonzero(forced), rest[train]]), rest[val]
@@ -98,6 +98,7 @@ def _grouped(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: 
             f"a grouped split with data.val_fraction {val_fraction} makes {n_splits} folds, but no class has more than "
             f"{largest} samples; lower data.val_fraction or provide a validation set."
         )
+    from sklearn.model_selection import StratifiedGroupKFold
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer groups than folds; the class then just misses some folds.

@@ -25,7 +25,7 @@ from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, ma
 from ..data.decode import ImageLimits, image_channels
 from ..data.prep import BatchPrep
 from ..data.transforms import default_mean_std, get_preset, train_transform
-from ..device import resolve_device, rng_state, seed_everything, set_rng_state
+from ..device import channels_last, resolve_device, rng_state, seed_everything, set_rng_state
 from ..errors import UserError
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
 from ..losses import class_weights_from_counts, create_loss
@@ -393,7 +393,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     info = _model_info(cfg, task, split, monitor)
     model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
                          cfg.model.drop_rate, image_size=info.image_size, log=log).to(device)
-    if device.type == "cuda":  # NHWC: what cuDNN's fastest convolutions (and tensor cores) want
+    nhwc = channels_last(device)
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     _check_before_folder(cfg, model, split, monitor)
     criterion = _criterion(cfg, task, split, device)
@@ -415,8 +416,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
                               t.checkpoint_every_steps),
               prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
-                                   augment=data.augment, channels_last=device.type == "cuda"),
-              eval_prep=info.batch_prep(device, channels_last=device.type == "cuda"), metrics=task.create_metrics(split.classes),
+                                   augment=data.augment, channels_last=nhwc),
+              eval_prep=info.batch_prep(device, channels_last=nhwc), metrics=task.create_metrics(split.classes),
               plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress)),
               resumed=start is not None, log=log, ema=_ema(model, t.ema),
