@@ -156,6 +156,22 @@ def test_a_box_crop_is_a_bilinear_resize_of_the_box_and_a_flip_is_a_flip():
     assert torch.allclose(flipped, x.flip(-1), atol=1e-6)
 
 
+def test_the_crop_presets_cut_each_box_and_resize_it_with_torch_interpolate():
+    """light/default: RandomResizedCrop's semantics, crop then resize, upscaled boxes included."""
+    from imgcls.data.batchaug import _crop_boxes
+    aug = BatchAugment(PLANS["light"], 24, seed=1)
+    x = torch.rand(6, 3, 20, 20, dtype=torch.float64)
+    index = np.arange(6)
+    y = aug(x, torch.as_tensor(index), epoch=4)
+    u = uniforms(1, 4, index, 48)
+    for i, (left, top, w, h) in enumerate(np.rint(_crop_boxes(u, 20, 20, (0.5, 1.0))).astype(int)):
+        ref = F.interpolate(x[i:i + 1, :, top:top + h, left:left + w], size=(24, 24), mode="bilinear",
+                            align_corners=False)[0]
+        if u[i, 40] < 0.5:
+            ref = ref.flip(-1)
+        assert torch.allclose(y[i], ref, atol=1e-12)
+
+
 @pytest.mark.parametrize("preset", sorted(PLANS))
 def test_batched_augmentation_equals_the_same_maps_image_by_image(preset):
     aug = BatchAugment(PLANS[preset], 16, seed=3)

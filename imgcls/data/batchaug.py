@@ -135,9 +135,38 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, index, epoch: int) -> torch.Tensor:
         index = index.cpu().numpy() if torch.is_tensor(index) else np.asarray(index)
+        p = self.plan
+        if not (p.degrees or p.translate or p.scale != (1.0, 1.0)):
+            return self._crops(x, index, epoch)
         theta = torch.as_tensor(self.theta(index, epoch, x.shape[-2], x.shape[-1]), device=x.device)
         padding = "zeros" if self.plan.degrees or self.plan.translate else "border"  # RandomAffine fills 0
         return warp(x, theta, self.size, padding)
+
+
+    def _crops(self, x: torch.Tensor, index: np.ndarray, epoch: int) -> torch.Tensor:
+        """The crop-and-flip presets: each sample's box cut out and resized with ``F.interpolate``
+        (bilinear, align_corners=False), then mirrored where drawn: RandomResizedCrop's own semantics
+        (crop, then resize), and on the CPU 2-5x cheaper than ``grid_sample`` over the batch (64 images
+        at 224 px: 22-47 ms against 108 ms, bench/bench_pipeline.py). The same boxes and flips as
+        ``theta`` describes; they equal ``warp`` of it wherever the box is not upscaled."""
+        p, (h, w) = self.plan, x.shape[-2:]
+        u = uniforms(self.seed, epoch, index, 48)
+        boxes = (_crop_boxes(u, h, w, p.crop_scale) if p.crop_scale is not None
+                 else np.tile(_centre_box(h, w), (len(index), 1)))
+        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        out = torch.empty((len(x), x.shape[1], self.size, self.size), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        for i, (left, top, bw, bh) in enumerate(np.rint(boxes).astype(np.int64)):
+            crop = x[i:i + 1, :, top:top + bh, left:left + bw]
+            if bh == self.size and bw == self.size:
+                out[i] = crop[0]
+            else:
+                out[i] = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        if p.flip:
+            flip = torch.as_tensor(np.flatnonzero(u[:, 40] < 0.5), device=x.device)
+            out[flip] = out[flip].flip(-1)
+        return out
 
 
 def _jitter(theta: np.ndarray, u: np.ndarray, p: BatchPlan) -> np.ndarray:
