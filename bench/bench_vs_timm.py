@@ -138,7 +138,7 @@ def main() -> None:
     lines = [
         f"Command: `TIMM_TRAIN=.../pytorch-image-models/train.py python bench/bench_vs_timm.py --seeds "
         f"{' '.join(map(str, args.seeds))} --write` (the demo split, 4,000 / 1,000 MNIST-5k digits; imgcls: "
-        "`imgcls train configs/demo.yaml train.seed=S`; timm: its train.py, same `small_cnn`, the settings in "
+        "`imgcls train configs/demo.yaml train.seed=S`; timm: its train.py training `small_cnn` (the earlier demo model; the recipe's `digits_cnn` was not run under timm), the settings in "
         "`TIMM_ARGS` of the script; the contenders alternate; wall times from process start to the epoch's row "
         "appearing in its CSV). "
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; {_versions()}. "
