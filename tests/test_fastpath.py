@@ -172,6 +172,24 @@ def test_the_crop_presets_cut_each_box_and_resize_it_with_torch_interpolate():
         assert torch.allclose(y[i], ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("preset", ["light", "default"])
+def test_crops_of_uint8_pixels_equal_crops_of_float_within_one_grey_level(preset):
+    """On the CPU the crop presets resize the uint8 pixels (before BatchPrep's float conversion): the
+    same boxes and flips as the float path, values within the rounding of one grey level."""
+    from imgcls.data.prep import BatchPrep
+    aug = BatchAugment(PLANS[preset], 24, seed=5)
+    images = torch.randint(0, 256, (8, 3, 30, 30), dtype=torch.uint8)
+    index = torch.arange(8) * 3
+    assert aug.takes_uint8(images) and not aug.takes_uint8(images.float())
+    prep = BatchPrep("cpu", [0.0] * 3, [1.0] * 3, augment=aug, channels_last=True)
+    prep.epoch = 2
+    got = prep.images(images, index)
+    want = aug(images.float() / 255, index, 2)
+    assert got.shape == want.shape == (8, 3, 24, 24)
+    assert (got - want).abs().max() <= 1.0001 / 255
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("preset", sorted(PLANS))
 def test_batched_augmentation_equals_the_same_maps_image_by_image(preset):
     aug = BatchAugment(PLANS[preset], 16, seed=3)

@@ -115,7 +115,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size: int, padding: str = "border
 
 
 class BatchAugment:
-    """``(float images [N, C, H, W] in 0..1 on the device, dataset indices [N], epoch) -> [N, C, size, size]``."""
+    """``(images [N, C, H, W] on the device, dataset indices [N], epoch) -> [N, C, size, size]``: float
+    images in 0..1, or (``takes_uint8``: the crop presets on the CPU) the uint8 pixels."""
 
     def __init__(self, plan: BatchPlan, size: int, seed: int):
         self.plan, self.size, self.seed = plan, size, seed
@@ -143,6 +144,15 @@ class BatchAugment:
         return warp(x, theta, self.size, padding)
 
 
+    def takes_uint8(self, x: torch.Tensor) -> bool:
+        """Whether this plan runs on the uint8 pixels themselves, before the float conversion: the crop
+        presets on the CPU, where torch's uint8 bilinear kernel resizes 64 crops to 224 px in 13 ms
+        against 37 ms in float32 (the values differ by at most one grey level, the rounding), and the
+        conversion then touches only the output size. Elsewhere (CUDA) the float path."""
+        p = self.plan
+        return (x.dtype == torch.uint8 and x.device.type == "cpu"
+                and not (p.degrees or p.translate or p.scale != (1.0, 1.0)))
+
     def _crops(self, x: torch.Tensor, index: np.ndarray, epoch: int) -> torch.Tensor:
         """The crop-and-flip presets: each sample's box cut out and resized with ``F.interpolate``
         (bilinear, align_corners=False), then mirrored where drawn: RandomResizedCrop's own semantics
@@ -153,12 +163,18 @@ class BatchAugment:
         u = uniforms(self.seed, epoch, index, 48)
         boxes = (_crop_boxes(u, h, w, p.crop_scale) if p.crop_scale is not None
                  else np.tile(_centre_box(h, w), (len(index), 1)))
-        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous() else torch.contiguous_format
+        # uint8 on the CPU: each crop laid out channels_last, where torch's uint8 bilinear kernel is
+        # fastest (cheaper than converting the whole stored batch first: 18 ms against 39 ms per 64)
+        nhwc = x.dtype == torch.uint8 and x.device.type == "cpu"
+        fmt = torch.channels_last if nhwc or (x.dim() == 4 and not x.is_contiguous()
+                                              and x.is_contiguous(memory_format=torch.channels_last)) \
+            else torch.contiguous_format
         out = torch.empty((len(x), x.shape[1], self.size, self.size), dtype=x.dtype, device=x.device,
                           memory_format=fmt)
         for i, (left, top, bw, bh) in enumerate(np.rint(boxes).astype(np.int64)):
             crop = x[i:i + 1, :, top:top + bh, left:left + bw]
+            if nhwc:
+                crop = crop.contiguous(memory_format=torch.channels_last)
             if bh == self.size and bw == self.size:
                 out[i] = crop[0]
             else:

@@ -29,10 +29,13 @@ class BatchPrep:
         """uint8 batch -> normalised float32 on the device: (pixel / 255 - mean) / std; with ``index``
         and a batched ``augment``, augmented in between (training)."""
         x = images.to(self.device, non_blocking=True)
+        augment = self.augment is not None and index is not None
+        if augment and getattr(self.augment, "takes_uint8", lambda _: False)(x):
+            x, augment = self.augment(x, index, self.epoch), False  # cropped and resized as uint8 (CPU)
         if self.channels_last and x.dim() == 4:  # laid out once, on the 1-byte pixels; float ops keep it
             x = x.contiguous(memory_format=torch.channels_last)
         x = x.to(torch.float32, copy=True).div_(255.0)  # a fresh tensor: the ops below may work in place
-        if self.augment is not None and index is not None:
+        if augment:
             x = self.augment(x, index, self.epoch)
         x = x.sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
