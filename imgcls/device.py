@@ -43,6 +43,12 @@ def channels_last(device: torch.device | str) -> bool:
     return torch.device(device).type in ("cuda", "cpu")
 
 
+def place_model(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``model`` on ``device``, laid out channels_last where ``channels_last(device)`` says so."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last(device) else model
+
+
 def autocast_context(device: torch.device, precision: str):
     """One precision context for the whole step: fp32 (no-op), bf16 or fp16 autocast."""
     if precision == "32":

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
 from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
 from .io import atomic_write_text, check_writable, csv_text
-from .device import channels_last
+from .device import channels_last, place_model
 from .modelinfo import ModelInfo, load_run_model
 from .errors import UserError
 
@@ -48,10 +48,7 @@ def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") 
         raise UserError(f"'{run_dir}' is not a trained run folder (no model.json); pass a folder written by "
                         "'imgcls train'.")
     model, info = load_run_model(run_dir)
-    model = model.eval().to(device)
-    if channels_last(device):
-        model = model.to(memory_format=torch.channels_last)
-    return Member(run_dir, info, model)
+    return Member(run_dir, info, place_model(model.eval(), device))
 
 
 def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
@@ -204,7 +201,8 @@ class Predictor:
                 self.views.append(m.info)
                 keys.append(m.info.eval_view)
             m.view = keys.index(m.info.eval_view)
-        self.preps = [m.info.batch_prep(self.device, channels_last=channels_last(self.device)) for m in self.members]  # mean/std on the device once
+        nhwc = channels_last(self.device)  # as load_member laid out the models
+        self.preps = [m.info.batch_prep(self.device, channels_last=nhwc) for m in self.members]  # mean/std on the device once
 
     @property
     def allows_flip(self) -> bool:

@@ -52,6 +52,11 @@ class BatchPlan:
     translate: float = 0.0
     scale: tuple[float, float] = (1.0, 1.0)
 
+    @property
+    def jitter(self) -> bool:
+        """Whether the plan has the digits affine jitter (else it is crops and flips only)."""
+        return bool(self.degrees or self.translate or self.scale != (1.0, 1.0))
+
 
 PLANS = {
     "none": BatchPlan("none"),
@@ -130,14 +135,13 @@ class BatchAugment:
             boxes = np.tile(_centre_box(h, w), (n, 1))
         flip = (u[:, 40] < 0.5) if p.flip else None
         theta = box_theta(boxes, h, w, flip)
-        if p.degrees or p.translate or p.scale != (1.0, 1.0):
+        if p.jitter:
             theta = _jitter(theta, u[:, 41:45], p)
         return theta
 
     def __call__(self, x: torch.Tensor, index, epoch: int) -> torch.Tensor:
         index = index.cpu().numpy() if torch.is_tensor(index) else np.asarray(index)
-        p = self.plan
-        if not (p.degrees or p.translate or p.scale != (1.0, 1.0)):
+        if not self.plan.jitter:
             return self._crops(x, index, epoch)
         theta = torch.as_tensor(self.theta(index, epoch, x.shape[-2], x.shape[-1]), device=x.device)
         padding = "zeros" if self.plan.degrees or self.plan.translate else "border"  # RandomAffine fills 0
@@ -149,9 +153,7 @@ class BatchAugment:
         presets on the CPU, where torch's uint8 bilinear kernel resizes 64 crops to 224 px in 13 ms
         against 37 ms in float32 (the values differ by at most one grey level, the rounding), and the
         conversion then touches only the output size. Elsewhere (CUDA) the float path."""
-        p = self.plan
-        return (x.dtype == torch.uint8 and x.device.type == "cpu"
-                and not (p.degrees or p.translate or p.scale != (1.0, 1.0)))
+        return x.dtype == torch.uint8 and x.device.type == "cpu" and not self.plan.jitter
 
     def _crops(self, x: torch.Tensor, index: np.ndarray, epoch: int) -> torch.Tensor:
         """The crop-and-flip presets: each sample's box cut out and resized with ``F.interpolate``
@@ -166,9 +168,8 @@ class BatchAugment:
         # uint8 on the CPU: each crop laid out channels_last, where torch's uint8 bilinear kernel is
         # fastest (cheaper than converting the whole stored batch first: 18 ms against 39 ms per 64)
         nhwc = x.dtype == torch.uint8 and x.device.type == "cpu"
-        fmt = torch.channels_last if nhwc or (x.dim() == 4 and not x.is_contiguous()
-                                              and x.is_contiguous(memory_format=torch.channels_last)) \
-            else torch.contiguous_format
+        keep_nhwc = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if nhwc or keep_nhwc else torch.contiguous_format
         out = torch.empty((len(x), x.shape[1], self.size, self.size), dtype=x.dtype, device=x.device,
                           memory_format=fmt)
         for i, (left, top, bw, bh) in enumerate(np.rint(boxes).astype(np.int64)):

@@ -25,7 +25,7 @@ from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, ma
 from ..data.decode import ImageLimits, image_channels
 from ..data.prep import BatchPrep
 from ..data.transforms import default_mean_std, get_preset, train_transform
-from ..device import channels_last, resolve_device, rng_state, seed_everything, set_rng_state
+from ..device import channels_last, place_model, resolve_device, rng_state, seed_everything, set_rng_state
 from ..errors import UserError
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
 from ..losses import class_weights_from_counts, create_loss
@@ -392,10 +392,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
         check_same_split(split, Path(run_dir) / "split")
     info = _model_info(cfg, task, split, monitor)
     model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
-                         cfg.model.drop_rate, image_size=info.image_size, log=log).to(device)
-    nhwc = channels_last(device)
-    if nhwc:
-        model = model.to(memory_format=torch.channels_last)
+                         cfg.model.drop_rate, image_size=info.image_size, log=log)
+    model, nhwc = place_model(model, device), channels_last(device)
     _check_before_folder(cfg, model, split, monitor)
     criterion = _criterion(cfg, task, split, device)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
