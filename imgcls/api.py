@@ -1,8 +1,10 @@
 """The public entry points: train a new run, resume one. They compose the engine (build_run + fit)
 and the report, which is why they live above both.
 
-``resume`` owns the rule of what may change when a run continues: only ``train.epochs`` (exact resume
-needs everything else, the data included, to be what the run started with).
+``resume`` owns the rule of what may change when a run continues: ``train.epochs``, and the process
+count with ``train.batch_size`` / ``train.accumulate`` changed so that processes x batch x accumulate
+stays what it was (exact resume needs everything else, the data included, to be what the run started
+with). Under torchrun every process calls these; rank 0 reads and writes the run folder.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ from typing import Callable, Optional, Sequence
 from .config import Config, load_config, parse_override
 from .engine.build import build_run
 from .engine.checkpoint import load_last
+from .engine.dist import DEFAULT_TIMEOUT, init_distributed, launched
 from .engine.fit import OnEpoch, RunResult, fit
 from .engine.rundir import RunLock
 from .errors import UserError
 from .io import check_writable
 
-RESUMABLE_KEYS = ("train.epochs",)  # what may differ on resume; everything else comes from the run folder
+# what may differ on resume (batch and accumulate only with the global batch kept); the rest is the run folder's
+RESUMABLE_KEYS = ("train.epochs", "train.batch_size", "train.accumulate")
 
 
 def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], None] = print,
@@ -32,56 +36,92 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
         raise TypeError(f"train() got unexpected keyword argument(s) {', '.join(unexpected)}")
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
-    run = build_run(cfg, log=log)
+    dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
     try:
-        result = fit(run, on_epoch)
-        _finish(result, cfg.run.report if report is None else report, log)
+        run = build_run(cfg, log=log, dist=dist)
+        try:
+            result = fit(run, on_epoch)
+            if dist.is_main:
+                _finish(result, cfg.run.report if report is None else report, log)
+        finally:
+            if run.lock is not None:
+                run.lock.release()
+        return result
     finally:
-        run.lock.release()
-    return result
+        dist.close()
 
 
-def resume_overrides(texts: Sequence[str]) -> Optional[object]:
-    """The CLI's ``key=value`` words on ``--resume``: the new train.epochs value (or None); any other
-    key is refused in one sentence."""
-    epochs = None
+def resume_overrides(texts: Sequence[str]) -> dict:
+    """The CLI's ``key=value`` words on ``--resume``: {train.epochs / train.batch_size / train.accumulate:
+    value}; any other key is refused in one sentence."""
+    changes = {}
     for text in texts:
         if "=" not in text:
             raise UserError(f"'{text}' is not a key=value override; a resumed run keeps its config file, so pass "
-                            "only train.epochs=N after --resume RUN.")
+                            "only train.epochs=N (or train.batch_size / train.accumulate with another --nproc) "
+                            "after --resume RUN.")
         key, value = parse_override(text)
         if key not in RESUMABLE_KEYS:
-            raise UserError(f"only train.epochs may change on resume, not '{key}'; start a new run to "
-                            "change other settings.")
-        epochs = value
-    return epochs
+            raise UserError(f"only train.epochs (and, keeping the global batch, train.batch_size and "
+                            f"train.accumulate) may change on resume, not '{key}'; start a new run to change "
+                            "other settings.")
+        changes[key] = value
+    return changes
 
 
 def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
-           log: Callable[[str], None] = print, on_epoch: Optional[OnEpoch] = None) -> RunResult:
+           log: Callable[[str], None] = print, on_epoch: Optional[OnEpoch] = None,
+           batch_size=None, accumulate=None) -> RunResult:
     """Continue ``run_dir`` from its last.pt; ``epochs`` may raise train.epochs (never lower it below
-    the epochs already done). More epochs re-lay the LR schedule over the new length."""
+    the epochs already done). More epochs re-lay the LR schedule over the new length. ``batch_size``
+    and ``accumulate`` change with the number of processes, keeping processes x batch x accumulate."""
     run_dir = Path(run_dir).expanduser()
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
-                        "'imgcls train'.")
-    if epochs is not None:  # the same rule as a new run's, checked before anything is touched
-        epochs = Config().replace(**{"train.epochs": epochs}).train.epochs
-    check_writable(run_dir, "run folder", "copy it somewhere writable and resume the copy")
-    lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
+    changes = {k: v for k, v in (("train.epochs", epochs), ("train.batch_size", batch_size),
+                                 ("train.accumulate", accumulate)) if v is not None}
+    dist = init_distributed(*_dist_settings(run_dir))
+    lock = None
     try:
-        return _resume_locked(run_dir, epochs, report, log, on_epoch)
+        payload = None
+        if dist.is_main:  # the run folder is rank 0's; the others get its config and last.pt from it
+            if not (run_dir / "config.yaml").is_file():
+                raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); pass the folder printed by "
+                                "'imgcls train'.")
+            if changes:  # the same rules as a new run's, checked before anything is touched
+                Config().replace(**changes)
+            check_writable(run_dir, "run folder", "copy it somewhere writable and resume the copy")
+            lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
+            payload = _read_resume(run_dir, changes, log)
+        cfg, start = dist.broadcast_object(payload)
+        run = build_run(cfg, run_dir=run_dir, start=start, log=log, dist=dist)
+        result = fit(run, on_epoch)
+        if dist.is_main:
+            _finish(result, cfg.run.report if report is None else report, log)
+        return result
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        dist.close()
 
 
-def _resume_locked(run_dir: Path, epochs, report, log, on_epoch) -> RunResult:
+def _dist_settings(run_dir: Path) -> tuple[str, float]:
+    """(train.device, train.dist_timeout) of the run being resumed, to join torchrun's group with."""
+    if launched() and (run_dir / "config.yaml").is_file():
+        t = load_config(run_dir / "config.yaml").train
+        return t.device, t.dist_timeout
+    return "auto", DEFAULT_TIMEOUT
+
+
+def _read_resume(run_dir: Path, changes: dict, log) -> tuple[Config, Optional[dict]]:
     cfg = load_config(run_dir / "config.yaml")
     # No last.pt and no metrics.csv: killed before its first checkpoint, so nothing was trained yet
     # and the run starts again in its own folder. Otherwise last.pt is required.
     start = None
     if (run_dir / "last.pt").exists() or (run_dir / "metrics.csv").exists():
         start = load_last(run_dir / "last.pt")
+    batch = {k: v for k, v in changes.items() if k != "train.epochs"}
+    if batch:
+        cfg = cfg.replace(**batch)
+    epochs = changes.get("train.epochs")
     if epochs is not None:
         old = cfg.train.epochs
         cfg = cfg.replace(**{"train.epochs": epochs})
@@ -92,10 +132,7 @@ def _resume_locked(run_dir: Path, epochs, report, log, on_epoch) -> RunResult:
         if cfg.train.epochs != old:
             log(f"train.epochs {old} -> {cfg.train.epochs}: the {cfg.sched.name} LR schedule is laid over the "
                 "new length, so the learning rate continues from where that longer schedule stands at this epoch")
-    run = build_run(cfg, run_dir=run_dir, start=start, log=log)
-    result = fit(run, on_epoch)
-    _finish(result, cfg.run.report if report is None else report, log)
-    return result
+    return cfg, start
 
 
 def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = None,

@@ -19,7 +19,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
             if a.config and "=" not in a.config:
                 raise UserError(f"'{a.config}' cannot be given with --resume: a resumed run keeps the config in "
                                 f"{a.resume}/config.yaml; pass only train.epochs=N to train longer.")
-            resume(a.resume, epochs=resume_overrides(words))
+            changes = resume_overrides(words)
+            resume(a.resume, **{k.split(".", 1)[1]: v for k, v in changes.items()})
             return 0
         config, overrides = a.config, list(a.overrides)
         if config and "=" in config and not Path(config).exists():  # `imgcls train key=value ...`
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config file (see configs/)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N processes on this machine (torchrun; one per GPU, or gloo on "
+                        "the CPU); train.batch_size is per process")
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("config", help="show the resolved config")
@@ -397,11 +401,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.overrides = list(args.overrides) + extra
     _expand_home(args)
     from .api import ReportInterrupted
+    from .engine.dist import launched
     from .engine.signals import TrainingInterrupted
     try:
+        if getattr(args, "nproc", None) is not None and not launched():
+            from .launch import launch, strip_nproc
+            return launch(strip_nproc(sys.argv[1:] if argv is None else list(argv)), args.nproc, args.resume)
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        _record(e)
         return 2
     except OSError as e:
         # A file-system refusal met mid-command (read-only mount, disk full, a file where a folder
@@ -410,13 +419,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if e.errno not in FILE_SYSTEM_ERRNOS:
             raise
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        _record(e)
         return 2
     except (TrainingInterrupted, ReportInterrupted) as e:
-        print(str(e), file=sys.stderr)
+        import os
+        # under torchrun rank 0 says it once, or the --nproc launcher does (it knows the resume command)
+        if os.environ.get("RANK", "0") == "0" and not os.environ.get("IMGCLS_RUN_DIR_FILE"):
+            print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _record(e: BaseException) -> None:
+    """Under torchrun: the error file the launcher reads, so its message names this rank's error."""
+    from .engine.dist import launched
+    if launched():
+        from .launch import record_failure
+        record_failure(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

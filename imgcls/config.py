@@ -141,6 +141,8 @@ class TrainConfig:
     progress: Union[bool, str] = "auto"  # per-batch bar: auto = only when stderr is a terminal
     ema: Optional[float] = None          # EMA of the weights (e.g. 0.999): validated, saved and exported when on
     compile: bool = False                # torch.compile the model (a warning and eager mode where it fails)
+    sync_bn: bool = False                # torchrun: batch-norm statistics over all processes (SyncBatchNorm)
+    dist_timeout: float = 300.0          # torchrun: seconds a collective waits for a lost process before failing
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are checked by their registry
     "train.epochs": 1, "train.batch_size": 1, "train.accumulate": 1, "data.image_size": 8,
     "data.num_workers": 0, "data.mixup": 0.0, "data.cutmix": 0.0, "train.checkpoint_every_steps": 0,
-    "train.patience": 1, "data.min_image_side": 1, "data.max_image_pixels": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
+    "train.patience": 1, "train.dist_timeout": 1.0, "data.min_image_side": 1, "data.max_image_pixels": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
 }
 
 

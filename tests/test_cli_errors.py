@@ -62,7 +62,7 @@ CASES = {
     "run folder exists": (lambda p: _train(f"data.root={p['data']}", f"run.dir={p['run']}"), "already exists"),
     "resume nothing": (lambda p: ["train", "--resume", str(p["root"] / "nope")], "is not a run folder"),
     "resume with changes": (lambda p: ["train", "--resume", str(p["run"]), "optim.lr=0.1"],
-                            "only train.epochs may change on resume"),
+                            "may change on resume, not"),
     "resume zero epochs": (lambda p: ["train", "--resume", str(p["run"]), "train.epochs=0"],
                            "'train.epochs' must be at least 1"),
     "resume with a config file": (lambda p: ["train", "--resume", str(p["run"]), str(p["root"] / "good.yaml")],

@@ -16,6 +16,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .decode import load_image
 
+
+def shard(batch: list, world: int, rank: int) -> list:
+    """Process ``rank``'s contiguous part of a global batch: sizes differ by at most one, the first
+    ranks take the extra samples, and the parts laid end to end are the batch itself (nothing padded)."""
+    base, extra = divmod(len(batch), world)
+    start = rank * base + min(rank, extra)
+    return batch[start:start + base + (rank < extra)]
+
 _ORDER, _AUGMENT = 0, 1  # stream ids, so the order and the augmentation never share a seed
 
 
@@ -64,16 +72,25 @@ class EpochBatchSampler(Sampler):
 
     ``weights`` (one per sample) switches to sampling with replacement, e.g. class-balanced.
     ``start_batch`` skips the first batches of the current epoch (mid-epoch resume).
-    A final batch of a single sample is merged into the previous one: batch norm cannot
-    train on one sample.
+
+    Under data parallelism (``world`` processes) the batches are global, of ``batch_size * world``
+    samples, and each process yields its contiguous shard of every one (``rank``'s part, nothing
+    padded), so N processes x batch B see the samples one process with batch N*B sees. A final
+    batch with fewer than 2 samples per process is merged into the previous one: batch norm cannot
+    train on one sample (in one process: a final batch of a single sample).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True,
-                 weights: Optional[Sequence[float]] = None):
+                 weights: Optional[Sequence[float]] = None, world: int = 1, rank: int = 0):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.world, self.rank = world, rank
         self.epoch = 0
         self.start_batch = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -87,21 +104,27 @@ class EpochBatchSampler(Sampler):
         return torch.arange(self.n)
 
     def batches(self, epoch: int) -> list[list[int]]:
-        idx = self.order(epoch).tolist()
-        out = [idx[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        if len(out) > 1 and len(out[-1]) == 1:
+        """The epoch's global batches (every process's samples), in order."""
+        idx, size = self.order(epoch).tolist(), self.global_batch
+        out = [idx[i:i + size] for i in range(0, self.n, size)]
+        if len(out) > 1 and len(out[-1]) < 2 * self.world:
             out[-2].extend(out.pop())
         return out
 
     def __len__(self) -> int:
-        full = math.ceil(self.n / self.batch_size)
-        if full > 1 and self.n % self.batch_size == 1:
+        size = self.global_batch
+        full = math.ceil(self.n / size)
+        if full > 1 and 0 < self.n % size < 2 * self.world:
             full -= 1
         return full
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """This process's shard of each remaining batch; an empty shard (a validation batch smaller than
+        the number of processes) is skipped: validation gathers every process's outputs afterwards."""
         for b in self.batches(self.epoch)[self.start_batch:]:
-            yield [(self.epoch, i) for i in b]
+            mine = shard(b, self.world, self.rank) if self.world > 1 else b
+            if mine:
+                yield [(self.epoch, i) for i in mine]
 
 
 def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:

@@ -33,6 +33,7 @@ from ..modelinfo import ModelInfo
 from ..models import create_model
 from ..optim import create_optimizer, create_scheduler, scheduler_takes
 from ..tasks import Task, get_task
+from .dist import DistContext, device_for
 from .loop import EpochState, StepConfig, fit_micro_batch
 from .rundir import RunLock, create_run_dir, env_info, truncate_metrics
 
@@ -102,10 +103,13 @@ class Run:
     ema: Optional[nn.Module] = None  # train.ema: AveragedModel of the weights, updated every optimizer step
 
     compiled: Optional[nn.Module] = None  # train.compile: torch.compile(model), sharing its parameters
+    dist: DistContext = field(default_factory=DistContext)  # torchrun's processes; the world of 1 otherwise
+    ddp: Optional[nn.Module] = None  # DistributedDataParallel(model) when dist is active
 
     @property
     def train_model(self) -> nn.Module:
-        return self.compiled if self.compiled is not None else self.model
+        """What trains: the compiled model, else DDP's wrapper, else the model (all share parameters)."""
+        return self.compiled if self.compiled is not None else self.ddp if self.ddp is not None else self.model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -113,11 +117,27 @@ class Run:
         return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self) -> dict:
-        """What last.pt holds: tensors and plain values only (loads with weights_only=True)."""
+        """What last.pt holds: tensors and plain values only (loads with weights_only=True).
+
+        Under data parallelism every process calls it (the epoch's loss sums and each process's
+        random state are gathered); rank 0's copy is the one written. In-epoch progress is also kept
+        in samples, so a resume with another process count (same global batch) finds its place."""
+        progress = self.progress.state_dict()
+        rng = rng_state()
+        if self.dist.active:
+            ranks_rng = self.dist.gather_objects(rng)
+            es = progress["epoch_state"]
+            if es is not None:
+                es["loss_sum"] = self.dist.all_sum(self.progress.position.loss_sum.detach()).cpu()
+                es["samples"] = int(self.dist.all_sum(torch.tensor([es["samples"]]))[0])
+        else:
+            ranks_rng = None
+        if progress["epoch_state"] is not None:
+            progress["epoch_state"]["samples_done"] = sum(self.step.batch_sizes[:self.progress.position.batches_done])
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() or None,
-                **self.progress.state_dict(), "rng": rng_state(), "imgcls": __version__,
-                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate,
+                **progress, "rng": rng, "rng_ranks": ranks_rng, "imgcls": __version__,
+                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate, "world": self.dist.world,
                 "ema": None if self.ema is None else self.ema.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
@@ -126,13 +146,35 @@ class Run:
         self.scheduler.load_state_dict(d["scheduler"])
         if d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
-        self.progress.load_state_dict(d)
+        self.progress.load_state_dict(_place_in_epoch(d, self.step.batch_sizes, self.dist.rank))
         if self.ema is not None:
             if not d.get("ema"):
                 raise UserError("this run's last.pt has no EMA state (it was started without train.ema); resume "
                                 "it without train.ema, or start a new run.")
             self.ema.load_state_dict(d["ema"])
-        set_rng_state(d["rng"])
+        same_world = d.get("world", 1) == self.dist.world and d.get("rng_ranks")
+        set_rng_state(d["rng_ranks"][self.dist.rank] if same_world else d["rng"])
+
+
+def _place_in_epoch(d: dict, sizes: tuple[int, ...], rank: int) -> dict:
+    """last.pt's progress for this process: the micro-batch to continue from on this run's schedule
+    (found from the samples done when the batch layout changed with the process count), and the
+    epoch's loss sums on rank 0 only (every process adds its own, and they are summed at the end)."""
+    es = d.get("epoch_state")
+    if not es:
+        return d
+    es = dict(es)
+    done = es.get("samples_done")
+    if done is not None:
+        cumulative = [sum(sizes[:j + 1]) for j in range(len(sizes))]
+        if done not in cumulative:
+            raise UserError(f"this run's last.pt stopped after {done} samples of epoch {d['epoch'] + 1}, which is not "
+                            "a batch boundary with the new batch layout; resume with the process count and "
+                            "train.batch_size it ran with.")
+        es["batches_done"] = cumulative.index(done) + 1
+    if rank != 0:
+        es["loss_sum"], es["samples"] = torch.zeros((), dtype=torch.float64), 0
+    return {**d, "epoch_state": es}
 
 
 # ---------------------------------------------------------------- the pieces, in data-flow order
@@ -268,10 +310,12 @@ def _workers(setting, device: torch.device, batched: bool) -> int:
     return min(8, cores - 1) if device.type == "cuda" else 2
 
 
-def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log):
-    """(train store, val store, where) per data.cache; (None, None, None) when off."""
+def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log, dist: Optional[DistContext] = None):
+    """(train store, val store, where) per data.cache; (None, None, None) when off. Under torchrun
+    local rank 0 of each node builds first while the others wait; they then map its disk cache."""
     from ..data.store import StoreSpec, build_store, choose
     d = cfg.data
+    dist = dist or DistContext()
     train_spec = StoreSpec("train", d.image_size, 1.0, info.channels)
     where = choose(d.cache, len(split.train) + len(split.val), train_spec)
     if where is None:
@@ -279,9 +323,13 @@ def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log):
     import time
     t0 = time.perf_counter()
     workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
+    eval_spec = StoreSpec("eval", info.image_size, info.crop_pct, info.channels)
+    if dist.active and dist.local_rank != 0:
+        dist.barrier()  # local rank 0 builds (or finds) the cache first
     train = build_store(split.train.paths, train_spec, where, workers, log)
-    val = build_store(split.val.paths, StoreSpec("eval", info.image_size, info.crop_pct, info.channels), where,
-                      workers, log, eval_view=info.eval_transform())
+    val = build_store(split.val.paths, eval_spec, where, workers, log, eval_view=info.eval_transform())
+    if dist.active and dist.local_rank == 0:
+        dist.barrier()
     mb = (train.nbytes + val.nbytes) / 2**20
     log(f"cache: {where}{' (data.cache=auto)' if d.cache == 'auto' else ''}, {len(train)} training images at "
         f"{train.shape[2]}x{train.shape[3]} + {len(val)} validation images at {val.shape[2]}x{val.shape[3]} "
@@ -290,7 +338,7 @@ def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log):
 
 
 def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device,
-             log=print) -> DataPath:
+             log=print, dist: Optional[DistContext] = None) -> DataPath:
     from ..data.batchaug import BatchAugment, batch_plan
     from ..data.dataset import CachedLoader
     d = cfg.data
@@ -299,15 +347,17 @@ def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, de
     if d.augment_on == "device" and plan is None:
         raise UserError(f"data.augment_on=device, but preset '{d.augment}' has no batched form (it runs in "
                         "workers); use data.augment_on=auto or a preset among none, digits, light, default.")
-    train_store, val_store, where = _stores(cfg, info, split, log)
+    dist = dist or DistContext()
+    train_store, val_store, where = _stores(cfg, info, split, log, dist)
     batched = train_store is not None and plan is not None and d.augment_on != "workers"
     workers = _workers(d.num_workers, device, batched)
     weights = None
     if d.sampler == "balanced":  # multiclass: its classes; multi-head: the combined classes of task.combine
         codes, n = task.sampling_classes(split.train.labels, split.classes)
         weights = balanced_weights(codes, n)
-    sampler = EpochBatchSampler(len(split.train), batch_size, cfg.train.seed, True, weights)
-    val_sampler = EpochBatchSampler(len(split.val), batch_size * 2, 0, shuffle=False)
+    sampler = EpochBatchSampler(len(split.train), batch_size, cfg.train.seed, True, weights, dist.world, dist.rank)
+    val_sampler = EpochBatchSampler(len(split.val), batch_size * 2, 0, shuffle=False, world=dist.world,
+                                    rank=dist.rank)
     pin = device.type == "cuda"
     train_targets = task.target_tensor(split.train.labels, split.classes)
     val_targets = task.target_tensor(split.val.labels, split.classes)
@@ -374,31 +424,45 @@ def _show_progress(setting) -> bool:
 # ---------------------------------------------------------------- build
 
 def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[dict] = None,
-              log: Callable[[str], None] = print) -> Run:
+              log: Callable[[str], None] = print, dist: Optional[DistContext] = None) -> Run:
     """Everything for ``fit``. ``run_dir`` None creates a new folder; else it is the folder being
-    resumed, with ``start`` its last.pt (None when killed before the first checkpoint)."""
+    resumed, with ``start`` its last.pt (None when killed before the first checkpoint). ``dist``:
+    torchrun's processes (every one builds the same run; only rank 0 logs and writes)."""
+    dist = dist or DistContext()
+    if not dist.is_main:
+        log = _silent
     if start is None and run_dir is None:
         cfg = absolute_data_paths(cfg)
     task = get_task(cfg.task.type).from_config(cfg)
     monitor = task.resolve_monitor(cfg.train.monitor)
-    device = _device(cfg)
+    device = device_for(dist, _device(cfg))
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     split = _split(cfg, task, log)
+    _check_same_data(dist, split)
     # what the task learns from the training targets (regression: their mean/std) goes into model.json
     split.label_record = {**split.label_record, **task.fit(split.train.labels, split.classes)}
     task = task.configure({**task.record(split.classes), **split.label_record})
     split.task = task
-    if start is not None:
+    if start is not None and dist.is_main:  # the run folder is rank 0's
         check_same_split(split, Path(run_dir) / "split")
     info = _model_info(cfg, task, split, monitor)
     model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
                          cfg.model.drop_rate, image_size=info.image_size, log=log)
+    if dist.active and cfg.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, nhwc = place_model(model, device), channels_last(device)
     _check_before_folder(cfg, model, split, monitor)
     criterion = _criterion(cfg, task, split, device)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
-    batch_size, accumulate = _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log)
-    data = _loaders(cfg, info, split, batch_size, device, log)
+    batch_size, accumulate = dist.broadcast_object(  # every process with rank 0's probe
+        _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log))
+    _check_global_batch(start, dist.world, batch_size, accumulate)
+    if dist.active:  # dropout and MixUp draw from each process's own stream (the model itself is rank 0's)
+        from ..data.dataset import derive_seed
+        torch.manual_seed(derive_seed(cfg.train.seed, 7, dist.rank))
+        log(f"data parallel: {dist.world} processes ({dist.backend}) x batch {batch_size}"
+            f"{f' x accumulate {accumulate}' if accumulate > 1 else ''} = global batch {dist.world * batch_size * accumulate}")
+    data = _loaders(cfg, info, split, batch_size, device, log, dist)
     log(data.summary)
     sampler, train_loader, val_loader = data.sampler, data.train_loader, data.val_loader
     sizes = tuple(len(b) for b in sampler.batches(0))  # the same every epoch: order changes, sizes do not
@@ -412,16 +476,65 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "16"),
               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
               step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
-                              t.checkpoint_every_steps),
+                              t.checkpoint_every_steps, dist.world),
               prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
                                    augment=data.augment, channels_last=nhwc),
               eval_prep=info.batch_prep(device, channels_last=nhwc), metrics=task.create_metrics(split.classes),
               plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
-                             _show_progress(t.progress)),
-              resumed=start is not None, log=log, ema=_ema(model, t.ema),
-              compiled=_compile(model, info, device, log) if t.compile else None)
+                             _show_progress(t.progress) and dist.is_main),
+              resumed=start is not None, log=log, ema=_ema(model, t.ema), dist=dist, ddp=_ddp(model, dist, device))
+    if t.compile:
+        run.compiled = _compile(run.ddp if run.ddp is not None else model, info, device, log)
     _open_folder(run, start)
     return run
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the job."""
+
+
+def _ddp(model: nn.Module, dist: DistContext, device: torch.device) -> Optional[nn.Module]:
+    """torch's DistributedDataParallel over ``model`` (it broadcasts rank 0's weights at once)."""
+    if not dist.active:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _check_same_data(dist: DistContext, split: DataSplit) -> None:
+    """Every process must read the same files in the same split (on every node: the same data paths)."""
+    if not dist.active:
+        return
+    import hashlib
+    digest = hashlib.sha1("\n".join([*split.train.paths, "|", *split.val.paths]).encode()).hexdigest()
+    digests = dist.gather_objects(digest)
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise UserError(f"process {differ[0]} sees other data than process 0 ({len(split.train)} / {len(split.val)} "
+                        "images here); every node needs the same data at the same paths.")
+
+
+def _check_global_batch(start: Optional[dict], world: int, batch_size: int, accumulate: int) -> None:
+    """A resume may change the number of processes only with the global batch kept: processes x
+    train.batch_size x train.accumulate as the run started."""
+    if start is None or "batch_size" not in start:
+        return
+    w0, b0, a0 = start.get("world", 1), start["batch_size"], start["accumulate"]
+    if w0 * b0 * a0 == world * batch_size * accumulate:
+        return
+    fix = w0 * b0 * a0 / (world * accumulate)
+    hint = (f"pass train.batch_size={int(fix)}" if fix == int(fix) else
+            f"choose train.batch_size and train.accumulate with {world} x batch x accumulate = {w0 * b0 * a0}")
+    raise UserError(f"this run trained with {w0} process(es) x batch {b0} x accumulate {a0} = {w0 * b0 * a0} samples "
+                    f"per optimizer step, but the resume has {world} x {batch_size} x {accumulate} = "
+                    f"{world * batch_size * accumulate}; {hint} to continue it exactly.")
+
+
+def _announce(run_dir: Path) -> None:
+    """Tell the ``--nproc`` launcher where the run folder is (for the resume command and rank logs)."""
+    where = os.environ.get("IMGCLS_RUN_DIR_FILE")
+    if where:
+        Path(where).write_text(str(run_dir))
 
 
 def _compile(model: nn.Module, info: ModelInfo, device: torch.device, log) -> Optional[nn.Module]:
@@ -454,6 +567,8 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
     what a kill left after it (rows of later epochs, half-written temporary files)."""
     if start is not None:
         run.load_state_dict(start)
+        if not run.dist.is_main:
+            return
         atomic_write_text(run.run_dir / "config.yaml", to_yaml(run.cfg))  # train.epochs may have changed
         remove_temp_files(run.run_dir)
         p = run.progress.position
@@ -461,10 +576,23 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
         run.log(f"resuming {run.run_dir} at epoch {p.epoch + 1}" + (f", batch {p.batches_done + 1}" if p.batches_done else ""))
         return
     r = run.cfg.run
+    if not run.dist.is_main:  # rank 0 names the folder; the others write nothing
+        name = run.dist.broadcast_object(None)
+        if not name:
+            raise UserError("process 0 could not create the run folder (its message says why).")
+        run.run_dir = Path(name)
+        return
     if run.run_dir == Path():
-        run.run_dir = create_run_dir(r.dir, r.root, r.name)
+        try:
+            run.run_dir = create_run_dir(r.dir, r.root, r.name)
+        except UserError:
+            run.dist.broadcast_object("")  # the others stop too (their next collective fails)
+            raise
+        run.dist.broadcast_object(str(run.run_dir))
         run.lock = RunLock(run.run_dir).acquire()
+        _announce(run.run_dir)
     else:  # resumed before its first checkpoint: nothing was trained, start again in its own folder
+        run.dist.broadcast_object(str(run.run_dir))
         run.log(f"{run.run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
         remove_temp_files(run.run_dir)
         truncate_metrics(run.run_dir / "metrics.csv", 0)

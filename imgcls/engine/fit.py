@@ -2,12 +2,16 @@
 
 Checkpointing, early stopping and logging are ordinary calls below; ``on_epoch(epoch, row)`` is the
 one callback (tracking, tuning, cross-validation plug in there, not into the loop).
+
+Under torchrun every process runs this loop in step: each decision (stop on a signal, early stop,
+the callback's) is agreed across processes, and only rank 0 writes (run.dist.is_main).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +52,10 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> RunResult:
     log(f"data: {len(run.split.train)} train / {len(run.split.val)} val images, {len(run.split.classes)} classes, "
         f"{run.info.channels} channel(s); split {run.split.grouping}; model {run.info.architecture} "
         f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters) on {run.device}")
-    writer = tensorboard_writer(run.run_dir, purge_step=run.progress.position.epoch + 1 if run.resumed else None)
+    writer = (tensorboard_writer(run.run_dir, purge_step=run.progress.position.epoch + 1 if run.resumed else None)
+              if run.dist.is_main else None)
     if not run.resumed:
-        save_last(run.run_dir / "last.pt", run.state_dict())  # resumable from the start
+        _save_last(run)  # resumable from the start
     stopped = None
     try:
         with StopFlag() as stop:
@@ -59,10 +64,10 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> RunResult:
                 _train(run, stop)
                 row, improved = _validate_and_record(run, t0, writer)
                 run.progress.position.next_epoch()
-                save_last(run.run_dir / "last.pt", run.state_dict())
+                _save_last(run)
                 _log_epoch(run, row, improved)
-                if stop.signum is not None:
-                    raise TrainingInterrupted(run.run_dir, stop.signum)
+                if _stopping(run, stop):
+                    raise TrainingInterrupted(run.run_dir, stop.signum or signal.SIGTERM, run.dist.world)
                 stopped = _should_stop(run, row, on_epoch)
                 if stopped:
                     break
@@ -70,6 +75,18 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> RunResult:
         if writer is not None:
             writer.close()
     return _result(run, stopped)
+
+
+def _save_last(run: Run) -> None:
+    """last.pt, written by rank 0 (every process takes part in gathering what it holds)."""
+    state = run.state_dict()
+    if run.dist.is_main:
+        save_last(run.run_dir / "last.pt", state)
+
+
+def _stopping(run: Run, stop: StopFlag) -> bool:
+    """A signal reached this process, or (under torchrun) any process: all stop at the same step."""
+    return run.dist.any(stop.signum is not None, run.device)
 
 
 def _train(run: Run, stop: StopFlag) -> None:
@@ -82,39 +99,46 @@ def _train(run: Run, stop: StopFlag) -> None:
     def on_step(state) -> bool:
         if run.ema is not None:  # after every optimizer step, before a checkpoint can save it
             run.ema.update_parameters(run.model)
-        if stop.signum is not None:
+        if _stopping(run, stop):
             return True
         if plan.progress and state.global_step % 10 == 0:
             bar.set_postfix(loss=f"{state.mean_loss:.4f}")
         every = plan.checkpoint_every
         if every and state.global_step % every == 0 and state.batches_done < len(run.step.batch_sizes):
-            save_last(run.run_dir / "last.pt", run.state_dict())
-        return stop.signum is not None  # a signal during that save: stop now, not a step later
+            _save_last(run)
+            return _stopping(run, stop)  # a signal during that save: stop now, not a step later
+        return False
 
     with _explain_oom(run.sampler.batch_size, run.step.accumulate, "training"):
         train_epoch(run.train_model, bar, run.criterion, run.optimizer, run.scheduler, run.step, run.prep,
                     position, run.scaler, on_step)
     bar.close()
-    if stop.signum is not None and position.batches_done < len(run.step.batch_sizes):
-        save_last(run.run_dir / "last.pt", run.state_dict())
-        raise TrainingInterrupted(run.run_dir, stop.signum)
+    if position.batches_done < len(run.step.batch_sizes):  # on_step stopped the epoch: every process agreed
+        _save_last(run)
+        raise TrainingInterrupted(run.run_dir, stop.signum or signal.SIGTERM, run.dist.world)
 
 
 def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
     """Validate, step the epoch schedule, append the metrics row; save the best model when it improved."""
     position, plan, task = run.progress.position, run.plan, run.task
+    if run.dist.active:  # rank 0's batch-norm statistics and EMA validate and are saved, on every process
+        run.dist.broadcast_module(run.model)
+        if run.ema is not None:
+            run.dist.broadcast_module(run.ema)
     with _explain_oom(run.sampler.batch_size, run.step.accumulate, "validation"):
-        model = run.eval_model if run.ema is not None else run.train_model  # compiled when on, else the model
+        model = (run.eval_model if run.ema is not None or run.dist.active  # DDP's wrapper is for training
+                 else run.train_model)  # compiled when on, else the model
         scalars, details, probs, indices = validate(model, run.val_loader, run.criterion, run.metrics,
                                                     run.eval_prep, precision=run.step.precision,
-                                                    probabilities=task.probabilities)
-    train_loss = position.mean_loss
+                                                    probabilities=task.probabilities, dist=run.dist)
+    train_loss = _train_loss(run)
     value = scalars.get(plan.monitor, train_loss if plan.monitor == "train/loss" else None)
     run.scheduler.step_epoch(value)
     epoch = position.epoch + 1
     row = {"epoch": epoch, "lr": get_lr(run.optimizer), "train/loss": train_loss, **scalars,
            "seconds": round(time.perf_counter() - t0, 3), "skipped_steps": position.skipped_steps}
-    append_metrics_row(run.run_dir / "metrics.csv", row, csv_columns(task.metric_names()))
+    if run.dist.is_main:
+        append_metrics_row(run.run_dir / "metrics.csv", row, csv_columns(task.metric_names()))
     if writer is not None:
         for k in ("lr", *task.metric_names(), "seconds"):
             if k in row:
@@ -125,11 +149,22 @@ def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
         p.best_value is None or (value < p.best_value if plan.direction == "min" else value > p.best_value))
     if improved:
         p.best_value, p.best_epoch, p.bad_epochs = value, epoch, 0
-        _save_best(run, epoch, value, scalars, details, probs, indices, train_loss)
+        if run.dist.is_main:
+            _save_best(run, epoch, value, scalars, details, probs, indices, train_loss)
     else:
         p.bad_epochs += 1
     row["warnings"] = task.epoch_warnings(scalars, details)
     return row, improved
+
+
+def _train_loss(run: Run) -> float:
+    """train/loss over every process's samples of the epoch."""
+    p = run.progress.position
+    if not run.dist.active:
+        return p.mean_loss
+    total = run.dist.all_sum(torch.stack([p.loss_sum.double(), torch.tensor(float(p.samples), dtype=torch.float64,
+                                                                            device=p.loss_sum.device)]))
+    return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
 
 
 def _finite_model(run: Run, value) -> bool:
@@ -169,7 +204,8 @@ def _should_stop(run: Run, row: dict, on_epoch: Optional[OnEpoch]) -> Optional[s
     p, plan = run.progress, run.plan
     if on_epoch is not None:
         public = {k: v for k, v in row.items() if k not in ("warnings", "skipped_steps")}
-        if on_epoch(row["epoch"], public):
+        # rank 0 alone calls it (tracking and tuning talk to their servers once); all follow its answer
+        if run.dist.broadcast_object(bool(on_epoch(row["epoch"], public)) if run.dist.is_main else None):
             run.log(f"stopped after epoch {row['epoch']} by the on_epoch callback")
             return "callback"
     if plan.patience and p.bad_epochs >= plan.patience and row["epoch"] < plan.epochs:
@@ -182,7 +218,8 @@ def _result(run: Run, stopped: Optional[str]) -> RunResult:
     p = run.progress
     if p.best_epoch < 0:
         raise UserError(f"no epoch produced a finite {run.plan.monitor}; no best model was saved in {run.run_dir}.")
-    best = json.loads((run.run_dir / "val_metrics.json").read_text())
+    best = run.dist.broadcast_object(json.loads((run.run_dir / "val_metrics.json").read_text())
+                                     if run.dist.is_main else None)
     best_scalars = {k: best[k] for k in run.task.metric_names() if k in best}
     run.log(f"best epoch {p.best_epoch}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in best_scalars.items()))
     return RunResult(run.run_dir, p.best_epoch, best_scalars, stopped)

@@ -6,10 +6,14 @@
 
 The knobs fixed for a run live in ``StepConfig``; what turns a loader batch into model input lives in
 ``BatchPrep`` (imgcls.data.prep); where the run stands lives in ``EpochState``. EMA and similar
-additions hook in through ``on_step``; DDP's gradient sync through the wrapped model.
+additions hook in through ``on_step``; DDP's gradient sync through the wrapped model: with
+``StepConfig.world`` processes each micro-batch's loss is weighted by its share of the *global*
+window times the world size (DDP averages gradients over processes), and non-stepping micro-batches
+run inside ``no_sync()``, so N processes x batch B step exactly as one process with batch N*B.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -25,12 +29,13 @@ from ..errors import UserError
 @dataclass(frozen=True)
 class StepConfig:
     """What every optimizer step of a run does the same way."""
-    batch_sizes: tuple[int, ...]        # micro-batch sizes of one epoch, in order (see window_sizes)
+    batch_sizes: tuple[int, ...]        # global micro-batch sizes of one epoch, in order (see window_sizes)
     accumulate: int = 1                 # micro-batches per optimizer step
     precision: str = "32"               # 32 | bf16 | 16 (16 scales the loss with a GradScaler)
     clip_grad: Optional[float] = None   # max global gradient norm; None = off
     skip_nonfinite: bool = False        # skip (and count) a step whose loss is NaN/inf, instead of stopping
     check_every: int = 0                # also check for a non-finite loss every N steps (the checkpoint cadence)
+    world: int = 1                      # data-parallel processes (torchrun); their shards make up each batch
 
 
 @dataclass
@@ -94,20 +99,22 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimi
     prep.epoch = state.epoch  # the batched augmentation's per-sample draws: (seed, epoch, index)
     for images, targets, index in loader:
         j = state.batches_done  # this micro-batch's index in the epoch
+        stepping = (j + 1) % step.accumulate == 0 or j + 1 == n_batches
         x, y = prep(images, targets, index)  # on the device, normalised, augmented; MixUp/CutMix: y probabilities
-        with autocast_context(device, step.precision):
-            output = model(x)                                # forward
-            loss = criterion(output.float(), y)              # loss = criterion(output, labels)
         n = images.shape[0]
-        scaler.scale(loss * (n / windows[j])).backward()     # loss.backward(), weighted by window share
+        with _no_sync(model, stepping):  # DDP: gradients are all-reduced only at the window's last micro-batch
+            with autocast_context(device, step.precision):
+                output = model(x)                            # forward
+                loss = criterion(output.float(), y)          # loss = criterion(output, labels)
+            scaler.scale(loss * (n * step.world / windows[j])).backward()  # loss.backward(), by window share
         window_loss += loss.detach().to(acc) * n
         window_n += n
         state.batches_done += 1
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.global_step, first_bad)
-        if (j + 1) % step.accumulate and j + 1 != n_batches:
+        if not stepping:
             continue  # still inside the accumulation window
 
-        if step.skip_nonfinite and int(first_bad) >= 0:  # a host sync per step, only when asked for
+        if step.skip_nonfinite and int(_across(first_bad, step.world)) >= 0:  # a host sync per step, when asked
             state.skipped_steps += 1  # its loss stays out of train/loss
             first_bad.fill_(-1)
         else:
@@ -126,16 +133,29 @@ def train_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimi
         s = state.global_step
         if not step.skip_nonfinite and (s % 50 == 0 or j + 1 == n_batches
                                         or (step.check_every and s % step.check_every == 0)):
-            _raise_if_nonfinite(first_bad, state.epoch)
+            _raise_if_nonfinite(first_bad, state.epoch, step.world)
         if on_step is not None and on_step(state):
             break
     if not step.skip_nonfinite:
-        _raise_if_nonfinite(first_bad, state.epoch)
+        _raise_if_nonfinite(first_bad, state.epoch, step.world)
     return state
 
 
-def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad)
+def _no_sync(model: nn.Module, stepping: bool):
+    no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel's
+    return no_sync() if (no_sync is not None and not stepping) else contextlib.nullcontext()
+
+
+def _across(first_bad: torch.Tensor, world: int) -> torch.Tensor:
+    """The latest bad step of any process (-1: none), so every process decides a skip or stop alike."""
+    if world > 1:
+        first_bad = first_bad.clone()
+        torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MAX)
+    return first_bad
+
+
+def _raise_if_nonfinite(first_bad: torch.Tensor, epoch: int, world: int = 1) -> None:
+    step = int(_across(first_bad, world))
     if step >= 0:
         raise NonFiniteLoss(f"the loss became NaN or infinite at epoch {epoch + 1}, optimizer step {step + 1}; "
                             "lower optim.lr, set optim.clip_grad, or set train.skip_nonfinite=true.")
@@ -147,12 +167,18 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def validate(model: nn.Module, loader: Iterable, criterion: Optional[nn.Module], metrics, prep: BatchPrep, *,
-             precision: str = "32", probabilities: Callable = _softmax
+             precision: str = "32", probabilities: Callable = _softmax, dist=None
              ) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     """Inference on held-out data under model.eval(), no gradients: (scalars, details,
-    probabilities [N, K] on the CPU, dataset indices [N]). ``probabilities`` is the task's."""
+    probabilities [N, K] on the CPU, dataset indices [N]). ``probabilities`` is the task's.
+
+    Under data parallelism (``dist`` active) each process runs its shard (nothing padded); the
+    outputs of all are gathered and the metrics computed over every validation sample exactly once,
+    in dataset order, identically on every process."""
     model.eval()
     metrics.reset()
+    if dist is not None and dist.active:
+        return _validate_gathered(model, loader, criterion, metrics, prep, precision, probabilities, dist)
     probs, indices = [], []
     acc = accumulator_dtype(prep.device)
     for images, targets, idx in loader:
@@ -166,6 +192,27 @@ def validate(model: nn.Module, loader: Iterable, criterion: Optional[nn.Module],
         probs.append(probabilities(logits).cpu())
         indices.append(idx)
     return metrics.compute(), metrics.details(), torch.cat(probs), torch.cat(indices)
+
+
+def _validate_gathered(model, loader, criterion, metrics, prep, precision, probabilities, dist):
+    outs = []
+    for images, targets, idx in loader:
+        with autocast_context(prep.device, precision):
+            logits = model(prep.images(images)).float()
+        outs.append((logits.cpu(), targets.cpu(), idx.cpu()))
+    parts = [o for rank_outs in dist.gather_objects(outs) for o in rank_outs]
+    logits, targets, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
+    order = idx.argsort()
+    logits, targets, idx = logits[order], targets[order], idx[order]
+    acc = accumulator_dtype(prep.device)
+    probs = []
+    for start in range(0, len(idx), 1024):  # the metrics see every sample once, in dataset order
+        lg = logits[start:start + 1024].to(prep.device)
+        y = targets[start:start + 1024].to(prep.device)
+        loss = criterion(lg, y) if criterion is not None else None
+        metrics.update(lg, y, None if loss is None else loss.detach().to(acc) * len(y))
+        probs.append(probabilities(lg).cpu())
+    return metrics.compute(), metrics.details(), torch.cat(probs), idx
 
 
 def fit_micro_batch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, *,

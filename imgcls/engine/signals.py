@@ -32,8 +32,8 @@ class StopFlag:
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, run_dir: Path, signum: int):
+    def __init__(self, run_dir: Path, signum: int, nproc: int = 1):
         self.run_dir, self.signum = run_dir, signum
         self.exit_code = 130 if signum == signal.SIGINT else 143
         super().__init__(f"stopped by signal {signum}; last.pt saved. Resume with: "
-                         f"imgcls train --resume {run_dir}")
+                         f"imgcls train --resume {run_dir}" + (f" --nproc {nproc}" if nproc > 1 else ""))
