@@ -404,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .engine.dist import launched
     from .engine.signals import TrainingInterrupted
     try:
-        if getattr(args, "nproc", None) is not None and not launched():
+        if getattr(args, "nproc", None) not in (None, 1) and not launched():  # --nproc 1: this process
             from .launch import launch, strip_nproc
             return launch(strip_nproc(sys.argv[1:] if argv is None else list(argv)), args.nproc, args.resume)
         return args.func(args)

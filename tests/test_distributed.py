@@ -1,0 +1,231 @@
+"""Data-parallel training on torchrun (gloo on the CPU): N processes x batch B train exactly as one
+process with batch N*B, validation counts every sample once, one run folder, failures stop the job,
+and a resume may change the process count with the global batch kept.
+
+The references are imgcls's own single-process loop (tested elsewhere against hand-written steps)
+and the files it writes; the model has group norm instead of batch norm, no dropout, no MixUp, fp32
+(the conditions under which the equivalence is exact up to the order of float additions).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+from imgcls.data.dataset import EpochBatchSampler, shard
+
+# 108 images -> 81 train (not a multiple of 32) / 27 validation (not a multiple of 2)
+COMMON = ["data.image_size=16", "data.augment=light", "data.val_fraction=0.25", "model.name=test_efficientnet_gn",
+          "model.drop_rate=0", "optim.lr=0.01", "sched.name=cosine", "train.progress=false", "run.report=false",
+          "train.dist_timeout=20"]
+TIMEOUT = 240
+
+
+# ---------------------------------------------------------------- sharding, in process
+
+@pytest.mark.parametrize("n,world", [(10, 2), (7, 3), (2, 4), (0, 2), (33, 4)])
+def test_shards_lay_end_to_end_into_the_batch(n, world):
+    batch = list(range(n))
+    parts = [shard(batch, world, r) for r in range(world)]
+    assert sum(parts, []) == batch
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("n", [81, 100, 98, 5])
+def test_two_processes_see_the_batches_of_one_with_twice_the_batch(n):
+    one = EpochBatchSampler(n, 32, seed=3)
+    ranks = [EpochBatchSampler(n, 16, seed=3, world=2, rank=r) for r in range(2)]
+    for epoch in range(3):
+        for s in (one, *ranks):
+            s.set_epoch(epoch)
+        mine = [list(r) for r in ranks]
+        assert len(mine[0]) == len(ranks[0]) == len(ranks[0].batches(epoch))
+        merged = [a + b for a, b in zip(*mine)]
+        if n % 32 >= 4 or n % 32 == 0 or n < 32:  # the layouts agree (a 2-3 sample tail joins the batch before with 2)
+            assert merged == list(one)
+        assert sorted(i for b in merged for _, i in b) == sorted(one.order(epoch).tolist())
+        assert all(len(b) >= 2 for r in mine for b in r)  # batch norm never sees a single sample
+
+
+def test_validation_shards_skip_empty_parts_and_cover_every_sample_once():
+    ranks = [EpochBatchSampler(9, 2, 0, shuffle=False, world=4, rank=r) for r in range(4)]
+    seen = [i for s in ranks for b in s for _, i in b]
+    assert sorted(seen) == list(range(9))
+    assert all(len(b) > 0 for s in ranks for b in s)
+
+
+def test_resume_rule_keeps_the_global_batch():
+    from imgcls.engine.build import _check_global_batch
+    from imgcls.errors import UserError
+    start = {"world": 2, "batch_size": 16, "accumulate": 1}
+    _check_global_batch(start, 1, 32, 1)
+    _check_global_batch(start, 1, 16, 2)
+    with pytest.raises(UserError, match="pass train.batch_size=32"):
+        _check_global_batch(start, 1, 16, 1)
+
+
+def test_in_epoch_progress_is_found_in_samples_on_a_new_layout():
+    from imgcls.engine.build import _place_in_epoch
+    from imgcls.errors import UserError
+    d = {"epoch": 0, "epoch_state": {"batches_done": 2, "samples_done": 64, "loss_sum": torch.tensor(3.0,
+                                     dtype=torch.float64), "samples": 64, "skipped_steps": 0}}
+    assert _place_in_epoch(d, (16,) * 5 + (17,), 0)["epoch_state"]["batches_done"] == 4
+    other = _place_in_epoch(d, (32, 32, 17), 1)["epoch_state"]
+    assert other["batches_done"] == 2 and other["samples"] == 0  # the sums live on rank 0 only
+    with pytest.raises(UserError, match="not a batch boundary"):
+        _place_in_epoch(d, (48, 33), 0)
+
+
+# ---------------------------------------------------------------- real processes
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _imgcls(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True, env=_env(),
+                          timeout=TIMEOUT, **kw)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("dist") / "img", per_class=36)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """One process, batch 32, three epochs (in process)."""
+    from imgcls import load_config, train
+    run = tmp_path_factory.mktemp("ref") / "one"
+    train(load_config(None, [f"data.root={data}", *COMMON, "train.epochs=3", "train.batch_size=32",
+                             f"run.dir={run}"]), log=lambda *a: None)
+    return run
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_same_training(run: Path, ref: Path) -> None:
+    a, b = _weights(run), _weights(ref)
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-5, worst
+    for got, want in zip(_rows(run / "metrics.csv"), _rows(ref / "metrics.csv"), strict=True):
+        for k in want:
+            if k.startswith(("val/", "train/")):
+                assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-4, abs=1e-5), k
+    preds = _rows(run / "val_predictions.csv")
+    assert len(preds) == 27 and len({r["path"] for r in preds}) == 27  # each validation image once
+
+
+def test_two_nodes_on_loopback_train_like_one_process_and_write_one_folder(data, reference, tmp_path):
+    """Two torchrun invocations (--nnodes 2, one process each) meet at 127.0.0.1: 2 x batch 16."""
+    port, root = _free_port(), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1",
+           "-m", "imgcls", "train", f"data.root={data}", *COMMON, "train.epochs=3", "train.batch_size=16",
+           f"run.root={root}"]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+             for _ in range(2)]
+    outs = [p.communicate(timeout=TIMEOUT)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    folders = list(root.iterdir())
+    assert len(folders) == 1, folders  # rank 0 names and writes the one run folder
+    assert "global batch 32" in "".join(outs)
+    _assert_same_training(folders[0], reference)
+
+
+def test_nproc_with_accumulation_trains_like_one_process(data, reference, tmp_path):
+    """imgcls train --nproc 2: 2 processes x batch 8 x accumulate 2 = the reference's 32 per step."""
+    run = tmp_path / "acc"
+    r = _imgcls("train", f"data.root={data}", *COMMON, "train.epochs=3", "train.batch_size=8",
+                "train.accumulate=2", f"run.dir={run}", "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    assert "2 processes (gloo) x batch 8 x accumulate 2 = global batch 32" in r.stdout
+    assert not (run / "logs").exists()  # rank logs are kept only when a rank fails
+    _assert_same_training(run, reference)
+
+
+def _wait_for(predicate, seconds: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def test_stops_and_failures_end_the_job_and_resume_with_another_process_count(data, tmp_path):
+    run = tmp_path / "long"
+    args = [sys.executable, "-m", "imgcls", "train", f"data.root={data}", *COMMON, "train.epochs=40",
+            "train.batch_size=16", "train.checkpoint_every_steps=1", f"run.dir={run}"]
+
+    # SIGTERM on the launcher: every rank stops at the same step, last.pt is saved once, exit 143
+    p = subprocess.Popen([*args, "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env())
+    _wait_for(lambda: (run / "metrics.csv").is_file(), 120, p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert f"Resume with: imgcls train --resume {run} --nproc 2" in err
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["world"] == 2 and state["epoch"] >= 1
+    stopped_at = state["global_step"]
+
+    # resumed on two processes; then one rank is killed: the job ends within the collective timeout
+    p = subprocess.Popen([sys.executable, "-m", "imgcls", "train", "--resume", str(run), "--nproc", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    rows = len(_rows(run / "metrics.csv"))
+    _wait_for(lambda: len(_rows(run / "metrics.csv")) > rows, 120, p)
+    ranks = _children(p.pid)
+    assert len(ranks) == 2, ranks
+    t0 = time.monotonic()
+    os.kill(ranks[1], signal.SIGKILL)
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - t0 < 20 + 10  # train.dist_timeout=20, plus the launcher's own shutdown
+    assert p.returncode != 0
+    assert "error: rank 1 failed first" in err and "SIGKILL" in err, err
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["global_step"] > stopped_at  # the resume trained, and its last checkpoint is whole
+    done = state["epoch"]
+
+    # one process with batch 32 continues the 2 x 16 run (the same 32 samples per optimizer step)
+    from imgcls.cli import main
+    assert main(["train", "--resume", str(run), "--nproc", "1", "train.batch_size=32",
+                 f"train.epochs={done + 1}"]) == 0
+    assert [int(x["epoch"]) for x in _rows(run / "metrics.csv")] == list(range(1, done + 2))
+    assert torch.load(run / "last.pt", weights_only=True)["world"] == 1
+
+
+def test_a_resume_that_changes_the_global_batch_is_refused(small_run, capsys):
+    from imgcls.cli import main
+    before = {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(small_run.run_dir), "train.batch_size=8", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "1 process(es) x batch 16 x accumulate 1 = 16" in err and "pass train.batch_size=16" in err, err
+    assert before == {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
