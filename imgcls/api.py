@@ -38,6 +38,16 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
         raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
     try:
+        if cfg.train.engine == "lightning":  # the one switch that imports the Lightning integration
+            from .lightning import fit_config
+            result, lock = fit_config(cfg, dist, log, on_epoch=on_epoch)
+            try:
+                if dist.is_main:
+                    _finish(result, cfg.run.report if report is None else report, log)
+            finally:
+                if lock is not None:
+                    lock.release()
+            return result
         run = build_run(cfg, log=log, dist=dist)
         try:
             result = fit(run, on_epoch)
@@ -92,8 +102,12 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
             lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
             payload = _read_resume(run_dir, changes, log)
         cfg, start = dist.broadcast_object(payload)
-        run = build_run(cfg, run_dir=run_dir, start=start, log=log, dist=dist)
-        result = fit(run, on_epoch)
+        if cfg.train.engine == "lightning":
+            from .lightning import fit_config
+            result, _ = fit_config(cfg, dist, log, run_dir, resuming=True, on_epoch=on_epoch)
+        else:
+            run = build_run(cfg, run_dir=run_dir, start=start, log=log, dist=dist)
+            result = fit(run, on_epoch)
         if dist.is_main:
             _finish(result, cfg.run.report if report is None else report, log)
         return result
@@ -116,8 +130,8 @@ def _read_resume(run_dir: Path, changes: dict, log) -> tuple[Config, Optional[di
     # No last.pt and no metrics.csv: killed before its first checkpoint, so nothing was trained yet
     # and the run starts again in its own folder. Otherwise last.pt is required.
     start = None
-    if (run_dir / "last.pt").exists() or (run_dir / "metrics.csv").exists():
-        start = load_last(run_dir / "last.pt")
+    if cfg.train.engine != "lightning" and ((run_dir / "last.pt").exists() or (run_dir / "metrics.csv").exists()):
+        start = load_last(run_dir / "last.pt")  # (Lightning resumes from its own last.ckpt)
     batch = {k: v for k, v in changes.items() if k != "train.epochs"}
     if batch:
         cfg = cfg.replace(**batch)

@@ -141,6 +141,7 @@ class TrainConfig:
     progress: Union[bool, str] = "auto"  # per-batch bar: auto = only when stderr is a terminal
     ema: Optional[float] = None          # EMA of the weights (e.g. 0.999): validated, saved and exported when on
     compile: bool = False                # torch.compile the model (a warning and eager mode where it fails)
+    engine: Literal["explicit", "lightning"] = "explicit"  # lightning: the same run through lightning.Trainer
     sync_bn: bool = False                # torchrun: batch-norm statistics over all processes (SyncBatchNorm)
     dist_timeout: float = 300.0          # torchrun: seconds a collective waits for a lost process before failing
 
@@ -549,6 +550,30 @@ def _check_fields(cfg: Config) -> None:
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise UserError(f"config key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got '{dev}'.")
+    if cfg.train.engine == "lightning":
+        _check_lightning(cfg)
+
+
+# options imgcls's own loop has and the Lightning engine does not (README, "Lightning")
+LIGHTNING_UNSUPPORTED = {
+    "train.checkpoint_every_steps": (0, "Lightning's engine checkpoints at the end of each epoch"),
+    "train.skip_nonfinite": (False, "Lightning has no skip for a non-finite loss"),
+    "train.batch_size": ("auto", None),
+    "train.compile": (False, "compile the model yourself in your own Trainer"),
+}
+
+
+def _check_lightning(cfg: Config) -> None:
+    t = cfg.train
+    if t.batch_size == "auto":
+        raise UserError("train.batch_size=auto is not supported with train.engine=lightning; set a number, e.g. 64.")
+    for key, (off, why) in LIGHTNING_UNSUPPORTED.items():
+        if key == "train.batch_size":
+            continue
+        value = getattr(t, key.split(".")[1])
+        if value != off:
+            raise UserError(f"config key '{key}' is not supported with train.engine=lightning ({why}); set "
+                            f"{key}={str(off).lower()} or use train.engine=explicit.")
 
 
 def _registries(task=None):

@@ -150,6 +150,11 @@ class CachedLoader:
         self.store, self.sampler, self.pin = store, sampler, pin_memory
         self.targets = targets if torch.is_tensor(targets) else torch.as_tensor(targets)
 
+    @property
+    def batch_sampler(self) -> EpochBatchSampler:
+        """As a DataLoader names it (Lightning reads it)."""
+        return self.sampler
+
     def __len__(self) -> int:
         return len(self.sampler) - self.sampler.start_batch
 

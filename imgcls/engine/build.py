@@ -254,7 +254,7 @@ def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monito
                         "samples per batch; use train.batch_size=2 or more (with train.accumulate for memory).")
 
 
-def _criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
+def make_criterion(cfg: Config, task: Task, split: DataSplit, device: torch.device) -> nn.Module:
     own = task.criterion({})  # multi-head: each head's own loss, weighted
     if own is not None:
         return own.to(device)
@@ -337,7 +337,7 @@ def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log, dist: Optional[
     return train, val, where
 
 
-def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device,
+def data_path(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device,
              log=print, dist: Optional[DistContext] = None) -> DataPath:
     from ..data.batchaug import BatchAugment, batch_plan
     from ..data.dataset import CachedLoader
@@ -387,14 +387,14 @@ def _loaders(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, de
     return DataPath(sampler, train_loader, val_loader, augment, summary)
 
 
-def _make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
+def make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
     """torchvision's MixUp/CutMix (one of them per batch when both are on). Class targets mix as
     torchvision mixes them; the other tasks' targets through their soft form (``SoftTargetMix``)."""
     if not (mixup or cutmix):
         return None
     if task is not None and task.name != "multiclass":
         from ..data.prep import SoftTargetMix
-        return SoftTargetMix(lambda n: _make_mix(mixup, cutmix, n), task.soft_targets)
+        return SoftTargetMix(lambda n: make_mix(mixup, cutmix, n), task.soft_targets)
     from torchvision.transforms import v2
     ops = []
     if mixup:
@@ -423,6 +423,39 @@ def _show_progress(setting) -> bool:
 
 # ---------------------------------------------------------------- build
 
+@dataclass(frozen=True)
+class Prepared:
+    """A config with its data read: the task (configured from the training targets), the split and
+    the model record. What both engines start from (imgcls's loop here, Lightning's in imgcls.lightning)."""
+    cfg: Config                  # with absolute data paths
+    task: Task
+    split: DataSplit
+    info: ModelInfo
+    monitor: str
+
+    def create_model(self, log=print) -> nn.Module:
+        """The configured architecture with this data's head and channels (seeded: the same initial
+        weights for the same train.seed, whichever engine asks)."""
+        c = self.cfg
+        return create_model(c.model.name, self.info.num_outputs, self.info.channels, c.model.pretrained,
+                            c.model.drop_rate, image_size=self.info.image_size, log=log)
+
+
+def prepare(cfg: Config, log: Callable[[str], None] = print, *, absolute: bool = True) -> Prepared:
+    """Read the data of ``cfg`` (the split, the task's targets) and seed every generator."""
+    if absolute:
+        cfg = absolute_data_paths(cfg)
+    task = get_task(cfg.task.type).from_config(cfg)
+    monitor = task.resolve_monitor(cfg.train.monitor)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    split = _split(cfg, task, log)
+    # what the task learns from the training targets (regression: their mean/std) goes into model.json
+    split.label_record = {**split.label_record, **task.fit(split.train.labels, split.classes)}
+    task = task.configure({**task.record(split.classes), **split.label_record})
+    split.task = task
+    return Prepared(cfg, task, split, _model_info(cfg, task, split, monitor), monitor)
+
+
 def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[dict] = None,
               log: Callable[[str], None] = print, dist: Optional[DistContext] = None) -> Run:
     """Everything for ``fit``. ``run_dir`` None creates a new folder; else it is the folder being
@@ -431,28 +464,18 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     dist = dist or DistContext()
     if not dist.is_main:
         log = _silent
-    if start is None and run_dir is None:
-        cfg = absolute_data_paths(cfg)
-    task = get_task(cfg.task.type).from_config(cfg)
-    monitor = task.resolve_monitor(cfg.train.monitor)
     device = device_for(dist, _device(cfg))
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    split = _split(cfg, task, log)
+    prepared = prepare(cfg, log, absolute=start is None and run_dir is None)
+    cfg, task, split, info, monitor = prepared.cfg, prepared.task, prepared.split, prepared.info, prepared.monitor
     _check_same_data(dist, split)
-    # what the task learns from the training targets (regression: their mean/std) goes into model.json
-    split.label_record = {**split.label_record, **task.fit(split.train.labels, split.classes)}
-    task = task.configure({**task.record(split.classes), **split.label_record})
-    split.task = task
     if start is not None and dist.is_main:  # the run folder is rank 0's
         check_same_split(split, Path(run_dir) / "split")
-    info = _model_info(cfg, task, split, monitor)
-    model = create_model(cfg.model.name, info.num_outputs, info.channels, cfg.model.pretrained,
-                         cfg.model.drop_rate, image_size=info.image_size, log=log)
+    model = prepared.create_model(log)
     if dist.active and cfg.train.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, nhwc = place_model(model, device), channels_last(device)
     _check_before_folder(cfg, model, split, monitor)
-    criterion = _criterion(cfg, task, split, device)
+    criterion = make_criterion(cfg, task, split, device)
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
     batch_size, accumulate = dist.broadcast_object(  # every process with rank 0's probe
         _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log))
@@ -462,7 +485,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
         torch.manual_seed(derive_seed(cfg.train.seed, 7, dist.rank))
         log(f"data parallel: {dist.world} processes ({dist.backend}) x batch {batch_size}"
             f"{f' x accumulate {accumulate}' if accumulate > 1 else ''} = global batch {dist.world * batch_size * accumulate}")
-    data = _loaders(cfg, info, split, batch_size, device, log, dist)
+    data = data_path(cfg, info, split, batch_size, device, log, dist)
     log(data.summary)
     sampler, train_loader, val_loader = data.sampler, data.train_loader, data.val_loader
     sizes = tuple(len(b) for b in sampler.batches(0))  # the same every epoch: order changes, sizes do not
@@ -477,12 +500,12 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
               step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
                               t.checkpoint_every_steps, dist.world),
-              prep=info.batch_prep(device, mix=_make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
+              prep=info.batch_prep(device, mix=make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
                                    augment=data.augment, channels_last=nhwc),
               eval_prep=info.batch_prep(device, channels_last=nhwc), metrics=task.create_metrics(split.classes),
               plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress) and dist.is_main),
-              resumed=start is not None, log=log, ema=_ema(model, t.ema), dist=dist, ddp=_ddp(model, dist, device))
+              resumed=start is not None, log=log, ema=ema_model(model, t.ema), dist=dist, ddp=_ddp(model, dist, device))
     if t.compile:
         run.compiled = _compile(run.ddp if run.ddp is not None else model, info, device, log)
     _open_folder(run, start)
@@ -553,7 +576,7 @@ def _compile(model: nn.Module, info: ModelInfo, device: torch.device, log) -> Op
         return None
 
 
-def _ema(model: nn.Module, decay: Optional[float]) -> Optional[nn.Module]:
+def ema_model(model: nn.Module, decay: Optional[float]) -> Optional[nn.Module]:
     """torch's own AveragedModel with the EMA update; batch-norm statistics are averaged with the same
     decay as the weights (use_buffers=True), so the averaged model validates with its own statistics."""
     if decay is None:
@@ -576,31 +599,43 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
         run.log(f"resuming {run.run_dir} at epoch {p.epoch + 1}" + (f", batch {p.batches_done + 1}" if p.batches_done else ""))
         return
     r = run.cfg.run
-    if not run.dist.is_main:  # rank 0 names the folder; the others write nothing
-        name = run.dist.broadcast_object(None)
-        if not name:
-            raise UserError("process 0 could not create the run folder (its message says why).")
-        run.run_dir = Path(name)
-        return
-    if run.run_dir == Path():
-        try:
-            run.run_dir = create_run_dir(r.dir, r.root, r.name)
-        except UserError:
-            run.dist.broadcast_object("")  # the others stop too (their next collective fails)
-            raise
-        run.dist.broadcast_object(str(run.run_dir))
-        run.lock = RunLock(run.run_dir).acquire()
-        _announce(run.run_dir)
+    if run.run_dir == Path() or not run.dist.is_main:
+        run.run_dir, run.lock = open_new_folder(r, run.dist)
+        if not run.dist.is_main:
+            return
     else:  # resumed before its first checkpoint: nothing was trained, start again in its own folder
         run.dist.broadcast_object(str(run.run_dir))
         run.log(f"{run.run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
         remove_temp_files(run.run_dir)
         truncate_metrics(run.run_dir / "metrics.csv", 0)
-    folder = run.run_dir
-    atomic_write_text(folder / "config.yaml", to_yaml(run.cfg))
-    atomic_write_json(folder / "env.json", env_info(run.device, run.cfg.train.seed))
+    write_run_files(run.run_dir, run.cfg, run.split, run.device)
+
+
+def open_new_folder(r, dist: DistContext) -> tuple[Path, Optional[RunLock]]:
+    """A new run folder per ``run.*`` (``r``), created and locked by rank 0, whose name every
+    process receives; the lock is rank 0's (None elsewhere)."""
+    if not dist.is_main:  # rank 0 names the folder; the others write nothing
+        name = dist.broadcast_object(None)
+        if not name:
+            raise UserError("process 0 could not create the run folder (its message says why).")
+        return Path(name), None
+    try:
+        run_dir = create_run_dir(r.dir, r.root, r.name)
+    except UserError:
+        dist.broadcast_object("")  # the others stop too
+        raise
+    dist.broadcast_object(str(run_dir))
+    lock = RunLock(run_dir).acquire()
+    _announce(run_dir)
+    return run_dir, lock
+
+
+def write_run_files(folder: Path, cfg: Config, split: DataSplit, device: torch.device) -> None:
+    """What a new run folder holds before training: config, provenance, the split."""
+    atomic_write_text(folder / "config.yaml", to_yaml(cfg))
+    atomic_write_json(folder / "env.json", env_info(device, cfg.train.seed))
     (folder / "split").mkdir(exist_ok=True)
-    write_split_csv(run.split.train, run.split, folder / "split" / "train.csv")
-    write_split_csv(run.split.val, run.split, folder / "split" / "val.csv")
-    if run.split.bad:
-        atomic_write_text(folder / "bad_images.csv", csv_text(["path", "problem"], run.split.bad))
+    write_split_csv(split.train, split, folder / "split" / "train.csv")
+    write_split_csv(split.val, split, folder / "split" / "val.csv")
+    if split.bad:
+        atomic_write_text(folder / "bad_images.csv", csv_text(["path", "problem"], split.bad))

@@ -21,13 +21,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_write_json, write_csv
-from ..modelinfo import save_weights
 from ..optim import get_lr
 from .build import Run
 from .checkpoint import save_last
 from .loop import train_epoch, validate
-from .rundir import append_metrics_row, csv_columns, tensorboard_writer
+from .record import RunRecord, Validation
+from .rundir import tensorboard_writer
 from .signals import StopFlag, TrainingInterrupted
 
 OnEpoch = Callable[[int, dict], bool]  # (1-based epoch, its metrics row) -> True to stop the run
@@ -128,32 +127,27 @@ def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
     with _explain_oom(run.sampler.batch_size, run.step.accumulate, "validation"):
         model = (run.eval_model if run.ema is not None or run.dist.active  # DDP's wrapper is for training
                  else run.train_model)  # compiled when on, else the model
-        scalars, details, probs, indices = validate(model, run.val_loader, run.criterion, run.metrics,
-                                                    run.eval_prep, precision=run.step.precision,
-                                                    probabilities=task.probabilities, dist=run.dist)
+        v = Validation(*validate(model, run.val_loader, run.criterion, run.metrics, run.eval_prep,
+                                 precision=run.step.precision, probabilities=task.probabilities, dist=run.dist))
     train_loss = _train_loss(run)
-    value = scalars.get(plan.monitor, train_loss if plan.monitor == "train/loss" else None)
+    value = v.scalars.get(plan.monitor, train_loss if plan.monitor == "train/loss" else None)
     run.scheduler.step_epoch(value)
     epoch = position.epoch + 1
-    row = {"epoch": epoch, "lr": get_lr(run.optimizer), "train/loss": train_loss, **scalars,
+    row = {"epoch": epoch, "lr": get_lr(run.optimizer), "train/loss": train_loss, **v.scalars,
            "seconds": round(time.perf_counter() - t0, 3), "skipped_steps": position.skipped_steps}
+    record = RunRecord(run.run_dir, task, run.split, plan.monitor)
     if run.dist.is_main:
-        append_metrics_row(run.run_dir / "metrics.csv", row, csv_columns(task.metric_names()))
-    if writer is not None:
-        for k in ("lr", *task.metric_names(), "seconds"):
-            if k in row:
-                writer.add_scalar(k, row[k], epoch)
-        writer.flush()
+        record.append(row, writer)
     p = run.progress
     improved = _finite_model(run, value) and (
         p.best_value is None or (value < p.best_value if plan.direction == "min" else value > p.best_value))
     if improved:
         p.best_value, p.best_epoch, p.bad_epochs = value, epoch, 0
         if run.dist.is_main:
-            _save_best(run, epoch, value, scalars, details, probs, indices, train_loss)
+            run.info = record.save_best(run.info, run.eval_model, epoch, value, v, train_loss)
     else:
         p.bad_epochs += 1
-    row["warnings"] = task.epoch_warnings(scalars, details)
+    row["warnings"] = task.epoch_warnings(v.scalars, v.details)
     return row, improved
 
 
@@ -171,22 +165,6 @@ def _finite_model(run: Run, value) -> bool:
     """A NaN/inf monitor, parameter or buffer (batch-norm statistics) never becomes best."""
     return value is not None and math.isfinite(value) and all(
         bool(torch.isfinite(t).all()) for t in run.eval_model.state_dict().values() if t.is_floating_point())
-
-
-def _save_best(run: Run, epoch: int, value: float, scalars: dict, details: dict, probs, indices,
-               train_loss: float) -> None:
-    # the task's calibration of this epoch (multi-label thresholds) is part of the model
-    run.info = run.info.replace(epoch=epoch, monitor_value=value,
-                                extra={**run.info.extra, **run.task.calibrate(details)})
-    save_weights(run.run_dir / "best.safetensors", run.eval_model)
-    run.info.write(run.run_dir / "model.json")
-    val, classes, task = run.split.val, run.split.classes, run.info.task_type
-    order = indices.tolist()
-    write_csv(run.run_dir / "val_predictions.csv", task.prediction_header(classes, labelled=True),
-              task.prediction_rows([val.paths[i] for i in order], probs, classes,
-                                   [run.split.label_text(val.labels[i]) for i in order]))
-    atomic_write_json(run.run_dir / "val_metrics.json", {
-        "epoch": epoch, "monitor": run.plan.monitor, **scalars, "train/loss": train_loss, **details})
 
 
 def _log_epoch(run: Run, row: dict, improved: bool) -> None:

@@ -201,14 +201,23 @@ def _validate_gathered(model, loader, criterion, metrics, prep, precision, proba
             logits = model(prep.images(images)).float()
         outs.append((logits.cpu(), targets.cpu(), idx.cpu()))
     parts = [o for rank_outs in dist.gather_objects(outs) for o in rank_outs]
+    return score_outputs(parts, criterion, metrics, prep.device, probabilities)
+
+
+def score_outputs(parts: Sequence[tuple], criterion: Optional[nn.Module], metrics, device: torch.device,
+                  probabilities: Callable = _softmax) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """The metrics over validation outputs gathered from every process, ``parts`` being (logits,
+    targets, dataset indices) batches in any order: each sample counted once, in dataset order.
+    Returns what ``validate`` returns."""
+    metrics.reset()
     logits, targets, idx = (torch.cat([p[k] for p in parts]) for k in range(3))
     order = idx.argsort()
     logits, targets, idx = logits[order], targets[order], idx[order]
-    acc = accumulator_dtype(prep.device)
+    acc = accumulator_dtype(device)
     probs = []
-    for start in range(0, len(idx), 1024):  # the metrics see every sample once, in dataset order
-        lg = logits[start:start + 1024].to(prep.device)
-        y = targets[start:start + 1024].to(prep.device)
+    for start in range(0, len(idx), 1024):
+        lg = logits[start:start + 1024].to(device)
+        y = targets[start:start + 1024].to(device)
         loss = criterion(lg, y) if criterion is not None else None
         metrics.update(lg, y, None if loss is None else loss.detach().to(acc) * len(y))
         probs.append(probabilities(lg).cpu())
