@@ -430,6 +430,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, or a lost process: the traceback stands; torchrun's launcher gets the error
+        _record(e)
+        raise
 
 
 def _record(e: BaseException) -> None:

@@ -117,6 +117,8 @@ class Module(L.LightningModule):
         self.prepared, self.dm, self.model = prepared, datamodule, model
         self.criterion = make_criterion(cfg, prepared.task, prepared.split, torch.device("cpu"))
         self.ema = ema_model(model, cfg.train.ema)
+        if self.ema is not None:  # averaged, never trained: DDP must not wait for its gradients
+            self.ema.requires_grad_(False)
         self.metrics = prepared.task.create_metrics(prepared.split.classes)
         self.scheduler = None
         self.validation: Optional[Validation] = None  # the last validation pass (every sample once)
@@ -227,8 +229,9 @@ class Module(L.LightningModule):
             value = self.validation.scalars.get(self.prepared.monitor,
                                                 self.epoch_train_loss if self.prepared.monitor == "train/loss" else None)
             self.scheduler.step_epoch(value)
-        # the same on every process (gathered), so no reduction is needed
-        self.log_dict(scalars, sync_dist=False, rank_zero_only=False)
+        with warnings.catch_warnings():  # the same on every process (gathered): nothing to reduce
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
+            self.log_dict(scalars, sync_dist=False, rank_zero_only=False)
 
     # ------------------------------------------------------------ checkpoints
 
