@@ -64,7 +64,52 @@ def run_plain():
     return time.perf_counter() - t
 
 
+def run_lightning():
+    """Lightning's Trainer over the same batches and steps; the epoch is timed inside fit (from
+    on_train_epoch_start to on_train_epoch_end), so the Trainer's one-off set-up is not counted."""
+    import lightning as L
+
+    class Plain(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model, self.opt, self.crit = fresh()
+
+        def training_step(self, batch, i):
+            x, y, _ = batch
+            x = ((x.float() / 255 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+            return self.crit(self.model(x), y)
+
+        def configure_optimizers(self):
+            return self.opt
+
+    class Clock(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            sync()
+            self.t = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            sync()
+            self.seconds = time.perf_counter() - self.t
+
+    clock = Clock()
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[clock], limit_val_batches=0)
+    trainer.fit(Plain(), train_dataloaders=batches)
+    return clock.seconds
+
+
 contenders = {"imgcls": run_imgcls, "plain": run_plain}
+try:
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    contenders["lightning"] = run_lightning
+except ImportError:
+    print("  lightning: not run (not installed; pip install 'imgcls[lightning]')")
 times = {k: [] for k in contenders}
 for _ in range(repeats):
     for name, fn in contenders.items():
@@ -72,11 +117,10 @@ for _ in range(repeats):
 med = {k: statistics.median(v) for k, v in times.items()}
 RESULT = {**{f"{k}_s": round(v, 4) for k, v in med.items()}, "imgcls_over_plain": round(med["imgcls"] / med["plain"], 3),
           "device": str(device)}
+if "lightning" in med:
+    RESULT["lightning_over_plain"] = round(med["lightning"] / med["plain"], 3)
 print(f"{N} images, batch {B}, small_cnn, SGD, {device}; {repeats} alternating repeats; median epoch seconds:")
 for k, v in med.items():
-    print(f"  {k:<8} {v:.3f} s")
-print(f"  imgcls/plain {med['imgcls'] / med['plain']:.3f}")
-try:
-    import lightning  # noqa: F401
-except ImportError:
-    print("  lightning: not run (not installed; pip install 'imgcls[lightning]')")
+    print(f"  {k:<9} {v:.3f} s")
+print(f"  imgcls/plain {med['imgcls'] / med['plain']:.3f}"
+      + (f"   lightning/plain {med['lightning'] / med['plain']:.3f}" if "lightning" in med else ""))

@@ -16,6 +16,7 @@ RUNS = (
     ("bench_pipeline.py", ["--repeats", "3", "--write"]),
     ("bench_memory.py", ["--repeats", "2", "--write"]),
     ("bench_vs_timm.py", ["--seeds", "0", "1", "2", "--write"]),
+    ("bench_ddp.py", ["--repeats", "3", "--write"]),
 )
 
 for script, args in RUNS:

@@ -42,6 +42,7 @@ def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None) -> in
 
     work = Path(tempfile.mkdtemp(prefix="imgcls-launch-"))
     run_dir_file = work / "run_dir"
+    saved_env = dict(os.environ)  # what the processes inherit is set here, and undone afterwards
     os.environ["IMGCLS_RUN_DIR_FILE"] = str(run_dir_file)  # rank 0 writes the run folder it created
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun would pin 1 thread and warn; share the cores instead
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
@@ -71,7 +72,8 @@ def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None) -> in
                  "; no run folder had been written yet"), file=sys.stderr)
         code = 130 if int(e.sigval) == 2 else 143
     finally:
-        os.environ.pop("IMGCLS_RUN_DIR_FILE", None)
+        os.environ.clear()
+        os.environ.update(saved_env)
         shutil.rmtree(work, ignore_errors=True)
     return code
 

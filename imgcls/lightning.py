@@ -320,6 +320,17 @@ class _RunFolder(L.Callback):
             trainer.should_stop = True
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A Lightning engine's last.ckpt: tensors and plain values only (``weights_only=True``, as last.pt)."""
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"'{path}' is damaged or holds objects other than tensors and plain values and was not "
+                        f"loaded ({(str(e).splitlines() or [type(e).__name__])[0][:120]}); restore it or start a "
+                        "new run.") from None
+
+
 def _trainer_kwargs(cfg: Config) -> dict:
     """lightning.Trainer's arguments for a config (the device, precision, accumulation, clipping, DDP)."""
     t = cfg.train
@@ -364,7 +375,7 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
     ckpt = run_dir / LAST_CKPT
     start = None
     if resuming and ckpt.is_file():
-        start = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1
+        start = load_checkpoint(ckpt)["epoch"] + 1
         if dist.is_main:
             truncate_metrics(run_dir / "metrics.csv", start)
         log(f"resuming {run_dir} at epoch {start + 1} from {ckpt.name}")
@@ -374,7 +385,7 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
     with _quiet_lightning():
         trainer = L.Trainer(callbacks=[recorder, last], default_root_dir=str(run_dir),
                             **_trainer_kwargs(prepared.cfg))
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if start is not None else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if start is not None else None, weights_only=True)
     if recorder.best_epoch < 0:
         raise UserError(f"no epoch produced a finite {prepared.monitor}; no best model was saved in {run_dir}.")
     best = {}

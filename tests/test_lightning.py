@@ -54,7 +54,7 @@ def test_lightning_engine_matches_the_explicit_loop(runs):
             if k.startswith(("val/", "train/")) or k == "lr":
                 assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4, abs=1e-6), (g["epoch"], k)
     a = torch.load(explicit / "last.pt", weights_only=True)
-    b = torch.load(light / "last.ckpt", weights_only=False)
+    b = torch.load(light / "last.ckpt", weights_only=True)
     model = {k[len("model."):]: v for k, v in b["state_dict"].items() if k.startswith("model.")}
     assert model.keys() == a["model"].keys()
     assert max((model[k].double() - a["model"][k].double()).abs().max().item() for k in model) < 1e-5
@@ -96,7 +96,7 @@ def test_a_lightning_run_resumes_from_last_ckpt_like_an_uninterrupted_one(data, 
     for g, w in zip(got, want, strict=True):
         for k in ("lr", "train/loss", "val/loss", "val/acc"):
             assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4, abs=1e-6), (g["epoch"], k)
-    ckpt = torch.load(run / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 3 * 3  # 3 optimizer steps per epoch
 
 

@@ -65,17 +65,16 @@ class DistContext:
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """The sum over ranks of ``t`` (a new tensor; ``t`` is left as it is)."""
-        if not self.active:
-            return t
-        t = t.clone()
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-        return t
+        return self._reduce(t, "SUM")
 
     def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        return self._reduce(t, "MAX")
+
+    def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         if not self.active:
             return t
         t = t.clone()
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return t
 
     def any(self, flag: bool, device: torch.device) -> bool:
