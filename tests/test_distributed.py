@@ -229,3 +229,35 @@ def test_a_resume_that_changes_the_global_batch_is_refused(small_run, capsys):
     err = capsys.readouterr().err
     assert "1 process(es) x batch 16 x accumulate 1 = 16" in err and "pass train.batch_size=16" in err, err
     assert before == {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
+
+
+def test_other_task_types_and_ema_train_alike_under_nproc(tmp_path):
+    """Multi-label targets (a 0/1 row per image), tuned thresholds and EMA through 2 processes x 16:
+    the weights, the EMA and every metric of 1 process x 32."""
+    from test_tasks_e2e import make_multilabel
+
+    from imgcls import load_config, train
+    csv_path = make_multilabel(tmp_path / "ml")
+    extra = [f"data.csv={csv_path}", "task.type=multilabel", "train.ema=0.9", "train.epochs=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [*COMMON, *extra, "train.batch_size=32", f"run.dir={one}"]), log=lambda *a: None)
+    r = _imgcls("train", *COMMON, *extra, "train.batch_size=16", f"run.dir={two}", "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    a, b = (torch.load(run / "last.pt", weights_only=True) for run in (one, two))
+    for part in ("model", "ema"):
+        worst = max((a[part][k].double() - b[part][k].double()).abs().max().item() for k in a[part]
+                    if a[part][k].is_floating_point())
+        assert worst < 1e-5, (part, worst)
+    for g, w in zip(_rows(two / "metrics.csv"), _rows(one / "metrics.csv"), strict=True):
+        for k in (k for k in w if k.startswith("val/")):
+            assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4, abs=1e-6), k
+    import json
+
+    def numbers(x):  # every number of model.json, in order: the tuned thresholds, the monitored value
+        if isinstance(x, dict):
+            return [n for v in x.values() for n in numbers(v)]
+        if isinstance(x, list):
+            return [n for v in x for n in numbers(v)]
+        return [x] if isinstance(x, float) else []
+    ja, jb = (json.loads((run / "model.json").read_text()) for run in (one, two))
+    assert numbers(jb) == pytest.approx(numbers(ja), rel=1e-4, abs=1e-5) and len(numbers(ja)) > 3

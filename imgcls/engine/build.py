@@ -472,6 +472,9 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
         check_same_split(split, Path(run_dir) / "split")
     model = prepared.create_model(log)
     if dist.active and cfg.train.sync_bn:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm runs on GPU modules only); "
+                            "set train.sync_bn=false on the CPU.")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, nhwc = place_model(model, device), channels_last(device)
     _check_before_folder(cfg, model, split, monitor)
