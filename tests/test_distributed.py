@@ -164,6 +164,8 @@ def test_nproc_with_accumulation_trains_like_one_process(data, reference, tmp_pa
     assert r.returncode == 0, r.stderr
     assert "2 processes (gloo) x batch 8 x accumulate 2 = global batch 32" in r.stdout
     assert not (run / "logs").exists()  # rank logs are kept only when a rank fails
+    if Path("/dev/shm").is_dir():  # data.cache=auto -> memory: one copy per node, mapped by both processes
+        assert "cache: memory, shared by this node's processes (/dev/shm)" in r.stdout
     _assert_same_training(run, reference)
 
 

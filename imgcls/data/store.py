@@ -20,6 +20,11 @@ a file without its record, or whose size does not match it, is torn (killed whil
 and is rebuilt, never read. Builders of the same key take a file lock, so a second process waits
 and then maps what the first wrote. ``auto`` keeps sets up to ``MEMORY_LIMIT`` bytes (and a fifth of
 the RAM) in memory and maps larger ones from disk.
+
+Under torchrun, ``memory`` becomes one shared-memory segment per node: local rank 0 writes the store
+in the disk format into ``/dev/shm`` (``shared_root``), the node's other processes map the same pages,
+and the files are unlinked as soon as every process has mapped them (the pages live as long as the
+mappings, so nothing is left behind). Where /dev/shm lacks the room, each process keeps its own copy.
 """
 from __future__ import annotations
 
@@ -194,9 +199,11 @@ def _valid_record(data: Path, record: Path, shape: Sequence[int]) -> bool:
 
 
 def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int = 0,
-                log: Callable[[str], None] = print, eval_view: Optional[Callable] = None) -> ImageStore:
+                log: Callable[[str], None] = print, eval_view: Optional[Callable] = None,
+                root: Optional[Path] = None) -> ImageStore:
     """The store of ``paths`` (``where``: memory | disk), decoded now or (disk) mapped from an earlier run.
-    An eval store takes ``eval_view``, the model record's eval transform (``ModelInfo.eval_transform()``)."""
+    An eval store takes ``eval_view``, the model record's eval transform (``ModelInfo.eval_transform()``).
+    ``root``: the folder of a disk store (default ``$IMGCLS_CACHE``; ``shared_root()`` under torchrun)."""
     geometry = _train_geometry(paths, spec.image_size) if spec.kind == "train" else None
     fn, (h, w) = _decoder(spec, geometry, eval_view)
     shape = (len(paths), spec.channels, h, w)
@@ -204,7 +211,7 @@ def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int 
         out = torch.empty(shape, dtype=torch.uint8)
         _fill(out, paths, spec.channels, fn, workers)
         return ImageStore(out, "memory")
-    root = cache_dir()
+    root = root or cache_dir()
     key = _key(paths, spec, geometry)
     data, record = root / f"{key}.u8", root / f"{key}.json"
     try:
@@ -231,6 +238,28 @@ def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int 
         raise UserError(f"cannot write the image cache in '{root}' ({e.strerror or e}); set IMGCLS_CACHE to a "
                         "writable folder, or data.cache=memory or none.") from None
     return ImageStore.mapped(data, shape)
+
+
+def shared_root(nbytes: int) -> Optional[Path]:
+    """A node-local shared-memory folder with room for ``nbytes`` (and a margin), else None."""
+    import shutil
+    shm = Path("/dev/shm")
+    try:
+        if not shm.is_dir() or shutil.disk_usage(shm).free < nbytes * 1.1 + (64 << 20):
+            return None
+        root = shm / f"imgcls-{os.getuid()}"
+        root.mkdir(mode=0o700, exist_ok=True)
+        return root
+    except OSError:
+        return None
+
+
+def unlink_store(store: ImageStore) -> None:
+    """Remove a mapped store's files (its pages stay while a process maps them)."""
+    if store.path is None:
+        return
+    for f in (store.path, store.path.with_suffix(".json"), store.path.with_suffix(".lock")):
+        f.unlink(missing_ok=True)
 
 
 def choose(setting: str, n_images: int, spec: StoreSpec) -> Optional[str]:

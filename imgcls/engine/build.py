@@ -313,7 +313,7 @@ def _workers(setting, device: torch.device, batched: bool) -> int:
 def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log, dist: Optional[DistContext] = None):
     """(train store, val store, where) per data.cache; (None, None, None) when off. Under torchrun
     local rank 0 of each node builds first while the others wait; they then map its disk cache."""
-    from ..data.store import StoreSpec, build_store, choose
+    from ..data.store import StoreSpec, build_store, choose, shared_root, stored_side, unlink_store
     d = cfg.data
     dist = dist or DistContext()
     train_spec = StoreSpec("train", d.image_size, 1.0, info.channels)
@@ -324,12 +324,25 @@ def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log, dist: Optional[
     t0 = time.perf_counter()
     workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
     eval_spec = StoreSpec("eval", info.image_size, info.crop_pct, info.channels)
+    root, shared = None, False
+    if dist.active and where == "memory":  # one copy per node, in shared memory, instead of one per process
+        side = stored_side(d.image_size)
+        root = shared_root(info.channels * (len(split.train) * side * side + len(split.val) * info.image_size ** 2))
+        shared = root is not None
+        dist.barrier()  # every process has decided before anyone writes into /dev/shm
+    kind = "disk" if shared else where
     if dist.active and dist.local_rank != 0:
         dist.barrier()  # local rank 0 builds (or finds) the cache first
-    train = build_store(split.train.paths, train_spec, where, workers, log)
-    val = build_store(split.val.paths, eval_spec, where, workers, log, eval_view=info.eval_transform())
+    train = build_store(split.train.paths, train_spec, kind, workers, log, root=root)
+    val = build_store(split.val.paths, eval_spec, kind, workers, log, eval_view=info.eval_transform(), root=root)
     if dist.active and dist.local_rank == 0:
         dist.barrier()
+    if shared:
+        train.gather(torch.zeros(1, dtype=torch.long)), val.gather(torch.zeros(1, dtype=torch.long))  # map now
+        dist.barrier()  # every process has mapped the segment: its files can go
+        if dist.local_rank == 0:
+            unlink_store(train), unlink_store(val)
+        where = "memory, shared by this node's processes (/dev/shm)"
     mb = (train.nbytes + val.nbytes) / 2**20
     log(f"cache: {where}{' (data.cache=auto)' if d.cache == 'auto' else ''}, {len(train)} training images at "
         f"{train.shape[2]}x{train.shape[3]} + {len(val)} validation images at {val.shape[2]}x{val.shape[3]} "
