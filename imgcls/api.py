@@ -224,6 +224,7 @@ class ReportInterrupted(Exception):
 
 
 def _finish(result: RunResult, report: bool, log) -> None:
+    _timm_folder(result.run_dir, log)
     if report:
         from .report import write_report
         try:
@@ -231,3 +232,19 @@ def _finish(result: RunResult, report: bool, log) -> None:
         except KeyboardInterrupt:
             raise ReportInterrupted(result.run_dir) from None
     log(f"run folder: {result.run_dir}")
+
+
+def _timm_folder(run_dir: Path, log) -> None:
+    """RUN/timm, the folder plain timm opens (imgcls.timmdir), or the sentence saying why there is none;
+    a failure here costs a warning, never the trained run."""
+    from .modelinfo import ModelInfo
+    from .timmdir import FOLDER, why_not, write_timm_folder
+    try:
+        reason = why_not(ModelInfo.read(run_dir / "model.json"))
+        if reason:
+            log(f"timm folder: none ({reason})")
+            return
+        log(f"timm folder: {write_timm_folder(run_dir, force=True)} (timm.create_model('local-dir:{run_dir / FOLDER}', "
+            "pretrained=True))")
+    except (UserError, OSError, RuntimeError, ValueError) as e:
+        log(f"warning: the timm folder was not written ({e})")

@@ -102,6 +102,9 @@ def _cmd_list(a: argparse.Namespace) -> int:
         # each metric's direction as its task declares it (train.monitor, early stopping and plateau follow it)
         lines = [f"{m.name} ({m.direction}): {m.description}" + (f" [task.type={t}]" if len(list_tasks()) > 1 else "")
                  for t in list_tasks() for m in get_task(t).metrics]
+    elif a.what == "formats":
+        from .export import FORMAT_HELP
+        lines = [f"{name}: {text} (imgcls export RUN --format {name})" for name, text in FORMAT_HELP.items()]
     else:
         lines = [entry(p.name, p.description, "data", p.params) for p in PRESETS.values()]
     print("\n".join(lines))
@@ -207,10 +210,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a trained run to ONNX, torch.export (pt2) or TorchScript")
+    p = sub.add_parser("export", help="export a trained run to ONNX, torch.export (pt2), TorchScript, or a folder "
+                                      "timm opens (timm)")
     p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
-    p.add_argument("--format", default="onnx", help="onnx (default), pt2 or torchscript")
-    p.add_argument("--out", help="output file (default: MODEL/model.onnx, model.pt2 or model.torchscript.pt)")
+    p.add_argument("--format", default="onnx", help="onnx (default), pt2, torchscript, or timm: a folder that "
+                   "timm.create_model('local-dir:FOLDER', pretrained=True) opens with no imgcls installed")
+    p.add_argument("--out", help="output file (default: MODEL/model.onnx, model.pt2 or model.torchscript.pt; "
+                                 "timm: the folder MODEL/timm)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_cmd_export)
 
@@ -353,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs.set_defaults(func=_cmd_config_show)
 
     ls = sub.add_parser("list", help="list valid names")
-    ls.add_argument("what", choices=["models", "losses", "optimizers", "schedulers", "metrics", "augment"])
+    ls.add_argument("what", choices=["models", "losses", "optimizers", "schedulers", "metrics", "augment", "formats"])
     ls.add_argument("pattern", nargs="?", help="for models: a substring filter, e.g. resnet")
     ls.set_defaults(func=_cmd_list)
 

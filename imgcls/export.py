@@ -138,20 +138,30 @@ FORMATS: dict[str, tuple[str, Callable]] = {  # name -> (default file name, expo
 }
 
 
+FORMAT_HELP = {
+    "onnx": "ONNX graph with a dynamic batch axis (model.onnx), checked with onnxruntime",
+    "pt2": "torch.export program (model.pt2) plus its model.json metadata",
+    "torchscript": "TorchScript module (model.torchscript.pt; deprecated by PyTorch)",
+    "timm": "a folder timm opens alone: timm.create_model('local-dir:RUN/timm', pretrained=True) (RUN/timm)",
+}
+
+
 def list_export_formats() -> list[str]:
-    return list(FORMATS)
+    return [*FORMATS, "timm"]
 
 
 def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str | os.PathLike] = None, *,
            force: bool = False, tolerance: float = TOLERANCE) -> ExportResult:
     """Export the run ``model_dir`` to ``format`` at ``out`` (default MODEL/model.<ext>), verified on a real batch."""
-    if format not in FORMATS:
+    if format not in list_export_formats():
         raise unknown_name("export format", format, list_export_formats())
     run_dir = Path(model_dir)
     from .cv import is_cv_dir
     if is_cv_dir(run_dir):
         raise UserError(f"'{run_dir}' is a cross-validation folder with one model per fold; export one fold, e.g. "
                         f"'imgcls export {run_dir / 'fold-0'}'.")
+    if format == "timm":
+        return _export_timm(run_dir, out, force, tolerance)
     default_name, exporter = FORMATS[format]
     path = Path(out) if out is not None else run_dir / default_name
     meta_path = path.with_name(path.name + ".json") if format == "pt2" else None
@@ -194,3 +204,22 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     if meta_path is not None:
         atomic_write_json(meta_path, metadata(info))
     return ExportResult(path, format, diff, batch.shape[0], source, meta_path)
+
+
+def _export_timm(run_dir: Path, out, force: bool, tolerance: float) -> ExportResult:
+    """RUN/timm (imgcls.timmdir), checked by building it with timm itself and comparing logits."""
+    import timm
+
+    from .timmdir import write_timm_folder
+    folder = write_timm_folder(run_dir, out, force=force)
+    member = load_member(run_dir)
+    batch, source = check_batch(run_dir, member.info)
+    x = member.info.batch_prep("cpu").images(batch)
+    with torch.no_grad():
+        got = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True).eval()(x)
+        expected = member.model(x)
+    diff = (got.float() - expected.float()).abs().max().item()
+    if not diff <= tolerance:
+        raise UserError(f"the model timm builds from '{folder}' differs from imgcls's by {diff:.3g} (max abs logit) "
+                        f"on {source}; report this with the run's model.json.")
+    return ExportResult(folder, "timm", diff, batch.shape[0], source)
