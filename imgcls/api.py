@@ -36,29 +36,68 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
         raise TypeError(f"train() got unexpected keyword argument(s) {', '.join(unexpected)}")
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
+    return _train(cfg, report, log, on_epoch)
+
+
+def _train(cfg: Config, report: Optional[bool], log, on_epoch: Optional[OnEpoch], parent: Optional[str] = None):
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
+    tracking = _Tracking(cfg, dist, log, parent)  # reaches the tracker before any training
+    lock = None
     try:
         if cfg.train.engine == "lightning":  # the one switch that imports the Lightning integration
             from .lightning import fit_config
-            result, lock = fit_config(cfg, dist, log, on_epoch=on_epoch)
-            try:
-                if dist.is_main:
-                    _finish(result, cfg.run.report if report is None else report, log)
-            finally:
-                if lock is not None:
-                    lock.release()
-            return result
-        run = build_run(cfg, log=log, dist=dist)
-        try:
-            result = fit(run, on_epoch)
-            if dist.is_main:
-                _finish(result, cfg.run.report if report is None else report, log)
-        finally:
-            if run.lock is not None:
-                run.lock.release()
+            result, lock = fit_config(cfg, dist, log, on_epoch=tracking.chain(on_epoch), on_start=tracking.start)
+        else:
+            run = build_run(cfg, log=log, dist=dist)
+            lock = run.lock
+            tracking.start(run.run_dir, str(run.device))
+            result = fit(run, tracking.chain(on_epoch))
+        if dist.is_main:
+            _finish(result, cfg.run.report if report is None else report, log)
+        tracking.finish("FINISHED")
         return result
+    except BaseException as e:
+        tracking.finish(_status(e))
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         dist.close()
+
+
+def _status(e: BaseException) -> str:
+    """The MLflow end status of a run that raised ``e``: stopped by the user, or failed."""
+    from .engine.signals import TrainingInterrupted
+    return "KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED"
+
+
+class _Tracking:
+    """``track.mlflow`` around one run, on rank 0: reach the tracker before training, open its run once
+    the folder exists, log each epoch's row, and the artifacts and status at the end (imgcls.tracking)."""
+
+    def __init__(self, cfg: Config, dist, log, parent: Optional[str] = None):
+        self.cfg, self.parent, self.tracker, self.folder = cfg, parent, None, None
+        if cfg.track.mlflow and dist.is_main:  # the one switch that imports the MLflow integration
+            from .tracking import Tracker
+            self.tracker = Tracker.connect(cfg, log)
+
+    def start(self, folder: Path, device: str = "", kind: str = "run") -> Optional[str]:
+        """Open (or continue) the MLflow run of ``folder``; its id, or None when not tracking."""
+        if self.tracker is None:
+            return None
+        self.folder = Path(folder)
+        return self.tracker.start(self.folder, self.cfg, parent=self.parent, device=device, kind=kind)
+
+    def chain(self, on_epoch: Optional[OnEpoch]) -> Optional[OnEpoch]:
+        if self.tracker is None:
+            return on_epoch
+        from .tracking import chain
+        return chain(self.tracker.on_epoch, on_epoch)
+
+    def finish(self, status: str) -> None:
+        if self.tracker is not None and self.folder is not None and self.tracker.run_id:
+            self.tracker.finish(self.folder, status)
+            self.tracker.run_id = None  # once
 
 
 def resume_overrides(texts: Sequence[str]) -> dict:
@@ -102,14 +141,22 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
             lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
             payload = _read_resume(run_dir, changes, log)
         cfg, start = dist.broadcast_object(payload)
-        if cfg.train.engine == "lightning":
-            from .lightning import fit_config
-            result, _ = fit_config(cfg, dist, log, run_dir, resuming=True, on_epoch=on_epoch)
-        else:
-            run = build_run(cfg, run_dir=run_dir, start=start, log=log, dist=dist)
-            result = fit(run, on_epoch)
-        if dist.is_main:
-            _finish(result, cfg.run.report if report is None else report, log)
+        tracking = _Tracking(cfg, dist, log)
+        try:
+            if cfg.train.engine == "lightning":
+                from .lightning import fit_config
+                result, _ = fit_config(cfg, dist, log, run_dir, resuming=True, on_epoch=tracking.chain(on_epoch),
+                                       on_start=tracking.start)
+            else:
+                run = build_run(cfg, run_dir=run_dir, start=start, log=log, dist=dist)
+                tracking.start(run_dir, str(run.device))  # the same MLflow run (its id is in the run folder)
+                result = fit(run, tracking.chain(on_epoch))
+            if dist.is_main:
+                _finish(result, cfg.run.report if report is None else report, log)
+            tracking.finish("FINISHED")
+        except BaseException as e:
+            tracking.finish(_status(e))
+            raise
         return result
     finally:
         if lock is not None:
@@ -189,6 +236,9 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
     from .cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
     state = read_state(cv_dir)
     todo = list(only) if only is not None else list(range(state["folds"]))
+    from .engine.dist import DistContext
+    tracking = _Tracking(cfg, DistContext(), log)  # one parent MLflow run, a child run per fold
+    parent = tracking.start(cv_dir, kind="cv")
     for k in todo:
         if k in state["finished"]:
             log(f"fold {k}: finished before, kept")
@@ -198,7 +248,7 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
         if (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
             resume(fold_dir, report=report, log=say)
         else:
-            train(fold_config(cfg, cv_dir, k), report=report, log=say)
+            _train(fold_config(cfg, cv_dir, k), report, say, None, parent=parent)
         state["finished"] = sorted(set(state["finished"]) | {k})
         write_state(cv_dir, state)
     dirs = [cv_dir / f"fold-{k}" for k in sorted(state["finished"])]
@@ -211,6 +261,7 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
         except KeyboardInterrupt:
             raise ReportInterrupted(cv_dir) from None
     log(f"cv folder: {cv_dir}")
+    tracking.finish("FINISHED")
     return CVResult(cv_dir, dirs, summary)
 
 

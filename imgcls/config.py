@@ -155,6 +155,14 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    mlflow: Optional[str] = None         # MLflow tracking URI (http://host:5000), or env: $MLFLOW_TRACKING_URI; null = off
+    experiment: str = "imgcls"           # MLflow experiment (created when missing)
+    run_name: Optional[str] = None       # MLflow run name; default: the run folder's name
+    required: bool = True                # unreachable at the start: stop (true) or warn and train untracked (false)
+
+
+@dataclass(frozen=True)
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,6 +172,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

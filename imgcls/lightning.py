@@ -352,7 +352,8 @@ def _trainer_kwargs(cfg: Config) -> dict:
 
 def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = print,
                run_dir: Optional[Path] = None, resuming: bool = False,
-               on_epoch: Optional[OnEpoch] = None) -> tuple[RunResult, Optional[object]]:
+               on_epoch: Optional[OnEpoch] = None,
+               on_start: Optional[Callable[[Path], None]] = None) -> tuple[RunResult, Optional[object]]:
     """``train.engine=lightning``: train ``cfg`` with lightning.Trainer into a new run folder (or continue
     ``run_dir`` from its last.ckpt); returns the result and the folder lock (rank 0's)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -370,6 +371,8 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
         if dist.is_main:
             write_run_files(run_dir, prepared.cfg, prepared.split, torch.device("cpu"))
     log(f"run folder: {run_dir}")
+    if on_start is not None and dist.is_main:  # the folder exists: tracking opens its run
+        on_start(run_dir)
     log(f"engine: lightning {L.__version__}; data: {len(prepared.split.train)} train / {len(prepared.split.val)} val "
         f"images, {len(prepared.split.classes)} classes; model {prepared.info.architecture}")
     ckpt = run_dir / LAST_CKPT
