@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow]'
+	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -22,7 +22,7 @@ test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,bench]'
+	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,bench]'
 	touch $@
 
 # Every benchmark, each writing its section of BENCHMARKS.md; TIMM_TRAIN=path/to/timm/train.py adds timm's rows.

@@ -57,6 +57,18 @@ def _cmd_cv(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .tune import TuneOptions, tune
+
+    with _WarningsPrinted():
+        if a.trials < 1:
+            raise UserError(f"--trials must be 1 or more, got {a.trials}.")
+        config, overrides = _split_config_words(a.config, a.overrides)
+        tune(load_config(config, overrides), TuneOptions(a.space, a.trials, a.storage, a.study, a.timeout, a.pruner))
+    return 0
+
+
 def _cmd_config_show(a: argparse.Namespace) -> int:
     from .config import describe, load_config
 
@@ -371,6 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--only", metavar="K,K", help="train only these folds, e.g. 0,2")
     cv.add_argument("--resume", metavar="CV_DIR", help="continue a cv: finished folds are kept")
     cv.set_defaults(func=_cmd_cv)
+
+    tn = sub.add_parser("tune", help="hyperparameter search with Optuna: each trial an ordinary run folder")
+    tn.add_argument("config", nargs="?", help="YAML config file, as for train (run.dir names the tune folder)")
+    tn.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
+    tn.add_argument("--space", required=True, metavar="SPACE.yaml",
+                    help="config keys with distributions, e.g. 'optim.lr: {log_uniform: [1e-4, 1e-2]}'")
+    tn.add_argument("--trials", type=int, required=True, metavar="N",
+                    help="finished (complete or pruned) trials the study should reach, over every process and restart")
+    tn.add_argument("--storage", metavar="URL", help="a database URL several machines share (default: a journal file "
+                    "in the tune folder)")
+    tn.add_argument("--study", metavar="NAME", help="study name (default: the tune folder's name)")
+    tn.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    tn.add_argument("--pruner", default="median", choices=["median", "percentile", "hyperband", "none"])
+    tn.set_defaults(func=_cmd_tune)
 
     d = sub.add_parser("demo-data", help="write the MNIST-5k demo images as PNG class folders")
     d.add_argument("dir")

@@ -1,0 +1,347 @@
+"""``imgcls tune``: hyperparameter search with Optuna (``pip install 'imgcls[tune]'``).
+
+Each trial is an ordinary run folder (``TUNE/trial-<n>``) trained by ``imgcls.train``; every epoch's
+monitored value is reported to the trial through ``on_epoch``, and the pruner stops hopeless trials
+(recorded as pruned). The study lives in a storage: by default Optuna's journal file in the tune
+folder (safe for several processes on one machine), or ``--storage URL`` (a database every machine
+reaches; several ``imgcls tune`` processes then share one study, in Optuna's own distributed mode).
+
+``--trials N`` is the study's target of finished (complete or pruned) trials, shared by every process
+and kept across restarts (Optuna's ``MaxTrialsCallback``; with several processes the study may end up
+to processes - 1 trials over N, as each process may start its last trial at once). Running the same
+command again (same ``run.dir``) continues: finished trials are kept, and a trial interrupted by a
+kill is marked failed and retried with the same parameters (with the local storage at once, when the
+process that ran it is gone; with a shared storage through Optuna's heartbeat and failed-trial retry,
+since another machine's running trial is not stale).
+
+Written in the tune folder: ``best.yaml`` (the best trial's full config without its run.dir, for
+``imgcls train``), ``trials.csv`` (one row per trial) and ``tune.html`` (optimisation history,
+parameter importances, a slice plot per key: Optuna's matplotlib plots inlined as images).
+Per-trial reports are off (``run.report=false``) to keep trials cheap; ``imgcls report TUNE/trial-<n>``
+writes one.
+
+A leaf behind an optional extra: nothing in imgcls imports this module but ``imgcls tune``.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .config import Config, _registries, _yaml_load, to_yaml
+from .errors import UserError
+from .io import atomic_write_text, csv_text
+
+try:
+    import optuna
+except ImportError:  # pragma: no cover - the extra is installed in CI
+    raise UserError("imgcls tune needs Optuna; install it with: pip install 'imgcls[tune]'.") from None
+
+KINDS = ("log_uniform", "uniform", "int", "choice")
+PRUNERS = ("median", "percentile", "hyperband", "none")
+JOURNAL = "optuna.journal"
+STUDY_FILE = "tune.json"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    key: str                  # a config key, e.g. optim.lr
+    kind: str                 # log_uniform | uniform | int | choice
+    values: tuple             # (low, high) or the choices, typed as the config key types them
+    step: Optional[int] = None
+    depends_on: Optional[str] = None   # e.g. loss.name for loss.gamma: sampled only when that entry takes it
+
+    def suggest(self, trial: "optuna.Trial"):
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        lo, hi = self.values
+        if self.kind == "int":
+            return trial.suggest_int(self.key, lo, hi, step=self.step or 1)
+        return trial.suggest_float(self.key, lo, hi, log=self.kind == "log_uniform")
+
+
+def read_space(path: str | os.PathLike, base: Config) -> list[Dimension]:
+    """The search space of ``path``, validated against the config schema before any trial."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"search space file '{p}' does not exist; pass a YAML file such as "
+                        "'optim.lr: {log_uniform: [1e-4, 1e-2]}'.")
+    raw = _yaml_load(p.read_text(encoding="utf-8"), f"search space '{p}'")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"search space '{p}' must map config keys to distributions, e.g. "
+                        "'optim.lr: {log_uniform: [1e-4, 1e-2]}'.")
+    dims = [_dimension(key, spec, base, p) for key, spec in raw.items()]
+    return sorted(dims, key=lambda d: not d.key.endswith(".name"))  # entries first: their parameters depend on them
+
+
+def _typed(base: Config, key: str, value):
+    """``value`` as the config types ``key`` (1e-4 is a number), or the config's own sentence."""
+    section, name = key.split(".", 1)
+    return getattr(getattr(base.replace(**{key: value}), section), name)
+
+
+def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
+    from .config import all_keys
+    if key not in all_keys():
+        from .config import _unknown_key
+        raise _unknown_key(key)
+    if not isinstance(spec, dict) or len(set(spec) & set(KINDS)) != 1 or set(spec) - set(KINDS) - {"step"}:
+        raise UserError(f"'{key}' in '{path}' must be one of {{log_uniform: [lo, hi]}}, {{uniform: [lo, hi]}}, "
+                        "{int: [lo, hi], step: s} or {choice: [a, b, ...]}.")
+    kind = next(k for k in KINDS if k in spec)
+    values = spec[kind]
+    if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
+        raise UserError(f"'{key}: {kind}' in '{path}' needs " + ("a list of choices." if kind == "choice" else
+                                                                 "[low, high]."))
+    probe = base
+    section = key.split(".", 1)[0]
+    depends = None
+    if section in ("loss", "optim", "sched") and not key.endswith(".name"):
+        _, names, params_of = _registries()[section]
+        users = [n for n in names if key.split(".", 1)[1] in params_of(n)]
+        if users:
+            depends = f"{section}.name"
+            probe = base.replace(**{depends: users[0]})  # check the values with an entry that takes the key
+    typed = tuple(_typed(probe, key, v) for v in values)
+    if kind != "choice":
+        lo, hi = typed
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
+            raise UserError(f"'{key}: {kind}: [{lo}, {hi}]' in '{path}' needs two numbers, low < high.")
+        if kind == "log_uniform" and lo <= 0:
+            raise UserError(f"'{key}: log_uniform' in '{path}' needs a low bound above 0, got {lo}.")
+        if kind == "int":
+            typed = (int(lo), int(hi))
+    step = spec.get("step")
+    return Dimension(key, kind, typed, int(_yaml_value(step)) if step is not None else None, depends)
+
+
+def _yaml_value(v):
+    return float(v) if isinstance(v, str) else v
+
+
+def sample(trial: "optuna.Trial", dims: list[Dimension], base: Config) -> dict[str, Any]:
+    """The trial's changes to ``base``; a key the chosen entry does not take is not sampled (its default stays)."""
+    chosen: dict[str, Any] = {}
+    for d in dims:
+        if d.depends_on is not None:
+            section, name = d.depends_on.split(".")
+            entry = chosen.get(d.depends_on, getattr(getattr(base, section), name))
+            _, _, params_of = _registries()[section]
+            if d.key.split(".", 1)[1] not in params_of(entry):
+                continue
+        chosen[d.key] = d.suggest(trial)
+    return chosen
+
+
+def make_pruner(name: str):
+    if name not in PRUNERS:
+        raise UserError(f"unknown pruner '{name}'; use one of {', '.join(PRUNERS)}.")
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            "percentile": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=1),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+            "none": lambda: optuna.pruners.NopPruner()}[name]()
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    space: str
+    trials: int
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    timeout: Optional[float] = None
+    pruner: str = "median"
+
+
+def _storage(tune_dir: Path, url: Optional[str]):
+    if url is None:  # several processes on this machine: Optuna's journal file (file locks)
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        return JournalStorage(JournalFileBackend(str(tune_dir / JOURNAL)))
+    import random
+    import time
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    for attempt in range(4):  # processes started together race to create the schema: the losers retry
+        try:
+            return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                              failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+                              engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+        except Exception as e:  # noqa: BLE001 -- a bad URL or a missing driver: one sentence
+            if attempt == 3 or isinstance(e, (ImportError, ValueError)):
+                raise UserError(f"cannot open the study storage '{url}' ({(str(e).splitlines() or [''])[0][:160]}); "
+                                "see the README's 'Hyperparameter search' for the supported URLs and their "
+                                "drivers.") from None
+            time.sleep(0.5 + random.random())
+
+
+def _tune_dir(base: Config) -> Path:
+    from .engine.rundir import next_run_dir
+    if base.run.dir:
+        return Path(base.run.dir)
+    return next_run_dir(base.run.root, f"{base.run.name}-tune")
+
+
+def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print) -> "optuna.Study":
+    """Search ``options.space`` around ``base`` until the study has ``options.trials`` finished trials."""
+    from .api import _train, _Tracking
+    from .engine.build import absolute_data_paths
+    from .engine.dist import DistContext
+    from .tasks import get_task
+    base = absolute_data_paths(base)
+    dims = read_space(options.space, base)
+    task = get_task(base.task.type).from_config(base)
+    monitor = task.resolve_monitor(base.train.monitor)
+    direction = "minimize" if task.direction(monitor) == "min" else "maximize"
+    tune_dir = _tune_dir(base)
+    tune_dir.mkdir(parents=True, exist_ok=True)  # the one folder imgcls reuses: the same command continues
+    name = options.study or tune_dir.name
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # imgcls's lines say what each trial did
+    study = optuna.create_study(study_name=name, storage=_storage(tune_dir, options.storage), direction=direction,
+                                sampler=optuna.samplers.TPESampler(seed=base.train.seed),
+                                pruner=make_pruner(options.pruner), load_if_exists=True)
+    atomic_write_text(tune_dir / STUDY_FILE, json.dumps({"study": name, "storage": options.storage,
+                                                         "monitor": monitor, "direction": direction}) + "\n")
+    if options.storage is None:
+        _retry_orphans(study, log)
+    tracking = _Tracking(base, DistContext(), log)  # track.mlflow: one parent run, a child run per trial
+    parent = tracking.start(tune_dir, kind="tune")
+    finished = _finished(study)
+    log(f"tune: study '{name}' in {tune_dir}: {finished} of {options.trials} trials finished; monitor {monitor} "
+        f"({direction}); pruner {options.pruner}")
+
+    def objective(trial: "optuna.Trial") -> float:
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        changes = sample(trial, dims, base)
+        run_dir = tune_dir / f"trial-{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        cfg = base.replace(**changes, **{"run.dir": str(run_dir), "run.report": False})
+
+        reported = [0]
+
+        def report(epoch: int, row: dict) -> bool:
+            reported[0] = epoch
+            value = row.get(monitor)
+            if value is None:
+                return False
+            trial.report(float(value), epoch)
+            return trial.should_prune()
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
+        log(f"trial {trial.number}: {shown}")
+        result = _train(cfg, False, lambda msg: None, report, parent=parent)
+        if result.stopped == "callback":
+            log(f"trial {trial.number}: pruned after epoch {reported[0]}")
+            raise optuna.TrialPruned()
+        value = float(result.best_metrics[monitor])
+        log(f"trial {trial.number}: {monitor} {value:.4f} (best epoch {result.best_epoch})")
+        return value
+
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    if finished < options.trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, timeout=options.timeout, catch=(),
+                           callbacks=[MaxTrialsCallback(options.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+    write_results(study, tune_dir, base, dims, log)
+    tracking.finish("FINISHED")
+    return study
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _retry_orphans(study, log) -> None:
+    """Trials left RUNNING by a process of this machine that is gone (killed): failed, then retried."""
+    from optuna.trial import TrialState
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not pid or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001 -- Optuna's own storage API
+        study.enqueue_trial(t.params, skip_if_exists=False)
+        log(f"tune: trial {t.number} was interrupted (process {pid} is gone); marked failed, retried with its parameters")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- results
+
+def write_results(study, tune_dir: Path, base: Config, dims: list[Dimension], log) -> None:
+    from optuna.trial import TrialState
+    keys = [d.key for d in dims]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+        rows.append([t.number, t.state.name.lower(), "" if t.value is None else repr(t.value),
+                     *[t.params.get(k, "") for k in keys], t.user_attrs.get("run_dir", ""),
+                     round(duration, 1) if duration != "" else ""])
+    atomic_write_text(tune_dir / "trials.csv", csv_text(["number", "state", "value", *keys, "run_dir", "seconds"], rows))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        cfg = base.replace(**best.params, **{"run.dir": None})
+        atomic_write_text(tune_dir / "best.yaml", f"# best trial {best.number} of study '{study.study_name}': "
+                          f"{best.value!r}\n" + to_yaml(cfg))
+        log(f"tune: best trial {best.number}: {best.value:.4f} with {best.params}; config in {tune_dir / 'best.yaml'}")
+    pruned = sum(t.state == TrialState.PRUNED for t in study.get_trials(deepcopy=False))
+    atomic_write_text(tune_dir / "tune.html", _page(study, keys, len(complete), pruned))
+    log(f"tune: {len(complete)} complete, {pruned} pruned; {tune_dir / 'trials.csv'}, {tune_dir / 'tune.html'}")
+
+
+def _figure_html(draw) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ax = draw()
+        except Exception as e:  # noqa: BLE001 -- a plot Optuna cannot draw (too few trials) is a sentence
+            return f"<p>{html.escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}</p>"
+    fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _page(study, keys: list[str], complete: int, pruned: int) -> str:
+    from optuna.visualization import matplotlib as vis
+    parts = [f"<h1>imgcls tune: {html.escape(study.study_name)}</h1>",
+             f"<p>{complete} complete, {pruned} pruned trials; direction {study.direction.name.lower()}.</p>"]
+    if complete:
+        parts += ["<h2>Optimisation history</h2>", _figure_html(lambda: vis.plot_optimization_history(study))]
+        parts.append("<h2>Parameter importances</h2>")
+        parts.append(_figure_html(lambda: vis.plot_param_importances(study)) if complete >= 10 and len(keys) > 1 else
+                     f"<p>Importances need more complete trials (about 10, with more than one searched key); this study "
+                     f"has {complete}.</p>")
+        for key in keys:
+            parts += [f"<h2>Slice: {html.escape(key)}</h2>", _figure_html(lambda k=key: vis.plot_slice(study, params=[k]))]
+    body = "\n".join(parts)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>imgcls tune</title><style>body{font-family:"
+            "sans-serif;max-width:960px;margin:2em auto}img{max-width:100%}</style></head><body>" + body +
+            "</body></html>\n")
+
+
+def read_trials(tune_dir: Path) -> list[dict]:
+    with open(Path(tune_dir) / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))

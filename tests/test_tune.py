@@ -1,0 +1,130 @@
+"""imgcls tune: a real Optuna study over tiny runs. The space has a deliberately bad region (a learning
+rate of 1e-9, which never learns) that the median pruner must cut; best.yaml must re-train to the
+reported value; a killed search resumes without repeating finished trials; two processes share a study."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from imgcls import load_config, train  # noqa: E402
+from imgcls.cli import main  # noqa: E402
+from imgcls.errors import UserError  # noqa: E402
+
+SPACE = """\
+optim.lr: {choice: [0.01, 1e-9]}
+loss.name: {choice: [cross_entropy, focal]}
+loss.gamma: {uniform: [1.0, 3.0]}
+"""
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _base(data: Path, tune_dir: Path) -> list[str]:
+    return [f"data.root={data}", "data.image_size=16", "data.augment=light", "model.name=small_cnn",
+            "train.epochs=3", "train.batch_size=16", "train.progress=false", "data.num_workers=0",
+            f"run.dir={tune_dir}"]
+
+
+@pytest.fixture()
+def space(tmp_path) -> Path:
+    p = tmp_path / "space.yaml"
+    p.write_text(SPACE)
+    return p
+
+
+def test_a_search_prunes_the_bad_region_and_its_best_config_retrains_to_its_value(tiny_folder, space, tmp_path,
+                                                                                   capsys):
+    tune_dir = tmp_path / "search"
+    assert main(["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "6"]) == 0
+    trials = _rows(tune_dir / "trials.csv")
+    assert len(trials) == 6 and {t["state"] for t in trials} <= {"complete", "pruned"}
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned and all(float(t["optim.lr"]) < 1e-6 for t in pruned)  # only the region that cannot learn
+    for t in trials:  # loss.gamma is sampled only for the loss that takes it
+        assert (t["loss.gamma"] != "") == (t["loss.name"] == "focal")
+        assert Path(t["run_dir"], "config.yaml").is_file()  # each trial an ordinary run folder
+    page = (tune_dir / "tune.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "Importances need more complete trials" in page
+    best = max((t for t in trials if t["state"] == "complete"), key=lambda t: float(t["value"]))
+    cfg = load_config(tune_dir / "best.yaml", [f"run.dir={tmp_path / 'again'}", "run.report=false"])
+    assert cfg.optim.lr == float(best["optim.lr"]) and cfg.loss.name == best["loss.name"]
+    again = train(cfg, log=lambda *a: None)
+    assert again.best_metrics["val/f1_macro"] == pytest.approx(float(best["value"]), abs=1e-9)
+
+
+def test_the_space_is_checked_before_any_trial(tiny_folder, tmp_path):
+    from imgcls.tune import read_space
+    base = load_config(None, _base(tiny_folder, tmp_path / "x"))
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("optim.lrr: {log_uniform: [1e-4, 1e-2]}", "optim.lr"),
+                          ("optim.lr: {log_uniform: [0, 1e-2]}", "optim.lr must be > 0"),  # the config's rule
+                          ("data.mixup: {log_uniform: [0, 1]}", "low bound above 0"),
+                          ("optim.lr: {normal: [1, 2]}", "must be one of"),
+                          ("train.batch_size: {int: [32]}", r"needs \[low, high\]"),
+                          ("optim.name: {choice: [adamw, sgdd]}", "sgdd")):
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message):
+            read_space(bad, base)
+    bad.write_text("optim.lr: {log_uniform: [1e-4, 1e-2]}\ntrain.batch_size: {int: [32, 128], step: 32}\n")
+    dims = {d.key: d for d in read_space(bad, base)}
+    assert dims["optim.lr"].values == (1e-4, 1e-2) and dims["train.batch_size"].step == 32  # numbers, not text
+    assert not (tmp_path / "x").exists()
+
+
+def _wait(predicate, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_folder, space, tmp_path):
+    tune_dir = tmp_path / "killed"
+    args = ["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "4", "--pruner", "none"]
+    p = subprocess.Popen([sys.executable, "-m", "imgcls", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    _wait(lambda: (tune_dir / "trial-2" / "config.yaml").is_file(), p)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    before = {n: (tune_dir / f"trial-{n}" / "metrics.csv").read_bytes() for n in (0, 1)}
+    assert main(args) == 0
+    trials = _rows(tune_dir / "trials.csv")
+    states = [t["state"] for t in trials]
+    assert states.count("complete") == 4 and states[2] == "fail", states
+    retried = [t for t in trials[3:] if all(t[k] == trials[2][k] for k in ("optim.lr", "loss.name", "loss.gamma"))]
+    assert retried, trials  # the interrupted trial ran again with its parameters
+    assert {n: (tune_dir / f"trial-{n}" / "metrics.csv").read_bytes() for n in (0, 1)} == before  # not repeated
+
+
+def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tiny_folder, space, tmp_path):
+    tune_dir = tmp_path / "shared"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [sys.executable, "-m", "imgcls", "tune", *_base(tiny_folder, tune_dir), "--space", str(space),
+            "--trials", "5", "--storage", storage, "--study", "team"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    import optuna
+    study = optuna.load_study(study_name="team", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
+    assert 5 <= len(finished) <= 6  # the target; each process may start its last trial at once
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    folders = [t.user_attrs["run_dir"] for t in finished]
+    assert len(folders) == len(set(folders)) and all(Path(f, "metrics.csv").is_file() for f in folders)
+    pids = {t.user_attrs["pid"] for t in finished}
+    assert len(pids) == 2  # both processes ran trials
