@@ -1,8 +1,9 @@
 """``imgcls tune``: hyperparameter search with Optuna (``pip install 'imgcls[tune]'``).
 
 Each trial is an ordinary run folder (``TUNE/trial-<n>``) trained by ``imgcls.train``; every epoch's
-monitored value is reported to the trial through ``on_epoch``, and the pruner stops hopeless trials
-(recorded as pruned). The study lives in a storage: by default Optuna's journal file in the tune
+monitored value is reported to the trial through ``on_epoch`` (as Optuna's step ``epoch - 1``: Optuna
+counts from 0, so the default ``n_warmup_steps=1`` never prunes on the first epoch), and the pruner
+stops hopeless trials (recorded as pruned). The study lives in a storage: by default Optuna's journal file in the tune
 folder (safe for several processes on one machine), or ``--storage URL`` (a database every machine
 reaches; several ``imgcls tune`` processes then share one study, in Optuna's own distributed mode).
 
@@ -231,7 +232,7 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
             value = row.get(monitor)
             if value is None:
                 return False
-            trial.report(float(value), epoch)
+            trial.report(float(value), epoch - 1)  # Optuna counts steps from 0: n_warmup_steps=1 spares epoch 1
             return trial.should_prune()
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
         log(f"trial {trial.number}: {shown}")

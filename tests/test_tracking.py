@@ -127,6 +127,25 @@ def test_cv_logs_a_parent_run_with_a_child_per_fold(tiny_folder, tmp_path, serve
     assert client.get_run(parent).data.tags["imgcls.kind"] == "cv"
 
 
+def test_a_tune_logs_a_parent_run_with_a_child_per_trial(tiny_folder, tmp_path, server):
+    pytest.importorskip("optuna")
+    from imgcls.cli import main
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {log_uniform: [1e-3, 1e-1]}\n")
+    tune_dir = tmp_path / "tune"
+    assert main(["tune", f"data.root={tiny_folder}", "data.image_size=16", "model.name=small_cnn", "train.epochs=1",
+                 "train.progress=false", f"run.dir={tune_dir}", f"track.mlflow={server.uri}",
+                 "track.experiment=tune-tests", "--space", str(space), "--trials", "2", "--pruner", "none"]) == 0
+    client = MlflowClient(server.uri)
+    parent = _run_id(tune_dir)
+    assert client.get_run(parent).data.tags["imgcls.kind"] == "tune"
+    exp = client.get_experiment_by_name("tune-tests")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_id for r in children) == sorted(_run_id(tune_dir / f"trial-{n}") for n in (0, 1))
+    assert {r.data.params["optim.lr"] for r in children} == {
+        r["optim.lr"] for r in csv.DictReader(open(tune_dir / "trials.csv"))}
+
+
 def test_an_unreachable_tracker_stops_before_training_unless_not_required(tiny_folder, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}"
     run = tmp_path / "never"

@@ -93,27 +93,28 @@ def _wait(predicate, proc: subprocess.Popen, seconds: float = 180) -> None:
 
 def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_folder, space, tmp_path):
     tune_dir = tmp_path / "killed"
-    args = ["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "4", "--pruner", "none"]
+    args = ["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "3", "--pruner", "none",
+            "train.epochs=2"]
     p = subprocess.Popen([sys.executable, "-m", "imgcls", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    _wait(lambda: (tune_dir / "trial-2" / "config.yaml").is_file(), p)
+    _wait(lambda: (tune_dir / "trial-1" / "config.yaml").is_file(), p)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
-    before = {n: (tune_dir / f"trial-{n}" / "metrics.csv").read_bytes() for n in (0, 1)}
+    before = (tune_dir / "trial-0" / "metrics.csv").read_bytes()
     assert main(args) == 0
     trials = _rows(tune_dir / "trials.csv")
     states = [t["state"] for t in trials]
-    assert states.count("complete") == 4 and states[2] == "fail", states
-    retried = [t for t in trials[3:] if all(t[k] == trials[2][k] for k in ("optim.lr", "loss.name", "loss.gamma"))]
+    assert states.count("complete") == 3 and states[1] == "fail", states
+    retried = [t for t in trials[2:] if all(t[k] == trials[1][k] for k in ("optim.lr", "loss.name", "loss.gamma"))]
     assert retried, trials  # the interrupted trial ran again with its parameters
-    assert {n: (tune_dir / f"trial-{n}" / "metrics.csv").read_bytes() for n in (0, 1)} == before  # not repeated
+    assert (tune_dir / "trial-0" / "metrics.csv").read_bytes() == before  # the finished trial was not repeated
 
 
 def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tiny_folder, space, tmp_path):
     tune_dir = tmp_path / "shared"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = [sys.executable, "-m", "imgcls", "tune", *_base(tiny_folder, tune_dir), "--space", str(space),
-            "--trials", "5", "--storage", storage, "--study", "team"]
+            "--trials", "4", "--storage", storage, "--study", "team", "train.epochs=2"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -121,7 +122,7 @@ def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tiny_
     import optuna
     study = optuna.load_study(study_name="team", storage=storage)
     finished = [t for t in study.trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED")]
-    assert 5 <= len(finished) <= 6  # the target; each process may start its last trial at once
+    assert 4 <= len(finished) <= 5  # the target; each process may start its last trial at once
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     folders = [t.user_attrs["run_dir"] for t in finished]
