@@ -104,7 +104,7 @@ def _model_card(info: ModelInfo) -> str:
         "---", "library_name: timm", "tags: [image-classification, timm, imgcls]", "---", "",
         f"# {info.architecture} ({info.task}, {len(info.classes)} classes)", "",
         "Trained with imgcls; opens in timm alone:", "", "```python", "import timm", "import torch",
-        "from PIL import Image", "", f'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()',
+        "from PIL import Image", "", 'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()',
         "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))",
         f'image = Image.open("photo.png").convert("{"L" if gray else "RGB"}")'
         + ("  # this model reads 1-channel (grayscale) images" if gray else ""),
