@@ -96,6 +96,7 @@ def _describe(rank: int, failure) -> str:
         else:
             message = f"exit status {failure.exitcode}"
     first = message.splitlines()[-1] if message.count("\n") else message
+    first = first.removeprefix("UserError: ")  # imgcls's own sentences need no class name
     return f"rank {rank} failed first: {first.rstrip('.')}"
 
 
