@@ -156,19 +156,6 @@ def test_two_nodes_on_loopback_train_like_one_process_and_write_one_folder(data,
     _assert_same_training(folders[0], reference)
 
 
-def test_nproc_with_accumulation_trains_like_one_process(data, reference, tmp_path):
-    """imgcls train --nproc 2: 2 processes x batch 8 x accumulate 2 = the reference's 32 per step."""
-    run = tmp_path / "acc"
-    r = _imgcls("train", f"data.root={data}", *COMMON, "train.epochs=3", "train.batch_size=8",
-                "train.accumulate=2", f"run.dir={run}", "--nproc", "2")
-    assert r.returncode == 0, r.stderr
-    assert "2 processes (gloo) x batch 8 x accumulate 2 = global batch 32" in r.stdout
-    assert not (run / "logs").exists()  # rank logs are kept only when a rank fails
-    if Path("/dev/shm").is_dir():  # data.cache=auto -> memory: one copy per node, mapped by both processes
-        assert "cache: memory, shared by this node's processes (/dev/shm)" in r.stdout
-    _assert_same_training(run, reference)
-
-
 def _wait_for(predicate, seconds: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -233,18 +220,26 @@ def test_a_resume_that_changes_the_global_batch_is_refused(small_run, capsys):
     assert before == {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
 
 
-def test_other_task_types_and_ema_train_alike_under_nproc(tmp_path):
-    """Multi-label targets (a 0/1 row per image), tuned thresholds and EMA through 2 processes x 16:
-    the weights, the EMA and every metric of 1 process x 32."""
+def test_nproc_with_accumulation_another_task_type_and_ema_trains_like_one_process(tmp_path):
+    """imgcls train --nproc 2 with multi-label targets (a 0/1 row per image), tuned thresholds and EMA:
+    2 processes x batch 8 x accumulate 2 end with the weights, the EMA and every metric of 1 process x 32."""
     from test_tasks_e2e import make_multilabel
 
     from imgcls import load_config, train
     csv_path = make_multilabel(tmp_path / "ml")
-    extra = [f"data.csv={csv_path}", "task.type=multilabel", "train.ema=0.9", "train.epochs=2"]
+    # SGD: Adam's division by sqrt(v) turns float-rounding differences in near-zero gradients into
+    # visible weight differences (1e-3 here), which would hide what this test is about
+    extra = [f"data.csv={csv_path}", "task.type=multilabel", "train.ema=0.9", "train.epochs=2", "optim.name=sgd",
+             "optim.lr=0.05"]
     one, two = tmp_path / "one", tmp_path / "two"
     train(load_config(None, [*COMMON, *extra, "train.batch_size=32", f"run.dir={one}"]), log=lambda *a: None)
-    r = _imgcls("train", *COMMON, *extra, "train.batch_size=16", f"run.dir={two}", "--nproc", "2")
+    r = _imgcls("train", *COMMON, *extra, "train.batch_size=8", "train.accumulate=2", f"run.dir={two}",
+                "--nproc", "2")
     assert r.returncode == 0, r.stderr
+    assert "2 processes (gloo) x batch 8 x accumulate 2 = global batch 32" in r.stdout
+    assert not (two / "logs").exists()  # rank logs are kept only when a rank fails
+    if Path("/dev/shm").is_dir():  # data.cache=auto -> memory: one copy per node, mapped by both processes
+        assert "cache: memory, shared by this node's processes (/dev/shm)" in r.stdout
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (one, two))
     for part in ("model", "ema"):
         worst = max((a[part][k].double() - b[part][k].double()).abs().max().item() for k in a[part]

@@ -160,21 +160,19 @@ def test_an_unreachable_tracker_stops_before_training_unless_not_required(tiny_f
     assert time.monotonic() - t0 < 60
 
 
-def test_a_tracker_lost_mid_run_costs_one_warning_not_the_training(tiny_folder, tmp_path):
-    lost = Server(tmp_path / "lost")
-    try:
-        run = tmp_path / "goes-on"
-        said = []
+def test_a_tracker_lost_mid_run_costs_one_warning_not_the_training(tiny_folder, tmp_path, server):
+    """Last in this module: it stops the module's server after the first epoch."""
+    run = tmp_path / "goes-on"
+    said = []
 
-        def kill_after_first(epoch, row):
-            if epoch == 1:
-                lost.stop()
-            return False
-        t0 = time.monotonic()
-        train(small_config(tiny_folder, run, **{"track.mlflow": lost.uri, "train.epochs": 3}),
-              on_epoch=kill_after_first, log=said.append)
-        assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == [1, 2, 3]
-        assert sum("stopped answering" in s for s in said) == 1, said
-        assert time.monotonic() - t0 < 90
-    finally:
-        lost.stop()
+    def kill_after_first(epoch, row):
+        if epoch == 1:
+            server.stop()
+        return False
+    t0 = time.monotonic()
+    train(small_config(tiny_folder, run, **{"track.mlflow": server.uri, "train.epochs": 3}),
+          on_epoch=kill_after_first, log=said.append)
+    assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == [1, 2, 3]
+    assert sum("stopped answering" in s for s in said) == 1, said
+    assert (run / "best.safetensors").is_file() and (run / "mlflow.json").is_file()
+    assert time.monotonic() - t0 < 90
