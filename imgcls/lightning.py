@@ -36,12 +36,12 @@ import torch
 from .config import Config, to_yaml
 from .data.build import check_same_split
 from .device import channels_last
-from .engine.build import (Prepared, absolute_data_paths, data_path, ema_model, make_criterion, make_mix,
+from .engine.build import (Prepared, _silent, absolute_data_paths, data_path, ema_model, make_criterion, make_mix,
                            open_new_folder, prepare, write_run_files)
 from .engine.dist import DistContext
 from .engine.fit import OnEpoch, RunResult
 from .engine.loop import score_outputs, window_sizes
-from .engine.record import RunRecord, Validation
+from .engine.record import RunRecord, Validation, improves
 from .engine.rundir import tensorboard_writer, truncate_metrics
 from .errors import UserError
 from .io import remove_temp_files
@@ -295,10 +295,7 @@ class _RunFolder(L.Callback):
         record = RunRecord(self.run_dir, p.task, p.split, p.monitor)
         if self.is_main:
             record.append(row, self.writer)
-        finite = value is not None and math.isfinite(value) and all(
-            bool(torch.isfinite(t).all()) for t in module.eval_model.state_dict().values() if t.is_floating_point())
-        improved = finite and (self.best_value is None or
-                               (value < self.best_value if plan_direction == "min" else value > self.best_value))
+        improved = improves(value, self.best_value, plan_direction, module.eval_model)
         if improved:
             self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             if self.is_main:
@@ -417,7 +414,4 @@ def _quiet_lightning():
     finally:
         logger.setLevel(level)
 
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
 

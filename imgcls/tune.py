@@ -264,24 +264,16 @@ def _finished(study) -> int:
 def _retry_orphans(study, log) -> None:
     """Trials left RUNNING by a process of this machine that is gone (killed): failed, then retried."""
     from optuna.trial import TrialState
+
+    from .engine.rundir import RunLock
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not pid or _alive(int(pid)):
+        if t.user_attrs.get("host") != host or not pid or RunLock._alive(int(pid)):  # noqa: SLF001 -- its liveness test
             continue
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001 -- Optuna's own storage API
         study.enqueue_trial(t.params, skip_if_exists=False)
         log(f"tune: trial {t.number} was interrupted (process {pid} is gone); marked failed, retried with its parameters")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------- results

@@ -25,7 +25,7 @@ from ..optim import get_lr
 from .build import Run
 from .checkpoint import save_last
 from .loop import train_epoch, validate
-from .record import RunRecord, Validation
+from .record import RunRecord, Validation, improves
 from .rundir import tensorboard_writer
 from .signals import StopFlag, TrainingInterrupted
 
@@ -139,8 +139,7 @@ def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
     if run.dist.is_main:
         record.append(row, writer)
     p = run.progress
-    improved = _finite_model(run, value) and (
-        p.best_value is None or (value < p.best_value if plan.direction == "min" else value > p.best_value))
+    improved = improves(value, p.best_value, plan.direction, run.eval_model)
     if improved:
         p.best_value, p.best_epoch, p.bad_epochs = value, epoch, 0
         if run.dist.is_main:
@@ -159,12 +158,6 @@ def _train_loss(run: Run) -> float:
     total = run.dist.all_sum(torch.stack([p.loss_sum.double(), torch.tensor(float(p.samples), dtype=torch.float64,
                                                                             device=p.loss_sum.device)]))
     return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-
-
-def _finite_model(run: Run, value) -> bool:
-    """A NaN/inf monitor, parameter or buffer (batch-norm statistics) never becomes best."""
-    return value is not None and math.isfinite(value) and all(
-        bool(torch.isfinite(t).all()) for t in run.eval_model.state_dict().values() if t.is_floating_point())
 
 
 def _log_epoch(run: Run, row: dict, improved: bool) -> None:

@@ -4,6 +4,7 @@ Trainer): the metrics.csv row and TensorBoard scalars, and at each improvement t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,14 @@ class Validation:
     details: dict
     probs: torch.Tensor
     indices: torch.Tensor
+
+
+def improves(value, best, direction: str, model: nn.Module) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) in ``direction``; a NaN/inf monitor, parameter or
+    buffer (batch-norm statistics) never becomes best. Both engines decide best.safetensors by it."""
+    finite = value is not None and math.isfinite(value) and all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return finite and (best is None or (value < best if direction == "min" else value > best))
 
 
 @dataclass(frozen=True)
