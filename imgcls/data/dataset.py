@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .buffers import BufferPool
 from .decode import load_image
 
 
@@ -148,6 +149,7 @@ class CachedLoader:
 
     def __init__(self, store, targets, sampler: EpochBatchSampler, pin_memory: bool = False):
         self.store, self.sampler, self.pin = store, sampler, pin_memory
+        self.pool = BufferPool()   # gathered batches reused once consumed (data/buffers.py)
         self.targets = targets if torch.is_tensor(targets) else torch.as_tensor(targets)
 
     @property
@@ -161,7 +163,7 @@ class CachedLoader:
     def __iter__(self):
         for keys in self.sampler:
             idx = torch.as_tensor([i for _, i in keys], dtype=torch.long)
-            images = self.store.gather(idx)
+            images = self.store.gather(idx, None if self.pin else self.pool)
             if self.pin and images.device.type == "cpu":
                 images = images.pin_memory()
             yield images, self.targets[idx], idx

@@ -7,9 +7,12 @@ export's parity check and the report's gallery all go through ``BatchPrep.images
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from .buffers import BufferPool
 
 
 class BatchPrep:
@@ -25,6 +28,7 @@ class BatchPrep:
         self.channels_last = channels_last
         self.augment = augment   # (float 0..1 batch, indices, epoch) -> batch: imgcls.data.batchaug
         self.epoch = 0           # set by the epoch loop; the batched augmentation draws from (seed, epoch, index)
+        self.pool = BufferPool() if self.device.type == "cpu" else None  # CUDA's allocator caches already
 
     def images(self, images: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """uint8 batch -> normalised float32 on the device: (pixel / 255 - mean) / std; with ``index``
@@ -33,17 +37,37 @@ class BatchPrep:
         augment = self.augment is not None and index is not None
         if augment and getattr(self.augment, "takes_uint8", lambda _: False)(x):
             x, augment = self.augment(x, index, self.epoch), False  # cropped and resized as uint8 (CPU)
-        if self.channels_last and x.dim() == 4:  # laid out once, on the 1-byte pixels; float ops keep it
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.dim() == 4:  # laid out once, on the 1-byte pixels; float ops keep it
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if augment:  # the float-path augmentation (affine warps) takes 0..1 images
             x = x.to(torch.float32, copy=True).div_(255.0)  # a fresh tensor: the ops below work in place
             x = self.augment(x, index, self.epoch).sub_(self.mean).div_(self.std)
-        else:  # pixel * (1 / (255 std)) - mean / std in one pass after the conversion: 30% cheaper than
-            # dividing, subtracting and dividing again (64 x 3 x 224 x 224 on the CPU: 29 ms against 41),
-            # equal to that within float32 rounding (6e-8)
-            x = x.to(torch.float32, copy=True)
-            x = torch.addcmul(self.shift, x, self.scale, out=x)
+        else:
+            x = self._normalise(self._float(x))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _float(self, x: torch.Tensor) -> torch.Tensor:
+        """A float32 copy of ``x`` in its layout; on the CPU into a reused buffer (data/buffers.py)."""
+        if self.pool is None:
+            return x.to(torch.float32, copy=True)
+        fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+               and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        return self.pool.empty(x.shape, torch.float32, fmt).copy_(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """In place: pixel * (1 / (255 std)) - mean / std, one pass (30% cheaper than dividing,
+        subtracting and dividing again; equal to that within float32 rounding, 6e-8). Channels_last
+        batches are treated as rows of ``k`` whole pixels with the per-channel factors repeated ``k``
+        times: broadcasting [1, C, 1, 1] over an innermost dimension of C = 3 defeats vectorisation
+        (64 x 3 x 224 x 224 on the CPU: 4.0 ms against 0.4 ms as rows)."""
+        n, c, h, w = x.shape if x.dim() == 4 else (0, 0, 0, 0)
+        if c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            k = math.gcd(n * h * w, 64)
+            rows = x.permute(0, 2, 3, 1).view(-1, c * k)   # the same memory, pixel after pixel
+            shift, scale = self.shift.view(-1).repeat(k), self.scale.view(-1).repeat(k)
+            torch.addcmul(shift, rows, scale, out=rows)
+            return x
+        return torch.addcmul(self.shift, x, self.scale, out=x)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
                  index: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:

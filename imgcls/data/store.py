@@ -1,4 +1,6 @@
-"""The decoded image store (``data.cache``): every image decoded once into one uint8 array [N, C, H, W].
+"""The decoded image store (``data.cache``): every image decoded once into one uint8 array [N, C, H, W],
+held pixel-interleaved (bytes in [N, H, W, C] order: a channels_last tensor), so a crop of a stored
+image is already in the layout CPU resizing is fastest in (no copy per crop; see ``batchaug``).
 
 Two kinds, one per side of the split:
 
@@ -42,8 +44,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .buffers import BufferPool
 
-FORMAT = 1                       # bump when the layout of a store changes
+FORMAT = 2                       # bump when the layout of a store changes (2: pixel-interleaved)
 MEMORY_LIMIT = 4 << 30           # auto: at most this many bytes in memory
 TRAIN_RATIO = 0.875              # stored side = image_size / TRAIN_RATIO (224 -> 256)
 
@@ -74,13 +77,14 @@ class StoreSpec:
 
 
 class ImageStore:
-    """uint8 images by index: ``store[i]`` -> [C, H, W], ``store.gather(idx)`` -> [N, C, H, W]."""
+    """uint8 images by index: ``store[i]`` -> [C, H, W], ``store.gather(idx)`` -> [N, C, H, W]
+    (channels_last). ``shape`` is (N, C, H, W); the bytes are in [N, H, W, C] order."""
 
     def __init__(self, array, where: str, path: Optional[Path] = None):
-        self._array = array          # torch.Tensor (memory) or None until mapped (disk)
+        self._array = array          # [N, H, W, C] torch.Tensor (memory), or None until mapped (disk)
         self.where = where           # 'memory' | 'disk'
         self.path = path
-        self.shape: tuple[int, ...] = tuple(array.shape) if array is not None else ()
+        self.shape: tuple[int, ...] = _logical(array.shape) if array is not None else ()
 
     @classmethod
     def mapped(cls, path: Path, shape: Sequence[int]) -> "ImageStore":
@@ -88,10 +92,14 @@ class ImageStore:
         store.shape = tuple(shape)
         return store
 
-    def _tensor(self) -> torch.Tensor:
+    def _pixels(self) -> torch.Tensor:
+        """The array as stored, [N, H, W, C]."""
         if self._array is None:  # mapped lazily in each process (workers do not inherit a pickled copy)
-            self._array = torch.from_numpy(np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape))
+            self._array = torch.from_numpy(np.memmap(self.path, dtype=np.uint8, mode="r", shape=_physical(self.shape)))
         return self._array
+
+    def _tensor(self) -> torch.Tensor:
+        return self._pixels().permute(0, 3, 1, 2)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -103,11 +111,15 @@ class ImageStore:
         return self.shape[0]
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self._tensor()[i].clone()
+        return self._tensor()[i].contiguous()   # the worker path's transforms get a plain [C, H, W]
 
-    def gather(self, index: torch.Tensor) -> torch.Tensor:
-        t = self._tensor()
-        return t[index.to(t.device)]
+    def gather(self, index: torch.Tensor, pool: Optional[BufferPool] = None) -> torch.Tensor:
+        """The images at ``index`` ([N, C, H, W], channels_last); with a ``pool``, into a reused CPU buffer."""
+        t = self._pixels()
+        if pool is None or t.device.type != "cpu":
+            return t[index.to(t.device)].permute(0, 3, 1, 2)
+        out = pool.empty((len(index), *t.shape[1:]), t.dtype)
+        return torch.index_select(t, 0, index, out=out).permute(0, 3, 1, 2)
 
     @property
     def nbytes(self) -> int:
@@ -115,7 +127,17 @@ class ImageStore:
 
     def to(self, device: torch.device) -> "ImageStore":
         """The whole store on ``device`` (the GPU path: batches are gathered where the model is)."""
-        return ImageStore(self._tensor().to(device), self.where, self.path)
+        return ImageStore(self._pixels().to(device), self.where, self.path)
+
+
+def _physical(shape: Sequence[int]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return n, h, w, c
+
+
+def _logical(shape: Sequence[int]) -> tuple[int, ...]:
+    n, h, w, c = shape
+    return n, c, h, w
 
 
 # ---------------------------------------------------------------- decoding
@@ -159,13 +181,13 @@ class _Decode(torch.utils.data.Dataset):
         return i, self.fn(load_image(self.paths[i], channels=self.channels))
 
 
-def _fill(out, paths: Sequence[str], channels: int, fn: Callable, workers: int) -> None:
-    """Decode every image into ``out`` (tensor or memmap), ``workers`` processes decoding."""
+def _fill(out: torch.Tensor, paths: Sequence[str], channels: int, fn: Callable, workers: int) -> None:
+    """Decode every image into ``out`` ([N, C, H, W], any strides), ``workers`` processes decoding."""
     loader = torch.utils.data.DataLoader(_Decode(paths, channels, fn), batch_size=32, num_workers=workers,
                                          collate_fn=lambda items: items)
     for items in loader:
         for i, img in items:
-            out[i] = img.numpy() if isinstance(out, np.ndarray) else img
+            out[i] = img
 
 
 def _key(paths: Sequence[str], spec: StoreSpec, geometry) -> str:
@@ -208,8 +230,8 @@ def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int 
     fn, (h, w) = _decoder(spec, geometry, eval_view)
     shape = (len(paths), spec.channels, h, w)
     if where == "memory":
-        out = torch.empty(shape, dtype=torch.uint8)
-        _fill(out, paths, spec.channels, fn, workers)
+        out = torch.empty(_physical(shape), dtype=torch.uint8)
+        _fill(out.permute(0, 3, 1, 2), paths, spec.channels, fn, workers)
         return ImageStore(out, "memory")
     root = root or cache_dir()
     key = _key(paths, spec, geometry)
@@ -222,8 +244,8 @@ def build_store(paths: Sequence[str], spec: StoreSpec, where: str, workers: int 
             for stale in (data, record):  # torn or from another layout: never read, rebuilt
                 stale.unlink(missing_ok=True)
             tmp = root / f"{key}.u8.tmp-{os.getpid()}"
-            arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-            _fill(arr, paths, spec.channels, fn, workers)
+            arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=_physical(shape))
+            _fill(torch.from_numpy(arr).permute(0, 3, 1, 2), paths, spec.channels, fn, workers)
             arr.flush()
             del arr
             with open(tmp, "rb+") as f:
