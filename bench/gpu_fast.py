@@ -7,6 +7,8 @@
 3. imgcls's `train_epoch` vs a plain loop on the GPU (bench/bench_loop.py's contenders, on CUDA).
 
 Writes gpu_fast.json in OUT_DIR.  Usage (repo root, PYTHONPATH=.): python bench/gpu_fast.py OUT_DIR
+``--smoke``: the same steps at toy sizes on whatever device there is (a CPU here), so the script is
+known to run before device time is spent on it.
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE = "--smoke" in sys.argv
 sys.path.insert(0, str(ROOT))
 from imgcls.config import Config, load_config  # noqa: E402
-from imgcls.engine import train  # noqa: E402
+from imgcls.api import train  # noqa: E402
 
 
-def photo_folder(root: Path, n: int = 2048, classes: int = 8) -> Path:
+def photo_folder(root: Path, n: int = 64 if SMOKE else 2048, classes: int = 8) -> Path:
     """Smooth random colour fields with class-dependent stripes, 256 x 256 JPEGs (about 15 KB each)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:256, 0:256] / 256.0
@@ -48,7 +51,7 @@ def epoch_seconds(run_dir: Path) -> list[float]:
 
 def demo(out: Path) -> dict:
     cfg = load_config(ROOT / "configs/demo.yaml", [f"run.dir={out / 'demo'}", "train.progress=false",
-                                                   "run.report=false"])
+                                                   "run.report=false", *(["train.epochs=1"] if SMOKE else [])])
     lines = []
     t0 = time.perf_counter()
     r = train(cfg, log=lines.append)
@@ -63,6 +66,9 @@ def resnet50(out: Path, folder: Path, compile_: bool) -> dict:
         "data.val_fraction": 0.0625, "model.name": "resnet50", "train.epochs": 3, "train.batch_size": 256,
         "train.precision": "bf16", "train.progress": False, "run.report": False, "optim.lr": 0.002,
         "train.compile": compile_, "run.dir": str(out / f"r50-{'compiled' if compile_ else 'eager'}")})
+    if SMOKE:
+        cfg = cfg.replace(**{"model.name": "resnet18", "data.image_size": 64, "train.epochs": 1,
+                             "train.batch_size": 16, "train.precision": "32", "data.val_fraction": 0.25})
     lines = []
     r = train(cfg, log=lines.append)
     sec = epoch_seconds(r.run_dir)
@@ -76,14 +82,15 @@ def resnet50(out: Path, folder: Path, compile_: bool) -> dict:
 
 def loop_vs_plain() -> dict:
     import runpy
-    sys.argv = ["bench_loop.py", "5", "cuda"]
+    sys.argv = ["bench_loop.py", "1", "cpu"] if SMOKE else ["bench_loop.py", "5", "cuda"]
     ns = runpy.run_path(str(ROOT / "bench" / "bench_loop.py"), run_name="gpu")
     return ns.get("RESULT", {})
 
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    res = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
+    res = {"torch": torch.__version__,
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke)"}
     for name, fn in (("demo", lambda: demo(out)),
                      ("resnet50_eager", lambda: resnet50(out, photo_folder(out / "photos"), False)),
                      ("resnet50_compiled", lambda: resnet50(out, out / "photos", True)),
@@ -97,4 +104,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path([a for a in sys.argv[1:] if a != "--smoke"][0]))

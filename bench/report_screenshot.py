@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from imgcls.config import load_config  # noqa: E402
 from imgcls.data.demo import write_demo  # noqa: E402
-from imgcls.engine import train  # noqa: E402
+from imgcls.api import train  # noqa: E402
 from imgcls.report import all_findings, load_run, write_report  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
