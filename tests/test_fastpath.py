@@ -336,6 +336,10 @@ def test_buffer_pool_reuses_a_free_buffer_and_never_one_that_is_held():
         del c
         assert pool.empty(shape, torch.float32).data_ptr() != c_ptr
         del kept
+    d = pool.empty(shape, torch.float32).requires_grad_()  # made a leaf of autograd, then dropped
+    d_ptr = d.data_ptr()
+    del d
+    assert pool.empty(shape, torch.float32).data_ptr() != d_ptr
     small = pool.empty((2, 3), torch.float32)              # below the threshold: plain torch.empty
     assert pool.empty((2, 3), torch.float32).data_ptr() != small.data_ptr()
 

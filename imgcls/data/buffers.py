@@ -25,9 +25,9 @@ _PER_SHAPE, _SHAPES = 2, 4    # the loop holds one batch while the next is made:
 def _unshared(t: torch.Tensor) -> bool:
     """Whether only the pool refers to ``t``: Python references (the pool's list, the caller's loop
     name, this argument, getrefcount's), C++ holders of the tensor (autograd, DLPack) and holders of
-    its storage (views, numpy)."""
+    its storage (views, numpy); and not made a leaf of autograd by someone (``requires_grad_``)."""
     try:
-        return (sys.getrefcount(t) <= 4 and t._use_count() == 1
+        return (not t.requires_grad and sys.getrefcount(t) <= 4 and t._use_count() == 1
                 and torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2)
     except (AttributeError, RuntimeError):
         return False
