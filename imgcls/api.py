@@ -8,6 +8,7 @@ with). Under torchrun every process calls these; rank 0 reads and writes the run
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -41,6 +42,7 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
 
 def _train(cfg: Config, report: Optional[bool], log, on_epoch: Optional[OnEpoch], parent: Optional[str] = None):
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
+    parent = parent or os.environ.get(_PARENT_ENV) or None   # a cv fold launched with --nproc
     tracking = _Tracking(cfg, dist, log, parent)  # reaches the tracker before any training
     lock = None
     try:
@@ -141,7 +143,7 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
             lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
             payload = _read_resume(run_dir, changes, log)
         cfg, start = dist.broadcast_object(payload)
-        tracking = _Tracking(cfg, dist, log)
+        tracking = _Tracking(cfg, dist, log, os.environ.get(_PARENT_ENV) or None)  # a cv fold under --nproc
         try:
             if cfg.train.engine == "lightning":
                 from .lightning import fit_config
@@ -197,26 +199,29 @@ def _read_resume(run_dir: Path, changes: dict, log) -> tuple[Config, Optional[di
 
 
 def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = None,
-                   report: Optional[bool] = None, *, log: Callable[[str], None] = print):
+                   report: Optional[bool] = None, *, log: Callable[[str], None] = print, nproc: int = 1):
     """K-fold cross-validation of ``cfg`` into a new cv folder: one ordinary run per fold (each with
     its report when ``report``/``run.report`` says so), out-of-fold predictions and a summary
-    (see ``imgcls.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later."""
+    (see ``imgcls.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later.
+    ``nproc`` > 1 trains each fold data-parallel in that many processes (as ``imgcls train --nproc``;
+    ``train.batch_size`` is then per process), one fold after another."""
     from .cv import create_cv_folder
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.cross_validate needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
     from .cv import parse_only
     only = None if only is None else parse_only(",".join(map(str, only)), folds)
+    _check_nproc(nproc)
     cv_dir, lock, cfg = create_cv_folder(cfg, folds, log)
     try:
-        return _run_folds(cv_dir, cfg, only, report, log)
+        return _run_folds(cv_dir, cfg, only, report, log, nproc)
     finally:
         lock.release()
 
 
 def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: Optional[bool] = None, *,
-              log: Callable[[str], None] = print):
+              log: Callable[[str], None] = print, nproc: int = 1):
     """Continue a cv folder: every fold not finished yet (or just ``only``) is trained; finished folds
-    are kept, a fold killed mid-run resumes from its last.pt."""
+    are kept, a fold killed mid-run resumes from its last.pt (``nproc`` as in ``cross_validate``)."""
     from .cv import CV_FILE, is_cv_dir, parse_only, read_state
     cv_dir = Path(cv_dir).expanduser()
     if not is_cv_dir(cv_dir):
@@ -225,14 +230,53 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
     check_writable(cv_dir, "cv folder", "copy it somewhere writable and resume the copy")
     if only is not None:
         only = parse_only(",".join(map(str, only)), read_state(cv_dir)["folds"])
+    _check_nproc(nproc)
     lock = RunLock(cv_dir).acquire()
     try:
-        return _run_folds(cv_dir, load_config(cv_dir / "config.yaml"), only, report, log)
+        return _run_folds(cv_dir, load_config(cv_dir / "config.yaml"), only, report, log, nproc)
     finally:
         lock.release()
 
 
-def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log):
+def _check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise UserError(f"nproc must be 1 or more, got {nproc}.")
+    if launched():  # each fold would set up and tear down the job's process group under torchrun
+        raise UserError("imgcls cv runs its folds one after another, each as its own job; start it as one "
+                        "process with --nproc N (each fold then trains in N processes), not under torchrun.")
+
+
+def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int, parent: Optional[str]) -> None:
+    """Fold ``fold_dir`` as an ``imgcls train --nproc`` job: from its resolved config, or from its
+    last.pt where an earlier job was stopped mid-fold. The fold's MLflow run is a child of ``parent``."""
+    import tempfile
+    from .config import to_yaml
+    from .launch import launch
+    extra = [] if report is None else [f"run.report={str(report).lower()}"]
+    if (fold_dir / "config.yaml").is_file():
+        argv = ["train", "--resume", str(fold_dir), *extra]
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{fold_dir.name}-", suffix=".yaml", dir=fold_dir.parent)
+        os.close(fd)
+        Path(tmp).write_text(to_yaml(cfg))
+        argv = ["train", tmp, *extra]
+    os.environ[_PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
+    try:
+        code = launch(argv, nproc, str(fold_dir) if argv[1] == "--resume" else None)
+    finally:
+        os.environ.pop(_PARENT_ENV, None)
+        if argv[1] != "--resume":
+            Path(argv[1]).unlink(missing_ok=True)
+    if code:
+        raise UserError(f"{fold_dir.name} stopped (exit status {code}); continue the cv with: imgcls cv --resume "
+                        f"{fold_dir.parent} --nproc {nproc}")
+
+
+_PARENT_ENV = "IMGCLS_MLFLOW_PARENT"   # a cv's parent MLflow run, for the folds launched with --nproc
+
+
+def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log,
+               nproc: int = 1):
     from .cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
     state = read_state(cv_dir)
     todo = list(only) if only is not None else list(range(state["folds"]))
@@ -245,7 +289,10 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
             continue
         fold_dir = cv_dir / f"fold-{k}"
         say = (lambda k: lambda msg: log(f"fold {k}: {msg}"))(k)
-        if (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
+        if nproc > 1:
+            say(f"data-parallel in {nproc} processes (imgcls train --nproc {nproc})")
+            _launch_fold(fold_config(cfg, cv_dir, k), fold_dir, report, nproc, parent)
+        elif (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
             resume(fold_dir, report=report, log=say)
         else:
             _train(fold_config(cfg, cv_dir, k), report, say, None, parent=parent)

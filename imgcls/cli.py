@@ -48,12 +48,12 @@ def _cmd_cv(a: argparse.Namespace) -> int:
                                 "or --folds with it (--only picks folds).")
             from .cv import is_cv_dir, read_state
             folds = read_state(Path(a.resume))["folds"] if is_cv_dir(a.resume) else 0
-            resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds))
+            resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds), nproc=a.nproc)
             return 0
         if a.folds is None:
             raise UserError("imgcls cv needs --folds K (the number of folds, e.g. --folds 5).")
         config, overrides = _split_config_words(a.config, a.overrides)
-        cross_validate(load_config(config, overrides), folds=a.folds, only=parse_only(a.only, a.folds))
+        cross_validate(load_config(config, overrides), folds=a.folds, only=parse_only(a.only, a.folds), nproc=a.nproc)
     return 0
 
 
@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, help="number of folds K (stratified by label, grouped by the group column)")
     cv.add_argument("--only", metavar="K,K", help="train only these folds, e.g. 0,2")
     cv.add_argument("--resume", metavar="CV_DIR", help="continue a cv: finished folds are kept")
+    cv.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="train each fold data-parallel in N processes (as train --nproc; train.batch_size is "
+                         "per process)")
     cv.set_defaults(func=_cmd_cv)
 
     tn = sub.add_parser("tune", help="hyperparameter search with Optuna: each trial an ordinary run folder")
@@ -436,7 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .engine.dist import launched
     from .engine.signals import TrainingInterrupted
     try:
-        if getattr(args, "nproc", None) not in (None, 1) and not launched():  # --nproc 1: this process
+        if args.command == "train" and args.nproc not in (None, 1) and not launched():  # --nproc 1: this process
             from .launch import launch, strip_nproc
             return launch(strip_nproc(sys.argv[1:] if argv is None else list(argv)), args.nproc, args.resume)
         return args.func(args)

@@ -258,3 +258,36 @@ def test_nproc_with_accumulation_another_task_type_and_ema_trains_like_one_proce
         return [x] if isinstance(x, float) else []
     ja, jb = (json.loads((run / "model.json").read_text()) for run in (one, two))
     assert numbers(jb) == pytest.approx(numbers(ja), rel=1e-4, abs=1e-5) and len(numbers(ja)) > 3
+
+
+def test_cv_with_nproc_trains_each_fold_like_one_process(data, tmp_path):
+    """`imgcls cv --folds 2 --nproc 2` with batch 16: each fold is a 2-process job that trains as one
+    process with batch 32 does (the in-process cv as reference), and the cv's summary and out-of-fold
+    predictions cover every image once."""
+    from imgcls import cross_validate, load_config
+    args = [f"data.root={data}", *COMMON, "train.epochs=2"]
+    ref = cross_validate(load_config(None, [*args, "train.batch_size=32", f"run.dir={tmp_path / 'one'}"]),
+                         folds=2, log=lambda *a: None)
+    out = _imgcls("cv", "--folds", "2", "--nproc", "2", *args, "train.batch_size=16", f"run.dir={tmp_path / 'two'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("global batch 32") == 2            # both folds ran as 2-process jobs
+    for k in range(2):
+        got, want = tmp_path / "two" / f"fold-{k}", ref.cv_dir / f"fold-{k}"
+        a, b = _weights(got), _weights(want)
+        worst = max((a[n].double() - b[n].double()).abs().max().item() for n in a if a[n].is_floating_point())
+        assert worst < 1e-5, (k, worst)
+        assert len(_rows(got / "val_predictions.csv")) == len(_rows(want / "val_predictions.csv"))
+    oof = _rows(tmp_path / "two" / "oof_predictions.csv")
+    assert len(oof) == 108 and len({r["path"] for r in oof}) == 108
+    assert not list((tmp_path / "two").glob(".fold-*.yaml"))  # the launched folds' configs are cleaned up
+
+
+def test_cv_refuses_to_run_under_torchrun_and_a_process_count_below_one(data, tmp_path, monkeypatch, capsys):
+    from imgcls.cli import main
+    args = ["cv", "--folds", "2", f"data.root={data}", *COMMON, f"run.dir={tmp_path / 'cv'}"]
+    assert main([*args, "--nproc", "0"]) == 2
+    assert "nproc must be 1 or more, got 0" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")   # as torchrun would start it
+    assert main(args) == 2
+    assert "not under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()   # refused before anything was written

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -95,7 +96,10 @@ class ImageStore:
     def _pixels(self) -> torch.Tensor:
         """The array as stored, [N, H, W, C]."""
         if self._array is None:  # mapped lazily in each process (workers do not inherit a pickled copy)
-            self._array = torch.from_numpy(np.memmap(self.path, dtype=np.uint8, mode="r", shape=_physical(self.shape)))
+            pixels = np.memmap(self.path, dtype=np.uint8, mode="r", shape=_physical(self.shape))
+            with warnings.catch_warnings():  # read-only on purpose: nothing writes into a mapped store
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self._array = torch.from_numpy(pixels)
         return self._array
 
     def _tensor(self) -> torch.Tensor:
