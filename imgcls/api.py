@@ -261,15 +261,25 @@ def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int
         Path(tmp).write_text(to_yaml(cfg))
         argv = ["train", tmp, *extra]
     os.environ[_PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
+    hint = f"imgcls cv --resume {fold_dir.parent} --nproc {nproc}"
     try:
-        code = launch(argv, nproc, str(fold_dir) if argv[1] == "--resume" else None)
+        code = launch(argv, nproc, str(fold_dir) if argv[1] == "--resume" else None, resume_hint=hint)
     finally:
         os.environ.pop(_PARENT_ENV, None)
         if argv[1] != "--resume":
             Path(argv[1]).unlink(missing_ok=True)
+    if code in (130, 143):   # Ctrl-C or SIGTERM: the launcher has said how to continue
+        raise FoldStopped(code)
     if code:
-        raise UserError(f"{fold_dir.name} stopped (exit status {code}); continue the cv with: imgcls cv --resume "
-                        f"{fold_dir.parent} --nproc {nproc}")
+        raise UserError(f"{fold_dir.name} failed (exit status {code}); once it is fixed, continue the cv with: {hint}")
+
+
+class FoldStopped(Exception):
+    """A cv fold launched with --nproc was stopped by a signal; the launcher printed the resume command."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("")
+        self.exit_code = exit_code
 
 
 _PARENT_ENV = "IMGCLS_MLFLOW_PARENT"   # a cv's parent MLflow run, for the folds launched with --nproc

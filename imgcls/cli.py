@@ -435,7 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     _expand_home(args)
-    from .api import ReportInterrupted
+    from .api import FoldStopped, ReportInterrupted
     from .engine.dist import launched
     from .engine.signals import TrainingInterrupted
     try:
@@ -456,10 +456,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         _record(e)
         return 2
-    except (TrainingInterrupted, ReportInterrupted) as e:
+    except (TrainingInterrupted, ReportInterrupted, FoldStopped) as e:
         import os
         # under torchrun rank 0 says it once, or the --nproc launcher does (it knows the resume command)
-        if os.environ.get("RANK", "0") == "0" and not os.environ.get("IMGCLS_RUN_DIR_FILE"):
+        if str(e) and os.environ.get("RANK", "0") == "0" and not os.environ.get("IMGCLS_RUN_DIR_FILE"):
             print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

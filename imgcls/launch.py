@@ -32,8 +32,9 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None) -> int:
-    """Run ``imgcls <argv>`` in ``nproc`` processes; returns the exit status."""
+def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None, resume_hint: str | None = None) -> int:
+    """Run ``imgcls <argv>`` in ``nproc`` processes; returns the exit status. ``resume_hint``: the command
+    to print for continuing after a stop (default: ``imgcls train --resume RUN --nproc N``)."""
     if nproc < 1:
         raise UserError(f"--nproc must be 1 or more, got {nproc}.")
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -61,15 +62,15 @@ def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None) -> in
         kept = _keep_logs(work / "logs", run_dir)
         print(f"error: {_describe(rank, failure)}; the job stopped"
               + (f" (each rank's log is in {kept})" if kept else "")
-              + (f". Resume with: imgcls train --resume {run_dir} --nproc {nproc}"
+              + (f". Resume with: {resume_hint or f'imgcls train --resume {run_dir} --nproc {nproc}'}"
                  if run_dir and (Path(run_dir) / "last.pt").is_file() else "."), file=sys.stderr)
         code = 1
     except SignalException as e:
         run_dir = _run_dir(run_dir_file, resume_dir)
         saved = run_dir and (Path(run_dir) / "last.pt").is_file()
         print(f"stopped by signal {int(e.sigval)}"
-              + (f"; last.pt saved. Resume with: imgcls train --resume {run_dir} --nproc {nproc}" if saved else
-                 "; no run folder had been written yet"), file=sys.stderr)
+              + (f"; last.pt saved. Resume with: {resume_hint or f'imgcls train --resume {run_dir} --nproc {nproc}'}"
+                 if saved else "; no run folder had been written yet"), file=sys.stderr)
         code = 130 if int(e.sigval) == 2 else 143
     finally:
         os.environ.clear()

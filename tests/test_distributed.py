@@ -291,3 +291,19 @@ def test_cv_refuses_to_run_under_torchrun_and_a_process_count_below_one(data, tm
     assert main(args) == 2
     assert "not under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()   # refused before anything was written
+
+
+@pytest.mark.parametrize("status,rc,said", [(143, 143, ""), (130, 130, ""), (1, 2, "fold-0 failed (exit status 1)")])
+def test_cv_with_nproc_passes_a_stopped_or_failed_fold_on(data, tmp_path, monkeypatch, capsys, status, rc, said):
+    """The launcher's status for a fold decides the cv's: a signal's exit code (the launcher has printed
+    the cv's resume command, which it was given), or a sentence with that command for a failure."""
+    import imgcls.launch
+    from imgcls.cli import main
+    calls = []
+    monkeypatch.setattr(imgcls.launch, "launch", lambda argv, n, resume_dir=None, resume_hint=None:
+                        calls.append((argv, n, resume_hint)) or status)
+    assert main(["cv", "--folds", "2", "--nproc", "2", f"data.root={data}", *COMMON, f"run.dir={tmp_path / 'cv'}"]) == rc
+    (argv, n, hint), = calls                      # fold 0 was launched, and the cv stopped there
+    assert argv[0] == "train" and n == 2 and hint == f"imgcls cv --resume {tmp_path / 'cv'} --nproc 2"
+    assert said in capsys.readouterr().err
+    assert not list((tmp_path / "cv").glob(".fold-*.yaml"))
