@@ -116,12 +116,15 @@ def test_a_resume_continues_the_same_mlflow_run(tiny_folder, tmp_path, server):
     assert client.get_run(first).info.status == "FINISHED"
 
 
-def test_cv_logs_a_parent_run_with_a_child_per_fold(tiny_folder, tmp_path, server):
-    cfg = _tracked(tiny_folder, tmp_path / "cv", server, **{"train.epochs": 1, "track.experiment": "cv-tests"})
-    result = cross_validate(cfg, folds=2, log=lambda *a: None)
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_cv_logs_a_parent_run_with_a_child_per_fold(tiny_folder, tmp_path, server, nproc, monkeypatch):
+    """In process, and with --nproc 2 (each fold a launched 2-process job that finds its parent run)."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    cfg = _tracked(tiny_folder, tmp_path / "cv", server, **{"train.epochs": 1, "track.experiment": f"cv-tests-{nproc}"})
+    result = cross_validate(cfg, folds=2, log=lambda *a: None, nproc=nproc)
     parent = _run_id(result.cv_dir)
     client = MlflowClient(server.uri)
-    exp = client.get_experiment_by_name("cv-tests")
+    exp = client.get_experiment_by_name(f"cv-tests-{nproc}")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(r.info.run_id for r in children) == sorted(_run_id(d) for d in result.fold_dirs)
     assert client.get_run(parent).data.tags["imgcls.kind"] == "cv"
