@@ -42,7 +42,6 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
 
 def _train(cfg: Config, report: Optional[bool], log, on_epoch: Optional[OnEpoch], parent: Optional[str] = None):
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
-    parent = parent or os.environ.get(_PARENT_ENV) or None   # a cv fold launched with --nproc
     tracking = _Tracking(cfg, dist, log, parent)  # reaches the tracker before any training
     lock = None
     try:
@@ -78,6 +77,7 @@ class _Tracking:
     the folder exists, log each epoch's row, and the artifacts and status at the end (imgcls.tracking)."""
 
     def __init__(self, cfg: Config, dist, log, parent: Optional[str] = None):
+        parent = parent or os.environ.get(_PARENT_ENV) or None   # a cv fold launched with --nproc
         self.cfg, self.parent, self.tracker, self.folder = cfg, parent, None, None
         if cfg.track.mlflow and dist.is_main:  # the one switch that imports the MLflow integration
             from .tracking import Tracker
@@ -92,8 +92,7 @@ class _Tracking:
 
     def chain(self, on_epoch: Optional[OnEpoch]) -> Optional[OnEpoch]:
         if self.tracker is None:
-            # every rank must hold a callback where rank 0 does: fit agrees on its answer with a collective
-            return on_epoch or ((lambda epoch, row: False) if self.cfg.track.mlflow else None)
+            return on_epoch
         from .tracking import chain
         return chain(self.tracker.on_epoch, on_epoch)
 
@@ -144,7 +143,7 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
             lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
             payload = _read_resume(run_dir, changes, log)
         cfg, start = dist.broadcast_object(payload)
-        tracking = _Tracking(cfg, dist, log, os.environ.get(_PARENT_ENV) or None)  # a cv fold under --nproc
+        tracking = _Tracking(cfg, dist, log)
         try:
             if cfg.train.engine == "lightning":
                 from .lightning import fit_config
@@ -254,21 +253,21 @@ def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int
     from .config import to_yaml
     from .launch import launch
     extra = [] if report is None else [f"run.report={str(report).lower()}"]
-    if (fold_dir / "config.yaml").is_file():
-        argv = ["train", "--resume", str(fold_dir), *extra]
-    else:
+    resuming = (fold_dir / "config.yaml").is_file()
+    tmp = None
+    if not resuming:
         fd, tmp = tempfile.mkstemp(prefix=f".{fold_dir.name}-", suffix=".yaml", dir=fold_dir.parent)
         os.close(fd)
         Path(tmp).write_text(to_yaml(cfg))
-        argv = ["train", tmp, *extra]
+    argv = ["train", *(["--resume", str(fold_dir)] if resuming else [tmp]), *extra]
     os.environ[_PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
     hint = f"imgcls cv --resume {fold_dir.parent} --nproc {nproc}"
     try:
-        code = launch(argv, nproc, str(fold_dir) if argv[1] == "--resume" else None, resume_hint=hint)
+        code = launch(argv, nproc, str(fold_dir) if resuming else None, resume_hint=hint)
     finally:
         os.environ.pop(_PARENT_ENV, None)
-        if argv[1] != "--resume":
-            Path(argv[1]).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
     if code in (130, 143):   # Ctrl-C or SIGTERM: the launcher has said how to continue
         raise FoldStopped(code)
     if code:

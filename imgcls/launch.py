@@ -54,6 +54,9 @@ def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None, resum
         "--standalone", f"--nproc-per-node={nproc}", f"--log-dir={work / 'logs'}", *quiet,
         "--module", "imgcls", *argv])
     code = 0
+
+    def resume_with(run_dir: str) -> str:
+        return resume_hint or f"imgcls train --resume {run_dir} --nproc {nproc}"
     try:
         run(args)
     except ChildFailedError as e:
@@ -62,14 +65,14 @@ def launch(argv: Sequence[str], nproc: int, resume_dir: str | None = None, resum
         kept = _keep_logs(work / "logs", run_dir)
         print(f"error: {_describe(rank, failure)}; the job stopped"
               + (f" (each rank's log is in {kept})" if kept else "")
-              + (f". Resume with: {resume_hint or f'imgcls train --resume {run_dir} --nproc {nproc}'}"
+              + (f". Resume with: {resume_with(run_dir)}"
                  if run_dir and (Path(run_dir) / "last.pt").is_file() else "."), file=sys.stderr)
         code = 1
     except SignalException as e:
         run_dir = _run_dir(run_dir_file, resume_dir)
         saved = run_dir and (Path(run_dir) / "last.pt").is_file()
         print(f"stopped by signal {int(e.sigval)}"
-              + (f"; last.pt saved. Resume with: {resume_hint or f'imgcls train --resume {run_dir} --nproc {nproc}'}"
+              + (f"; last.pt saved. Resume with: {resume_with(run_dir)}"
                  if saved else "; no run folder had been written yet"), file=sys.stderr)
         code = 130 if int(e.sigval) == 2 else 143
     finally:

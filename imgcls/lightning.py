@@ -305,12 +305,12 @@ class _RunFolder(L.Callback):
         shown = "  ".join(f"{k} {row[k]:.4f}" for k in p.task.log_metrics if isinstance(row.get(k), float))
         self.say(f"epoch {epoch}/{trainer.max_epochs}  lr {row['lr']:.2e}  train/loss {train_loss:.4f}  {shown}  "
                  f"{row['seconds']:.1f}s{' *' if improved else ''}")
-        if self.on_epoch is not None:  # rank 0 calls it; every process follows its answer
-            public = {k: v for k, v in row.items() if k != "skipped_steps"}
-            if self.dist.broadcast_object(bool(self.on_epoch(epoch, public)) if self.is_main else None):
-                self.say(f"stopped after epoch {epoch} by the on_epoch callback")
-                trainer.should_stop = True
-                return
+        public = {k: v for k, v in row.items() if k != "skipped_steps"}
+        # rank 0 calls it; every process follows its answer
+        if self.dist.rank0_answer(self.on_epoch and (lambda: bool(self.on_epoch(epoch, public)))):
+            self.say(f"stopped after epoch {epoch} by the on_epoch callback")
+            trainer.should_stop = True
+            return
         patience = p.cfg.train.patience
         if patience and self.bad_epochs >= patience and epoch < trainer.max_epochs:
             self.say(f"early stopping: {p.monitor} has not improved for {self.bad_epochs} epochs")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -54,6 +54,12 @@ class DistContext:
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=src)
         return box[0]
+
+    def rank0_answer(self, ask: Optional[Callable[[], Any]]) -> Any:
+        """``ask()`` as rank 0 answers it, on every rank: only rank 0 calls it, and every rank joins the
+        collective whether or not it holds an ``ask`` (the ranks' callbacks differ: tracking lives on
+        rank 0 alone). None where rank 0 has nothing to ask."""
+        return self.broadcast_object(ask() if self.is_main and ask is not None else None)
 
     def gather_objects(self, obj: Any) -> list:
         """Every rank's ``obj``, in rank order, on every rank."""

@@ -173,12 +173,11 @@ def _log_epoch(run: Run, row: dict, improved: bool) -> None:
 
 def _should_stop(run: Run, row: dict, on_epoch: Optional[OnEpoch]) -> Optional[str]:
     p, plan = run.progress, run.plan
-    if on_epoch is not None:
-        public = {k: v for k, v in row.items() if k not in ("warnings", "skipped_steps")}
-        # rank 0 alone calls it (tracking and tuning talk to their servers once); all follow its answer
-        if run.dist.broadcast_object(bool(on_epoch(row["epoch"], public)) if run.dist.is_main else None):
-            run.log(f"stopped after epoch {row['epoch']} by the on_epoch callback")
-            return "callback"
+    public = {k: v for k, v in row.items() if k not in ("warnings", "skipped_steps")}
+    # rank 0 alone calls it (tracking and tuning talk to their servers once); all follow its answer
+    if run.dist.rank0_answer(on_epoch and (lambda: bool(on_epoch(row["epoch"], public)))):
+        run.log(f"stopped after epoch {row['epoch']} by the on_epoch callback")
+        return "callback"
     if plan.patience and p.bad_epochs >= plan.patience and row["epoch"] < plan.epochs:
         run.log(f"early stopping: {plan.monitor} has not improved for {p.bad_epochs} epochs")
         return "early"
