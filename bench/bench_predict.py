@@ -33,8 +33,8 @@ from imgcls import __version__  # noqa: E402
 from imgcls.data.decode import load_image  # noqa: E402
 from imgcls.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize  # noqa: E402
 from imgcls.io import atomic_write_json  # noqa: E402
-from imgcls.modelinfo import save_weights  # noqa: E402
-from imgcls.inference import load  # noqa: E402
+from imgcls.models.modelinfo import save_weights  # noqa: E402
+from imgcls.inference.predictor import load  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
 
 ARCH, SIZE, BATCH, CLASSES = "resnet18", 64, 64, 10

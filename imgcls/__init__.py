@@ -15,9 +15,9 @@ _EXPORTS = {
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
     "list_schedulers": "optim", "train": "api", "resume": "api", "cross_validate": "api", "resume_cv": "api",
-    "ModelInfo": "modelinfo",
+    "ModelInfo": "models.modelinfo",
     "list_tasks": "tasks", "get_task": "tasks",
-    "load": "inference", "write_report": "report",
+    "load": "inference.predictor", "write_report": "report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -46,7 +46,7 @@ def _train(cfg: Config, report: Optional[bool], log, on_epoch: Optional[OnEpoch]
     lock = None
     try:
         if cfg.train.engine == "lightning":  # the one switch that imports the Lightning integration
-            from .lightning import fit_config
+            from .integrations.lightning import fit_config
             result, lock = fit_config(cfg, dist, log, on_epoch=tracking.chain(on_epoch), on_start=tracking.start)
         else:
             run = build_run(cfg, log=log, dist=dist)
@@ -74,13 +74,13 @@ def _status(e: BaseException) -> str:
 
 class _Tracking:
     """``track.mlflow`` around one run, on rank 0: reach the tracker before training, open its run once
-    the folder exists, log each epoch's row, and the artifacts and status at the end (imgcls.tracking)."""
+    the folder exists, log each epoch's row, and the artifacts and status at the end (imgcls.integrations.tracking)."""
 
     def __init__(self, cfg: Config, dist, log, parent: Optional[str] = None):
         parent = parent or os.environ.get(_PARENT_ENV) or None   # a cv fold launched with --nproc
         self.cfg, self.parent, self.tracker, self.folder = cfg, parent, None, None
         if cfg.track.mlflow and dist.is_main:  # the one switch that imports the MLflow integration
-            from .tracking import Tracker
+            from .integrations.tracking import Tracker
             self.tracker = Tracker.connect(cfg, log)
 
     def start(self, folder: Path, device: str = "", kind: str = "run") -> Optional[str]:
@@ -93,7 +93,7 @@ class _Tracking:
     def chain(self, on_epoch: Optional[OnEpoch]) -> Optional[OnEpoch]:
         if self.tracker is None:
             return on_epoch
-        from .tracking import chain
+        from .integrations.tracking import chain
         return chain(self.tracker.on_epoch, on_epoch)
 
     def finish(self, status: str) -> None:
@@ -146,7 +146,7 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
         tracking = _Tracking(cfg, dist, log)
         try:
             if cfg.train.engine == "lightning":
-                from .lightning import fit_config
+                from .integrations.lightning import fit_config
                 result, _ = fit_config(cfg, dist, log, run_dir, resuming=True, on_epoch=tracking.chain(on_epoch),
                                        on_start=tracking.start)
             else:
@@ -202,13 +202,13 @@ def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = 
                    report: Optional[bool] = None, *, log: Callable[[str], None] = print, nproc: int = 1):
     """K-fold cross-validation of ``cfg`` into a new cv folder: one ordinary run per fold (each with
     its report when ``report``/``run.report`` says so), out-of-fold predictions and a summary
-    (see ``imgcls.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later.
+    (see ``imgcls.engine.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later.
     ``nproc`` > 1 trains each fold data-parallel in that many processes (as ``imgcls train --nproc``;
     ``train.batch_size`` is then per process), one fold after another."""
-    from .cv import create_cv_folder
+    from .engine.cv import create_cv_folder
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.cross_validate needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
-    from .cv import parse_only
+    from .engine.cv import parse_only
     only = None if only is None else parse_only(",".join(map(str, only)), folds)
     _check_nproc(nproc)
     cv_dir, lock, cfg = create_cv_folder(cfg, folds, log)
@@ -222,7 +222,7 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
               log: Callable[[str], None] = print, nproc: int = 1):
     """Continue a cv folder: every fold not finished yet (or just ``only``) is trained; finished folds
     are kept, a fold killed mid-run resumes from its last.pt (``nproc`` as in ``cross_validate``)."""
-    from .cv import CV_FILE, is_cv_dir, parse_only, read_state
+    from .engine.cv import CV_FILE, is_cv_dir, parse_only, read_state
     cv_dir = Path(cv_dir).expanduser()
     if not is_cv_dir(cv_dir):
         raise UserError(f"'{cv_dir}' is not a cross-validation folder (no {CV_FILE}); pass the folder printed by "
@@ -251,7 +251,7 @@ def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int
     last.pt where an earlier job was stopped mid-fold. The fold's MLflow run is a child of ``parent``."""
     import tempfile
     from .config import to_yaml
-    from .launch import launch
+    from .engine.launch import launch
     extra = [] if report is None else [f"run.report={str(report).lower()}"]
     resuming = (fold_dir / "config.yaml").is_file()
     tmp = None
@@ -287,7 +287,7 @@ _PARENT_ENV = "IMGCLS_MLFLOW_PARENT"   # a cv's parent MLflow run, for the folds
 
 def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log,
                nproc: int = 1):
-    from .cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
+    from .engine.cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
     state = read_state(cv_dir)
     todo = list(only) if only is not None else list(range(state["folds"]))
     from .engine.dist import DistContext
@@ -343,10 +343,10 @@ def _finish(result: RunResult, report: bool, log) -> None:
 
 
 def _timm_folder(run_dir: Path, log) -> None:
-    """RUN/timm, the folder plain timm opens (imgcls.timmdir), or the sentence saying why there is none;
+    """RUN/timm, the folder plain timm opens (imgcls.inference.timmdir), or the sentence saying why there is none;
     a failure here costs a warning, never the trained run."""
-    from .modelinfo import ModelInfo
-    from .timmdir import FOLDER, why_not, write_timm_folder
+    from .models.modelinfo import ModelInfo
+    from .inference.timmdir import FOLDER, why_not, write_timm_folder
     try:
         reason = why_not(ModelInfo.read(run_dir / "model.json"))
         if reason:

@@ -39,14 +39,14 @@ def _split_config_words(config: Optional[str], overrides: list[str]) -> tuple[Op
 def _cmd_cv(a: argparse.Namespace) -> int:
     from .api import cross_validate, resume_cv
     from .config import load_config
-    from .cv import parse_only
+    from .engine.cv import parse_only
 
     with _WarningsPrinted():
         if a.resume:
             if a.config or a.overrides or a.folds is not None:
                 raise UserError(f"--resume {a.resume} continues the cv as it was set up; pass no config, overrides "
                                 "or --folds with it (--only picks folds).")
-            from .cv import is_cv_dir, read_state
+            from .engine.cv import is_cv_dir, read_state
             folds = read_state(Path(a.resume))["folds"] if is_cv_dir(a.resume) else 0
             resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds), nproc=a.nproc)
             return 0
@@ -59,7 +59,7 @@ def _cmd_cv(a: argparse.Namespace) -> int:
 
 def _cmd_tune(a: argparse.Namespace) -> int:
     from .config import load_config
-    from .tune import TuneOptions, tune
+    from .integrations.tune import TuneOptions, tune
 
     with _WarningsPrinted():
         if a.trials < 1:
@@ -115,7 +115,7 @@ def _cmd_list(a: argparse.Namespace) -> int:
         lines = [f"{m.name} ({m.direction}): {m.description}" + (f" [task.type={t}]" if len(list_tasks()) > 1 else "")
                  for t in list_tasks() for m in get_task(t).metrics]
     elif a.what == "formats":
-        from .export import FORMAT_HELP
+        from .inference.export import FORMAT_HELP
         lines = [f"{name}: {text} (imgcls export RUN --format {name})" for name, text in FORMAT_HELP.items()]
     else:
         lines = [entry(p.name, p.description, "data", p.params) for p in PRESETS.values()]
@@ -183,7 +183,7 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .inference import errors_path, predict_to_csv
+    from .inference.predictor import errors_path, predict_to_csv
 
     with _WarningsPrinted():
         s = predict_to_csv(a.model, a.inputs, a.out, ensemble=a.ensemble, force=a.force,
@@ -210,7 +210,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table
+    from .inference.evaluate import evaluate, format_table
 
     with _WarningsPrinted():
         r = evaluate(a.model, a.data, a.out, ensemble=a.ensemble, force=a.force, path_column=a.path_column,
@@ -234,7 +234,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from .export import export
+    from .inference.export import export
 
     with _WarningsPrinted():
         r = export(a.model, a.format, a.out, force=a.force)
@@ -266,7 +266,7 @@ def _add_check_data(sub) -> None:
 
 
 def _cmd_check_data(a: argparse.Namespace) -> int:
-    from .checkdata import check_data
+    from .data.checkdata import check_data
 
     if a.min_size < 1:
         raise UserError(f"--min-size must be at least 1 pixel, got {a.min_size}.")
@@ -276,7 +276,7 @@ def _cmd_check_data(a: argparse.Namespace) -> int:
     if path is not None and "=" in path and not Path(path).exists():  # check-data --config C key=value
         path, overrides = None, [path, *overrides]
     if a.config is not None:
-        from .checkdata import check_configured
+        from .data.checkdata import check_configured
         from .config import load_config
         if path is not None:  # the folder or CSV replaces the config's own, before the config is checked
             key = "data.csv" if Path(path).is_file() else "data.root"
@@ -440,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .engine.signals import TrainingInterrupted
     try:
         if args.command == "train" and args.nproc not in (None, 1) and not launched():  # --nproc 1: this process
-            from .launch import launch, strip_nproc
+            from .engine.launch import launch, strip_nproc
             return launch(strip_nproc(sys.argv[1:] if argv is None else list(argv)), args.nproc, args.resume)
         return args.func(args)
     except UserError as e:
@@ -474,7 +474,7 @@ def _record(e: BaseException) -> None:
     """Under torchrun: the error file the launcher reads, so its message names this rank's error."""
     from .engine.dist import launched
     if launched():
-        from .launch import record_failure
+        from .engine.launch import record_failure
         record_failure(e)
 
 

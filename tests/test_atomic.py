@@ -24,7 +24,7 @@ from imgcls.config import to_yaml
 from imgcls import io as checkpoint  # the atomic writer and its test hook
 from imgcls.engine.checkpoint import load_last
 from imgcls.engine.rundir import csv_columns
-from imgcls.modelinfo import ModelInfo, load_weights
+from imgcls.models.modelinfo import ModelInfo, load_weights
 from imgcls.tasks import get_task
 
 CSV_COLUMNS = csv_columns(get_task("multiclass").metric_names())

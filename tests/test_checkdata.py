@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_folder
-from imgcls.checkdata import check_data
+from imgcls.data.checkdata import check_data
 from imgcls.cli import main
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.checkdata import check_configured
+from imgcls.data.checkdata import check_configured
 from imgcls.cli import main
 from imgcls.config import load_config
 from test_checkdata import _digest

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgcls.combine import CombineRule, parse_combine
+from imgcls.tasks.combine import CombineRule, parse_combine
 from imgcls.errors import UserError
 
 COURSE = {"mask": 3, "gender": 2, "age": 3}

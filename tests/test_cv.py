@@ -110,7 +110,7 @@ def test_only_then_resume_trains_the_other_folds_and_a_stopped_fold_continues(gr
     kept = (cv_dir / "fold-0" / "best.safetensors").stat().st_mtime_ns
     # fold 1 stopped after its first epoch (as a kill would leave it: config.yaml and last.pt)
     from imgcls.config import load_config
-    from imgcls.cv import fold_config
+    from imgcls.engine.cv import fold_config
     imgcls.train(fold_config(load_config(cv_dir / "config.yaml"), cv_dir, 1), log=lambda *a: None,
                  on_epoch=lambda epoch, row: True)
     assert len(rows(cv_dir / "fold-1" / "metrics.csv")) == 1

@@ -297,10 +297,10 @@ def test_cv_refuses_to_run_under_torchrun_and_a_process_count_below_one(data, tm
 def test_cv_with_nproc_passes_a_stopped_or_failed_fold_on(data, tmp_path, monkeypatch, capsys, status, rc, said):
     """The launcher's status for a fold decides the cv's: a signal's exit code (the launcher has printed
     the cv's resume command, which it was given), or a sentence with that command for a failure."""
-    import imgcls.launch
+    import imgcls.engine.launch
     from imgcls.cli import main
     calls = []
-    monkeypatch.setattr(imgcls.launch, "launch", lambda argv, n, resume_dir=None, resume_hint=None:
+    monkeypatch.setattr(imgcls.engine.launch, "launch", lambda argv, n, resume_dir=None, resume_hint=None:
                         calls.append((argv, n, resume_hint)) or status)
     assert main(["cv", "--folds", "2", "--nproc", "2", f"data.root={data}", *COMMON, f"run.dir={tmp_path / 'cv'}"]) == rc
     (argv, n, hint), = calls                      # fold 0 was launched, and the cv stopped there

@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 
 from imgcls.cli import main
-from imgcls.evaluate import evaluate
+from imgcls.inference.evaluate import evaluate
 
 
 def read_rows(path: Path) -> list[dict]:

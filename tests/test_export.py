@@ -12,9 +12,9 @@ import imgcls
 from imgcls.cli import main
 from imgcls.data.decode import load_image
 from imgcls.data.transforms import eval_transform, normalize
-from imgcls.modelinfo import load_weights
+from imgcls.models.modelinfo import load_weights
 from imgcls.errors import UserError
-from imgcls.export import export
+from imgcls.inference.export import export
 
 
 def reference(run: Path, n: int):

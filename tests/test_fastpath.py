@@ -257,7 +257,7 @@ def test_ema_matches_averaged_model_and_validates_the_averaged_weights(tiny_fold
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from imgcls.engine.build import build_run
     from imgcls.engine.fit import fit
-    from imgcls.modelinfo import load_weights
+    from imgcls.models.modelinfo import load_weights
     cfg = small_config(tiny_folder, tmp_path / "ema", **{"train.ema": 0.9, "train.epochs": 2})
     run = build_run(cfg, log=_quiet)
     oracle = AveragedModel(run.model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)

@@ -15,7 +15,7 @@ from imgcls.config import to_yaml
 from imgcls.api import train
 from imgcls.engine import build_run, fit
 from imgcls.engine.checkpoint import load_last
-from imgcls.modelinfo import ModelInfo
+from imgcls.models.modelinfo import ModelInfo
 from imgcls.errors import UserError
 
 STEPS = 4  # 54 training images in batches of 16

@@ -88,7 +88,7 @@ def test_read_only_places_are_one_sentence_before_any_work(small_run, tiny_folde
 
 
 def test_predict_checks_its_output_folder_before_predicting(small_run, tiny_folder, tmp_path, capsys, monkeypatch):
-    from imgcls import inference
+    from imgcls.inference import predictor as inference
     called = []
     monkeypatch.setattr(inference.Predictor, "predict_files", lambda *a, **k: called.append(1))
     (tmp_path / "file").write_text("x")
@@ -101,7 +101,7 @@ def test_predict_checks_its_output_folder_before_predicting(small_run, tiny_fold
 
 def test_os_errors_mid_command_are_one_sentence(small_run, tmp_path, capsys, monkeypatch):
     import errno
-    from imgcls import evaluate as ev
+    from imgcls.inference import evaluate as ev
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "metrics.json"))
@@ -151,7 +151,7 @@ def test_predict_refuses_weights_with_non_finite_buffers(small_run, tiny_folder,
 
 
 def test_non_finite_outputs_are_listed_not_written(small_run, tiny_folder, tmp_path, capsys, monkeypatch):
-    from imgcls import inference
+    from imgcls.inference import predictor as inference
     real = inference.Predictor._probs
 
     def first_row_nan(self, views, flip, scales):

@@ -14,7 +14,7 @@ from PIL import Image
 import imgcls
 from imgcls.cli import main
 from imgcls.data.decode import load_image
-from imgcls.modelinfo import load_weights, save_weights
+from imgcls.models.modelinfo import load_weights, save_weights
 from imgcls.errors import UserError
 
 

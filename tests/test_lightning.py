@@ -111,7 +111,7 @@ def test_imgcls_parts_fit_a_users_own_trainer_and_callbacks(data, tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from imgcls.lightning import DataModule, Module
+    from imgcls.integrations.lightning import DataModule, Module
     cfg = _cfg(data, tmp_path / "unused", "train.accumulate=1", "train.ema=null")
     dm = DataModule.from_config(cfg, log=lambda *a: None)
     module = Module.from_config(cfg, dm)
@@ -132,7 +132,7 @@ def test_imgcls_parts_fit_a_users_own_trainer_and_callbacks(data, tmp_path):
 
 
 def test_module_needs_the_config_of_its_data_module(data, tmp_path):
-    from imgcls.lightning import DataModule, Module
+    from imgcls.integrations.lightning import DataModule, Module
     dm = DataModule.from_config(_cfg(data, tmp_path / "a"), log=lambda *a: None)
     with pytest.raises(UserError, match="the config its DataModule was built from"):
         Module.from_config(_cfg(data, tmp_path / "a", "optim.lr=0.5"), dm)

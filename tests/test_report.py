@@ -273,7 +273,7 @@ def test_gradcam_target_layers():
 @pytest.mark.parametrize("arch, size, has_cam", [("resnet18", 64, True), ("vit_tiny_patch16_224", 224, False)])
 def test_gradcam_for_timm_conv_models_only(arch, size, has_cam, small_run, tmp_path):
     """A resnet gets overlays from its last stage; a ViT (tokens, not a feature map) gets none."""
-    from imgcls.modelinfo import save_weights
+    from imgcls.models.modelinfo import save_weights
     from imgcls.models import create_model
     from imgcls.report.gallery import build_gallery
 

@@ -95,7 +95,7 @@ def test_an_unfinished_cv_reports_what_it_has(grouped_csv, tmp_path, capsys):  #
 
 def test_a_cv_folder_with_no_finished_fold_is_one_sentence(grouped_csv, tmp_path, capsys):  # noqa: F811
     from imgcls.config import load_config
-    from imgcls.cv import create_cv_folder
+    from imgcls.engine.cv import create_cv_folder
     _, lock, _ = create_cv_folder(cv_config(grouped_csv, tmp_path / "cv"), 3, lambda *a: None)
     lock.release()
     assert main(["report", str(tmp_path / "cv")]) == 2

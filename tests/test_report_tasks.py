@@ -19,7 +19,7 @@ from imgcls.cli import main
 from imgcls.config import Config, to_yaml
 from imgcls.errors import UserError
 from imgcls.metrics import RegressionMetrics, bin_names
-from imgcls.modelinfo import ModelInfo
+from imgcls.models.modelinfo import ModelInfo
 from imgcls.report import write_report
 from imgcls.report.taskreport import MULTILABEL_SECTIONS
 from imgcls.tasks import MultilabelTask, RegressionTask, get_task

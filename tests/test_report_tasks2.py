@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, mean_absolute_error, r2_score
 
 import imgcls
 from imgcls.cli import main
-from imgcls.modelinfo import ModelInfo
+from imgcls.models.modelinfo import ModelInfo
 from imgcls.report import write_report
 from imgcls.report.headreport import head_findings, run_results
 from imgcls.report.taskreport import load_task_run

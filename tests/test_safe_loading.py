@@ -13,7 +13,7 @@ import torch
 
 from imgcls.cli import main
 from imgcls.engine.checkpoint import load_last
-from imgcls.modelinfo import ModelInfo, load_run_model, load_weights
+from imgcls.models.modelinfo import ModelInfo, load_run_model, load_weights
 read_model_json = ModelInfo.read
 from imgcls.errors import UserError
 

@@ -16,8 +16,8 @@ from conftest import small_config
 from imgcls.cli import main
 from imgcls.config import load_config
 from imgcls.errors import UserError
-from imgcls.evaluate import evaluate as evaluate_run
-from imgcls.export import export as export_run
+from imgcls.inference.evaluate import evaluate as evaluate_run
+from imgcls.inference.export import export as export_run
 
 TAGS = ("red", "green", "blue")
 
@@ -288,7 +288,7 @@ def test_soft_target_mix_weighs_targets_as_torchvision_weighs_classes(op):
     labels for the same images and random state; multi-label rows mix by the same weights."""
     from torchvision.transforms import v2
     from imgcls.data.prep import SoftTargetMix
-    from imgcls.heads import Head, MultiheadTask
+    from imgcls.tasks.multihead import Head, MultiheadTask
     from imgcls.tasks import get_task
     make = {"mixup": lambda n: v2.MixUp(alpha=0.4, num_classes=n), "cutmix": lambda n: v2.CutMix(alpha=1.0, num_classes=n)}[op]
     x = torch.rand(6, 3, 8, 8)

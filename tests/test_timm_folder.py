@@ -103,8 +103,8 @@ def test_export_format_timm_checks_the_folder_and_refuses_to_overwrite(tmp_path,
 
 
 def test_no_folder_for_imgcls_own_architectures_regression_or_multihead(small_run, capsys):
-    from imgcls.modelinfo import ModelInfo
-    from imgcls.timmdir import why_not
+    from imgcls.models.modelinfo import ModelInfo
+    from imgcls.inference.timmdir import why_not
     assert main(["export", str(small_run.run_dir), "--format", "timm"]) == 2
     assert "'small_cnn' is imgcls's own architecture, which plain timm does not know" in capsys.readouterr().err
     assert not (small_run.run_dir / "timm").exists()
@@ -132,5 +132,5 @@ def test_a_multilabel_folder_notes_where_the_thresholds_are(tmp_path):
     card = (run / "timm" / "README.md").read_text()
     assert "multi-label" in card and "model.json" in card and "sigmoid" in card
     with pytest.raises(UserError):
-        from imgcls.timmdir import write_timm_folder
+        from imgcls.inference.timmdir import write_timm_folder
         write_timm_folder(run)  # exists already: never overwritten without force

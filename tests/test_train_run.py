@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score, accuracy_score
 
 from imgcls.cli import main
 from imgcls import train
-from imgcls.modelinfo import ModelInfo, load_weights
+from imgcls.models.modelinfo import ModelInfo, load_weights
 from imgcls.tasks import get_task
 
 METRIC_NAMES = get_task("multiclass").metric_names()

@@ -65,7 +65,7 @@ def test_a_search_prunes_the_bad_region_and_its_best_config_retrains_to_its_valu
 
 
 def test_the_space_is_checked_before_any_trial(tiny_folder, tmp_path):
-    from imgcls.tune import read_space
+    from imgcls.integrations.tune import read_space
     base = load_config(None, _base(tiny_folder, tmp_path / "x"))
     bad = tmp_path / "bad.yaml"
     for text, message in (("optim.lrr: {log_uniform: [1e-4, 1e-2]}", "optim.lr"),

@@ -2,7 +2,7 @@
 names): ``data.path_pattern`` matched by ``imgcls.data.pattern``, then ``task.label`` picks the class.
 
 ``task.label`` is either one group of the pattern (``mask``) or a combine rule over groups
-(``mask * 6 + gender * 3 + age``, parsed by ``imgcls.combine`` without eval). With a rule the classes
+(``mask * 6 + gender * 3 + age``, parsed by ``imgcls.tasks.combine`` without eval). With a rule the classes
 are the combined codes ``"0" .. "N-1"`` (all of them, even ones absent from the data), and the model
 record stores which group values each code stands for. A group's classes are the order of its
 ``data.label_maps`` entry, its ``data.bins`` names, or else its distinct values sorted.
@@ -62,7 +62,7 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
         order = (classes_of or {}).get(label) or scan.class_order.get(label)
         return PathLabelled(scan.paths, list(cols[label]), groups, list(order) if order else None,
                             {"label": label}, scan.unmatched)
-    from ..combine import parse_combine
+    from ..tasks.combine import parse_combine
     group_classes = {n: list((classes_of or {}).get(n) or scan.class_order.get(n) or sorted(set(cols[n])))
                      for n in cols if n != "group"}
     rule = parse_combine(label, {n: len(c) for n, c in group_classes.items()}, key="task.label")

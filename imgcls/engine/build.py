@@ -29,7 +29,7 @@ from ..device import channels_last, place_model, resolve_device, rng_state, seed
 from ..errors import UserError
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
 from ..losses import class_weights_from_counts, create_loss
-from ..modelinfo import ModelInfo
+from ..models.modelinfo import ModelInfo
 from ..models import create_model
 from ..optim import create_optimizer, create_scheduler, scheduler_takes
 from ..tasks import Task, get_task
@@ -439,7 +439,7 @@ def _show_progress(setting) -> bool:
 @dataclass(frozen=True)
 class Prepared:
     """A config with its data read: the task (configured from the training targets), the split and
-    the model record. What both engines start from (imgcls's loop here, Lightning's in imgcls.lightning)."""
+    the model record. What both engines start from (imgcls's loop here, Lightning's in imgcls.integrations.lightning)."""
     cfg: Config                  # with absolute data paths
     task: Task
     split: DataSplit

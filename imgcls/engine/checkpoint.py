@@ -1,7 +1,7 @@
 """``last.pt``: the resumable state of a run, written atomically, loaded without unsafe unpickling.
 
 It holds only tensors and plain values (see ``Run.state_dict``), so it loads with ``weights_only=True``.
-The shareable model (best.safetensors + model.json) is imgcls.modelinfo's.
+The shareable model (best.safetensors + model.json) is imgcls.models.modelinfo's.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import DataSplit
 from ..io import atomic_write_json, write_csv
-from ..modelinfo import ModelInfo, save_weights
+from ..models.modelinfo import ModelInfo, save_weights
 from ..tasks import Task
 from .rundir import append_metrics_row, csv_columns
 

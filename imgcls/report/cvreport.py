@@ -95,7 +95,7 @@ def _history(path: Path) -> list[dict]:
 
 def load_cv(cv_dir: str | Path) -> CVData:
     """A cv folder's files; a UserError when it has no finished fold."""
-    from ..cv import read_state
+    from ..engine.cv import read_state
 
     cv_dir = Path(cv_dir)
     state = read_state(cv_dir)

@@ -128,7 +128,7 @@ def gradcam_overlays(run: RunData, examples: Sequence[Example]) -> Optional[list
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from ..modelinfo import load_run_model
+    from ..models.modelinfo import load_run_model
 
     model, info = load_run_model(weights.parent, weights.name)
     layer = cam_target_layer(model)

@@ -350,14 +350,14 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
     least one finished epoch. ``gradcam=False`` skips the Grad-CAM overlays (no model is built).
     A cv folder (``imgcls cv``) gets CV_DIR/report.html instead, from ``cvreport``.
     """
-    from ..cv import is_cv_dir
+    from ..engine.cv import is_cv_dir
     from ..io import check_writable
 
     if is_cv_dir(run_dir):
         from .cvreport import write_cv_report  # the folds side by side, out-of-fold results
         return write_cv_report(run_dir)
     if (Path(run_dir) / "model.json").is_file():
-        from ..modelinfo import ModelInfo
+        from ..models.modelinfo import ModelInfo
         if ModelInfo.read(Path(run_dir) / "model.json").task != "multiclass":
             from .taskreport import write_task_report  # here: taskreport builds on this module's sections
             return write_task_report(run_dir)

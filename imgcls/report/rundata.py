@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from ..errors import UserError
-from ..modelinfo import ModelInfo
+from ..models.modelinfo import ModelInfo
 
 REQUIRED = ("config.yaml", "metrics.csv", "val_metrics.json")
 

@@ -33,7 +33,7 @@ from .html import bar, duration, esc, img, num, page, section, table
 from .page import _cm_cell, _config_facts, _findings, _param_count, _Plots  # one look for both reports
 from .rundata import _float, _read_json
 from ..errors import UserError
-from ..modelinfo import ModelInfo
+from ..models.modelinfo import ModelInfo
 
 REQUIRED = ("config.yaml", "metrics.csv", "val_metrics.json", "model.json")
 FEW_POSITIVES = 5       # a label with fewer validation positives than this has noisy F1 and AP

@@ -17,10 +17,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .data.prep import BatchPrep
-from .errors import UserError
-from .io import atomic_write_json
-from .tasks import Task, get_task
+from ..data.prep import BatchPrep
+from ..errors import UserError
+from ..io import atomic_write_json
+from ..tasks import Task, get_task
 
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -76,7 +76,7 @@ class ModelInfo:
     @property
     def limits(self):
         """The image sizes this model's training accepted: predict, evaluate and the report accept the same."""
-        from .data.decode import ImageLimits
+        from ..data.decode import ImageLimits
         return ImageLimits(self.min_side, self.max_pixels)
 
     def replace(self, **changes) -> "ModelInfo":
@@ -85,7 +85,7 @@ class ModelInfo:
     # ---- the one evaluation pipeline
     def eval_transform(self):
         """uint8 [C,H,W] -> resized + centre-cropped uint8 [C, image_size, image_size] (in workers)."""
-        from .data.transforms import eval_transform
+        from ..data.transforms import eval_transform
         return eval_transform(self.image_size, self.crop_pct)
 
     def batch_prep(self, device: torch.device | str = "cpu", mix=None, channels_last: bool = False,
@@ -97,7 +97,7 @@ class ModelInfo:
     def load_images(self, paths: Sequence[str | Path]) -> tuple[torch.Tensor, list[int]]:
         """Decode and preprocess a few files as for evaluation: (uint8 batch [n,C,S,S], indices of
         the paths that could be read). For whole datasets use a DataLoader over the same transform."""
-        from .data.decode import BadImageError, load_image
+        from ..data.decode import BadImageError, load_image
         transform, images, ok = self.eval_transform(), [], []
         for i, p in enumerate(paths):
             try:
@@ -173,7 +173,7 @@ class ModelInfo:
 
     # ---- the model itself
     def create_model(self) -> torch.nn.Module:
-        from .models import create_model
+        from .factory import create_model
         return create_model(self.architecture, self.num_outputs, self.channels, image_size=self.image_size)
 
     def check_weights(self, model: torch.nn.Module, state: dict, where: str) -> None:
@@ -203,7 +203,7 @@ def _first_line(e: BaseException) -> str:
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     """best.safetensors: the model's tensors, no pickle, written atomically."""
     from safetensors.torch import save as st_save
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, st_save(state))
 

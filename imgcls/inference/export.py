@@ -20,11 +20,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .io import atomic_write_json
-from .modelinfo import ModelInfo
-from .io import check_writable
-from .errors import UserError, unknown_name
-from .inference import load_member
+from ..io import atomic_write_json
+from ..models.modelinfo import ModelInfo
+from ..io import check_writable
+from ..errors import UserError, unknown_name
+from .predictor import load_member
 
 TOLERANCE = 1e-4     # max absolute difference of logits allowed between export and PyTorch
 EXAMPLE_BATCH = 2    # traced with 2 images, checked on up to CHECK_BATCH: shows the batch axis is free
@@ -156,7 +156,7 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     if format not in list_export_formats():
         raise unknown_name("export format", format, list_export_formats())
     run_dir = Path(model_dir)
-    from .cv import is_cv_dir
+    from ..engine.cv import is_cv_dir
     if is_cv_dir(run_dir):
         raise UserError(f"'{run_dir}' is a cross-validation folder with one model per fold; export one fold, e.g. "
                         f"'imgcls export {run_dir / 'fold-0'}'.")
@@ -207,7 +207,7 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
 
 
 def _export_timm(run_dir: Path, out, force: bool, tolerance: float) -> ExportResult:
-    """RUN/timm (imgcls.timmdir), checked by building it with timm itself and comparing logits."""
+    """RUN/timm (imgcls.inference.timmdir), checked by building it with timm itself and comparing logits."""
     import timm
 
     from .timmdir import write_timm_folder

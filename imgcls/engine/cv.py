@@ -27,9 +27,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import Config, to_yaml
-from .errors import UserError
-from .io import atomic_write_json, atomic_write_text, csv_text
+from ..config import Config, to_yaml
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text, csv_text
 
 CV_FILE = "cv.json"  # marks a cv folder: its folds, which of them finished, the base config
 
@@ -82,11 +82,11 @@ def check_cv_config(cfg: Config, folds: int) -> None:
 def create_cv_folder(cfg: Config, folds: int, log: Callable[[str], None]):
     """Make the folds and the cv folder (``run.dir``, else ``run.root/<run.name>-cv-<n>``) with
     folds.csv, config.yaml (data paths absolute) and cv.json; returns (cv_dir, its lock, the config)."""
-    from .data.build import DataSources, read_samples
-    from .data.folds import make_folds, write_folds_csv
-    from .engine.build import absolute_data_paths
-    from .engine.rundir import RunLock, create_run_dir
-    from .tasks import get_task
+    from ..data.build import DataSources, read_samples
+    from ..data.folds import make_folds, write_folds_csv
+    from .build import absolute_data_paths
+    from .rundir import RunLock, create_run_dir
+    from ..tasks import get_task
 
     check_cv_config(cfg, folds)
     cfg = absolute_data_paths(cfg)
@@ -151,7 +151,7 @@ def write_oof(cv_dir: Path, dirs: Sequence[Path]) -> dict:
         raise UserError(f"an image is in two folds' validation data ({len(seen) - len(set(seen))} repeat(s)); "
                         f"the folds of '{cv_dir / 'folds.csv'}' overlap; run the cv again.")
     atomic_write_text(cv_dir / "oof_predictions.csv", csv_text(header + ["fold"], rows))
-    from .modelinfo import ModelInfo
+    from ..models.modelinfo import ModelInfo
     return oof_metrics(header, rows, ModelInfo.read(dirs[0] / "model.json"))
 
 

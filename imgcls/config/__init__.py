@@ -25,8 +25,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import UserError, unknown_name
-from .registry import join
+from ..errors import UserError, unknown_name
+from ..registry import join
 
 
 @dataclass(frozen=True)
@@ -414,7 +414,7 @@ _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are c
 
 def _check_task_fit(cfg: Config) -> None:
     """Options whose meaning depends on the task type, refused where they have none."""
-    from .tasks import get_task
+    from ..tasks import get_task
     t, d = cfg.task, cfg.data
     task = get_task(t.type)
     if (t.heads or t.combine) and t.type != "multihead":
@@ -493,7 +493,7 @@ def _check_path_labels(cfg: Config) -> None:
 
 
 def _check_fields(cfg: Config) -> None:
-    from .optim import check_lr, check_weight_decay
+    from ..optim import check_lr, check_weight_decay
 
     for key, lo in _MIN.items():
         section, name = key.split(".")
@@ -588,8 +588,8 @@ def _check_lightning(cfg: Config) -> None:
 def _registries(task=None):
     """section -> (what an entry is called, the entry names, entry name -> the parameters it takes);
     the losses are those ``task`` offers, by the names its users write (focal, not binary_focal)."""
-    from . import losses, optim
-    from .tasks import get_task
+    from .. import losses, optim
+    from ..tasks import get_task
     task = task or get_task("multiclass")
     return {
         "loss": ("loss", list(task.losses), lambda n: losses.loss_info(task.resolve_loss(n)).params),
@@ -616,10 +616,10 @@ def _check_unused(cfg: Config, section: str, chosen: str, task=None) -> None:
 
 def _check_registries(cfg: Config) -> None:
     """Names, the task's rules and every registry parameter, checked at start, not after an hour of training."""
-    from .data.transforms import list_augments
-    from .losses import check_loss_params, list_losses
-    from .optim import check_optim_params, check_sched_params, list_optimizers, list_schedulers
-    from .tasks import get_task
+    from ..data.transforms import list_augments
+    from ..losses import check_loss_params, list_losses
+    from ..optim import check_optim_params, check_sched_params, list_optimizers, list_schedulers
+    from ..tasks import get_task
 
     task = get_task(cfg.task.type).from_config(cfg)
     for kind, value, valid in (("loss", cfg.loss.name, [*task.losses, "auto"]),
@@ -677,28 +677,28 @@ def from_dict(d: dict) -> Config:
 
 def loss_kwargs(cfg: Config) -> dict[str, Any]:
     """The parameters the chosen loss takes (``loss.name`` auto resolved through the task), from cfg."""
-    from .losses import loss_info
-    from .tasks import get_task
+    from ..losses import loss_info
+    from ..tasks import get_task
     name = get_task(cfg.task.type).resolve_loss(cfg.loss.name)
     return {p: getattr(cfg.loss, p) for p in loss_info(name).params}
 
 
 def optim_kwargs(cfg: Config) -> dict[str, Any]:
     """The parameters the chosen optimizer takes besides lr and weight_decay, from cfg."""
-    from .optim import optim_info
+    from ..optim import optim_info
     return {p: getattr(cfg.optim, p) for p in optim_info(cfg.optim.name).params}
 
 
 def sched_kwargs(cfg: Config) -> dict[str, Any]:
     """The parameters the chosen schedule takes that are config keys (``mode`` is the engine's), from cfg."""
-    from .optim import sched_info
+    from ..optim import sched_info
     keys = {f.name for f in fields(SchedConfig)}
     return {p: getattr(cfg.sched, p) for p in sched_info(cfg.sched.name).params if p in keys}
 
 
 def sched_takes(name: str, param: str) -> bool:
     """Whether schedule ``name`` takes ``param``; the engine passes ``mode`` only when it does."""
-    from .optim import scheduler_takes
+    from ..optim import scheduler_takes
     return scheduler_takes(name, param)
 
 

@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
-from .modelinfo import ModelInfo
+from ..errors import UserError
+from ..models.modelinfo import ModelInfo
 
 FOLDER = "timm"
 _NOT_THESE_WEIGHTS = ("tag", "license", "hf_hub_id", "url", "paper_ids", "paper_name", "origin_url", "notes",
@@ -60,7 +60,7 @@ def write_timm_folder(run_dir: str | os.PathLike, out: Optional[str | os.PathLik
     """Write ``RUN/timm`` (or ``out``) for the run ``run_dir``; returns the folder."""
     from timm.models._hub import save_config_for_hf  # timm's own writer of config.json (what its hub uses)
 
-    from .inference import load_member
+    from .predictor import load_member
     member = load_member(run_dir)
     info = member.info
     reason = why_not(info)

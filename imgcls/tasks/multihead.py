@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError, unknown_name
-from .tasks import TOP_K, MetricInfo, MulticlassTask, RegressionTask, Task
+from ..errors import UserError, unknown_name
+from .base import TOP_K, MetricInfo, Task
+from .multiclass import MulticlassTask
+from .regression import RegressionTask
 
 _HEAD_NAME = re.compile(r"^[A-Za-z0-9_\-. ]+$")
 _RESERVED = ("combined", "binned")
@@ -69,7 +71,7 @@ def _number(key: str, value, lo: float = 0.0) -> float:
 
 def parse_heads(heads: dict, combine: Optional[str]) -> tuple[list[Head], Optional[Any]]:
     """``task.heads`` and ``task.combine`` checked into Head records and a CombineRule (or None)."""
-    from .losses import check_loss_params, loss_info
+    from ..losses import check_loss_params, loss_info
     if not heads:
         raise UserError("task.type=multihead needs task.heads, e.g. task.heads.age={type: multiclass, label: age}.")
     out = []
@@ -198,7 +200,7 @@ class MultiheadTask(Task):
     # -- labels and targets
     def classes_from(self, labels: Sequence, explicit: Optional[Sequence[str]]) -> list[str]:
         """Each multiclass head's classes (listed, else its distinct values sorted) -> the output names."""
-        from .data.sources import resolve_classes
+        from ..data.sources import resolve_classes
         heads = []
         for j, h in enumerate(self.heads):
             if h.type == "multiclass":
@@ -277,7 +279,7 @@ class MultiheadTask(Task):
         return out
 
     def criterion(self, kwargs: dict) -> nn.Module:
-        from .losses import create_loss
+        from ..losses import create_loss
         losses = [create_loss(h.loss, max(h.size, 2) if h.type == "multiclass" else 1, **dict(h.params))
                   for h in self.heads]
         return MultiHeadLoss(self.slices(), [h.type for h in self.heads], losses, [h.weight for h in self.heads])
@@ -301,9 +303,9 @@ class MultiheadTask(Task):
     def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
                                classes: Sequence[str]) -> Tensor:
         """Per head, side by side: its ``prob_<head>/<class>`` columns, or its value column."""
-        from .tasks import _columns
+        from .base import float_columns
         names = [o if h.type == "regression" else f"prob_{o}" for h in self.heads for o in h.outputs()]
-        return _columns(header, rows, names)
+        return float_columns(header, rows, names)
 
     def outputs_text(self) -> str:
         parts = [f"{h.name}: {h.size} logit(s), softmax gives its class probabilities" if h.type == "multiclass"
@@ -393,15 +395,15 @@ class MultiheadMetrics:
     and val/loss (the weighted sum the model trains on)."""
 
     def __init__(self, task: MultiheadTask):
-        from .metrics import ClassificationMetrics, RegressionMetrics
-        from .tasks import _Destandardised
+        from ..metrics import ClassificationMetrics, RegressionMetrics
+        from .regression import Destandardised
         self.task = task
         self.parts = []
         for h in task.heads:
             if h.type == "multiclass":
                 self.parts.append(ClassificationMetrics(h.size, list(h.classes)))
             else:
-                self.parts.append(_Destandardised(RegressionMetrics(), h.mean, h.std))
+                self.parts.append(Destandardised(RegressionMetrics(), h.mean, h.std))
         self.combined = (ClassificationMetrics(task.rule.size, [str(i) for i in range(task.rule.size)])
                          if task.rule is not None else None)
         self.reset()

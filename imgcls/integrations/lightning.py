@@ -33,19 +33,19 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import Config, to_yaml
-from .data.build import check_same_split
-from .device import channels_last
-from .engine.build import (Prepared, _silent, absolute_data_paths, data_path, ema_model, make_criterion, make_mix,
+from ..config import Config, to_yaml
+from ..data.build import check_same_split
+from ..device import channels_last
+from ..engine.build import (Prepared, _silent, absolute_data_paths, data_path, ema_model, make_criterion, make_mix,
                            open_new_folder, prepare, write_run_files)
-from .engine.dist import DistContext
-from .engine.fit import OnEpoch, RunResult
-from .engine.loop import score_outputs, window_sizes
-from .engine.record import RunRecord, Validation, improves
-from .engine.rundir import tensorboard_writer, truncate_metrics
-from .errors import UserError
-from .io import remove_temp_files
-from .optim import create_optimizer, create_scheduler, get_lr, scheduler_takes
+from ..engine.dist import DistContext
+from ..engine.fit import OnEpoch, RunResult
+from ..engine.loop import score_outputs, window_sizes
+from ..engine.record import RunRecord, Validation, improves
+from ..engine.rundir import tensorboard_writer, truncate_metrics
+from ..errors import UserError
+from ..io import remove_temp_files
+from ..optim import create_optimizer, create_scheduler, get_lr, scheduler_takes
 
 try:
     import lightning as L
@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed in CI
     raise UserError("train.engine=lightning needs PyTorch Lightning; install it with: "
                     "pip install 'imgcls[lightning]'.") from e
 
-from .config import optim_kwargs, sched_kwargs
+from ..config import optim_kwargs, sched_kwargs
 
 LAST_CKPT = "last.ckpt"  # the Lightning engine's resumable checkpoint in the run folder
 PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}

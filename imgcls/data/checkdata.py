@@ -27,9 +27,9 @@ from typing import Optional
 
 from PIL import Image
 
-from .data.decode import IMAGE_EXTENSIONS, PIL_MAX_PIXELS, ImageLimits, check_image, pil_limit
-from .data.sources import SPLIT_NAMES, list_class_folder, read_csv
-from .errors import UserError
+from .decode import IMAGE_EXTENSIONS, PIL_MAX_PIXELS, ImageLimits, check_image, pil_limit
+from .sources import SPLIT_NAMES, list_class_folder, read_csv
+from ..errors import UserError
 
 
 
@@ -90,8 +90,8 @@ def check_configured(cfg, path: Optional[str | os.PathLike] = None, val: Optiona
     the image limits are the config's data.min_image_side and data.max_image_pixels."""
     from dataclasses import replace
 
-    from .data.build import DataSources, read_listing
-    from .tasks import get_task
+    from .build import DataSources, read_listing
+    from ..tasks import get_task
 
     d = cfg.data
 
@@ -150,8 +150,8 @@ def _check_split(report: DataCheck, cfg, src) -> None:
     about a note, and the sizes of the two sides."""
     import warnings
 
-    from .data.build import build_split
-    from .tasks import get_task
+    from .build import build_split
+    from ..tasks import get_task
 
     d = cfg.data
     with warnings.catch_warnings(record=True) as caught:

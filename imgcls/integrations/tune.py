@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import Config, _registries, _yaml_load, to_yaml
-from .errors import UserError
-from .io import atomic_write_text, csv_text
+from ..config import Config, _registries, _yaml_load, to_yaml
+from ..errors import UserError
+from ..io import atomic_write_text, csv_text
 
 try:
     import optuna
@@ -90,9 +90,9 @@ def _typed(base: Config, key: str, value):
 
 
 def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
-    from .config import all_keys
+    from ..config import all_keys
     if key not in all_keys():
-        from .config import _unknown_key
+        from ..config import _unknown_key
         raise _unknown_key(key)
     if not isinstance(spec, dict) or len(set(spec) & set(KINDS)) != 1 or set(spec) - set(KINDS) - {"step"}:
         raise UserError(f"'{key}' in '{path}' must be one of {{log_uniform: [lo, hi]}}, {{uniform: [lo, hi]}}, "
@@ -183,7 +183,7 @@ def _storage(tune_dir: Path, url: Optional[str]):
 
 
 def _tune_dir(base: Config) -> Path:
-    from .engine.rundir import next_run_dir
+    from ..engine.rundir import next_run_dir
     if base.run.dir:
         return Path(base.run.dir)
     return next_run_dir(base.run.root, f"{base.run.name}-tune")
@@ -191,10 +191,10 @@ def _tune_dir(base: Config) -> Path:
 
 def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print) -> "optuna.Study":
     """Search ``options.space`` around ``base`` until the study has ``options.trials`` finished trials."""
-    from .api import _train, _Tracking
-    from .engine.build import absolute_data_paths
-    from .engine.dist import DistContext
-    from .tasks import get_task
+    from ..api import _train, _Tracking
+    from ..engine.build import absolute_data_paths
+    from ..engine.dist import DistContext
+    from ..tasks import get_task
     base = absolute_data_paths(base)
     dims = read_space(options.space, base)
     task = get_task(base.task.type).from_config(base)
@@ -265,7 +265,7 @@ def _retry_orphans(study, log) -> None:
     """Trials left RUNNING by a process of this machine that is gone (killed): failed, then retried."""
     from optuna.trial import TrialState
 
-    from .engine.rundir import RunLock
+    from ..engine.rundir import RunLock
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")

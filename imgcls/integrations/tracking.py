@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import __version__
-from .config import Config
-from .errors import UserError
-from .io import atomic_write_json
+from .. import __version__
+from ..config import Config
+from ..errors import UserError
+from ..io import atomic_write_json
 
 RUN_FILE = "mlflow.json"   # in the run (or cv) folder: the tracking URI, experiment and MLflow run id
 ARTIFACTS = ("report.html", "model.json", "best.safetensors", "metrics.csv", "val_predictions.csv",  # a run's
@@ -99,7 +99,7 @@ class Tracker:
             self._call(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             self.say(f"mlflow: continuing run {self.run_id} in experiment '{cfg.track.experiment}' at {self.uri}")
             return self.run_id
-        from .engine.rundir import git_commit
+        from ..engine.rundir import git_commit
         tags = {"imgcls.version": __version__, "imgcls.kind": kind, "imgcls.task": cfg.task.type,
                 "imgcls.device": device, "imgcls.run_dir": str(Path(folder).resolve())}
         commit = git_commit()

@@ -19,11 +19,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data.sources import read_csv, scan_folder
-from .io import atomic_write_json, atomic_write_text, check_writable
-from .errors import UserError
-from .inference import TOP_K, check_loader_options, csv_text, load
-from .tasks import get_task
+from ..data.sources import read_csv, scan_folder
+from ..io import atomic_write_json, atomic_write_text, check_writable
+from ..errors import UserError
+from .predictor import TOP_K, check_loader_options, csv_text, load
+from ..tasks import get_task
 
 METRIC_NAMES = get_task("multiclass").metric_names()
 
@@ -47,8 +47,8 @@ def default_out_dir(model: str | os.PathLike, data: str | os.PathLike) -> Path:
 def _run_config(model: str | os.PathLike):
     """The training config of ``model`` (a run folder, or a cross-validation folder's first fold), or
     None for a folder holding only model.json and the weights."""
-    from .config import load_config
-    from .cv import fold_dirs, is_cv_dir
+    from ..config import load_config
+    from ..engine.cv import fold_dirs, is_cv_dir
     run = Path(model)
     if is_cv_dir(run):
         run = next(iter(fold_dirs(run)), run)
@@ -66,7 +66,7 @@ def read_labelled(data: str | os.PathLike, cfg=None, path_column: Optional[str] 
             paths, labels, _ = read_csv(data, path_column or "path", label_column or "label")
             return paths, labels
         return scan_folder(data)
-    from .data.build import DataSources, read_labelled as read_source
+    from ..data.build import DataSources, read_labelled as read_source
     src = DataSources.from_config(cfg, root=None if is_csv else str(data), csv=str(data) if is_csv else None)
     changes = {k: v for k, v in (("path_column", path_column), ("label_column", label_column)) if v}
     if is_csv:

@@ -21,13 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
-from .data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
-from .io import atomic_write_text, check_writable, csv_text
-from .device import channels_last, place_model
-from .modelinfo import ModelInfo, load_run_model
-from .errors import UserError
+from ..data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
+from ..io import atomic_write_text, check_writable, csv_text
+from ..device import channels_last, place_model
+from ..models.modelinfo import ModelInfo, load_run_model
+from ..errors import UserError
 
-from .tasks import TOP_K  # one top-k for metrics and predictions
+from ..tasks import TOP_K  # one top-k for metrics and predictions
 
 
 # ---------------------------------------------------------------- loading a run
@@ -54,7 +54,7 @@ def load_member(run_dir: str | os.PathLike, device: torch.device | str = "cpu") 
 def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
          device: str = "auto") -> "Predictor":
     """A Predictor for the run folder ``model`` (plus ``ensemble`` runs whose probabilities are averaged)."""
-    from .device import resolve_device
+    from ..device import resolve_device
     dev = resolve_device(device, key="--device")
     predictor = Predictor([load_member(p, dev) for p in _run_folders([model, *ensemble])], dev)
     if not ensemble:
@@ -65,7 +65,7 @@ def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
 def _use_cv_calibration(predictor: "Predictor", model: Path) -> None:
     """A cross-validation folder's ensemble decides multi-label labels at the thresholds tuned on its
     out-of-fold predictions (cv_summary.json), not at fold 0's own."""
-    from .cv import is_cv_dir
+    from ..engine.cv import is_cv_dir
     summary = model / "cv_summary.json"
     if predictor.info.task != "multilabel" or not is_cv_dir(model) or not summary.is_file():
         return
@@ -77,7 +77,7 @@ def _use_cv_calibration(predictor: "Predictor", model: Path) -> None:
 
 def _run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Run folders, with a cross-validation folder standing for its fold models (their ensemble)."""
-    from .cv import fold_dirs, is_cv_dir
+    from ..engine.cv import fold_dirs, is_cv_dir
     out = []
     for p in paths:
         if is_cv_dir(p):
@@ -375,14 +375,14 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], path_column: str = "path
 
 def prediction_header(classes: Sequence[str], task=None) -> list[str]:
     """predict's own columns (after the path or the carried input columns): the task's."""
-    from .tasks import get_task
+    from ..tasks import get_task
     return (task or get_task("multiclass")).prediction_header(classes, labelled=False)[1:]
 
 
 def prediction_cells(probs: torch.Tensor, classes: Sequence[str], top_k: int = TOP_K, task=None) -> list[list[str]]:
     """The task's prediction columns per row (multiclass: pred, prob, top_k, every class probability):
     the one prediction writer, shared with val_predictions.csv."""
-    from .tasks import get_task
+    from ..tasks import get_task
     task = task or get_task("multiclass")
     return [r[1:] for r in task.prediction_rows([""] * len(probs), probs, classes, top_k=top_k)]
 
