@@ -1,10 +1,12 @@
 # The two commands of the README: `make demo` (train on the embedded demo data) and `make test`.
 # Both create .venv when missing and install what they need; nothing else is required.
+# `make test` checks the package's shape (tools/shape_check.py: layers, cycles, private names, function sizes),
+# then runs every test on 2 workers and prints the 15 slowest; `make test-fast` leaves out the tests marked slow.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test test-fast shape bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,19 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/imgcls train configs/demo.yaml
 
+PYTEST := $(PY) -m pytest -q -n 2 --durations=15
+
+# The shape check runs first; pytest runs even when it fails, so CI shows both, and the target fails if either did.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	$(PY) tools/shape_check.py; shape=$$?; $(PYTEST); tests=$$?; \
+	  if [ $$shape -ne 0 ]; then echo "make test: tools/shape_check.py found problems (listed above the tests)"; fi; \
+	  exit $$(( shape || tests ))
+
+test-fast: $(VENV)/.installed-dev
+	$(PYTEST) -m "not slow"
+
+shape:
+	$(PYTHON) tools/shape_check.py
 
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,bench]'
