@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from imgcls.cli import main
-from imgcls.config import (Config, load_config, loss_kwargs, optim_kwargs, sched_kwargs, sched_takes,
-                           to_yaml)
+from imgcls.config import Config, load_config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
 from imgcls.errors import UserError
 
 DATA = "data.root=photos"
@@ -102,21 +101,20 @@ def test_kwargs_for_the_engine_are_exactly_what_each_entry_takes():
     assert loss_kwargs(cfg) == {"gamma": 1.0, "alpha": None}
     assert optim_kwargs(cfg) == {"momentum": 0.9, "nesterov": True}
     assert sched_kwargs(cfg) == {"warmup_epochs": 0.0, "min_lr": 0.0, "patience": 2, "factor": 0.5}  # no mode
-    assert sched_takes("plateau", "mode") and not sched_takes("cosine", "mode")
     assert _load("sched.name=onecycle").sched.name == "onecycle" and sched_kwargs(_load("sched.name=onecycle")) == {}
 
 
 def test_the_engine_can_build_every_part_from_the_kwargs():
     import torch
     from imgcls.losses import create_loss
-    from imgcls.optim import create_optimizer, create_scheduler
+    from imgcls.optim import create_optimizer, create_scheduler, scheduler_takes
     from imgcls.tasks import get_task
     cfg = _load("loss.name=label_smoothing", "optim.name=sgd", "sched.name=plateau", "train.monitor=val/loss")
     task = get_task(cfg.task.type)
     model = torch.nn.Linear(3, 4)
     create_loss(task.resolve_loss(cfg.loss.name), 4, **loss_kwargs(cfg))
     opt = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
-    mode = {"mode": task.direction(task.resolve_monitor(cfg.train.monitor))} if sched_takes(cfg.sched.name, "mode") else {}
+    mode = {"mode": task.direction(task.resolve_monitor(cfg.train.monitor))} if scheduler_takes(cfg.sched.name, "mode") else {}
     sched = create_scheduler(opt, cfg.sched.name, epochs=cfg.train.epochs, steps_per_epoch=2, **sched_kwargs(cfg), **mode)
     assert sched.p["mode"] == "min" and sched.p["factor"] == cfg.sched.factor
 

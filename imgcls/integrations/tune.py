@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import Config, _registries, _yaml_load, to_yaml
+from ..config import Config, all_keys, registries, to_yaml, unknown_key_error, yaml_load
 from ..errors import UserError
 from ..io import atomic_write_text, csv_text
 
@@ -75,7 +75,7 @@ def read_space(path: str | os.PathLike, base: Config) -> list[Dimension]:
     if not p.is_file():
         raise UserError(f"search space file '{p}' does not exist; pass a YAML file such as "
                         "'optim.lr: {log_uniform: [1e-4, 1e-2]}'.")
-    raw = _yaml_load(p.read_text(encoding="utf-8"), f"search space '{p}'")
+    raw = yaml_load(p.read_text(encoding="utf-8"), f"search space '{p}'")
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"search space '{p}' must map config keys to distributions, e.g. "
                         "'optim.lr: {log_uniform: [1e-4, 1e-2]}'.")
@@ -90,10 +90,8 @@ def _typed(base: Config, key: str, value):
 
 
 def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
-    from ..config import all_keys
     if key not in all_keys():
-        from ..config import _unknown_key
-        raise _unknown_key(key)
+        raise unknown_key_error(key)
     if not isinstance(spec, dict) or len(set(spec) & set(KINDS)) != 1 or set(spec) - set(KINDS) - {"step"}:
         raise UserError(f"'{key}' in '{path}' must be one of {{log_uniform: [lo, hi]}}, {{uniform: [lo, hi]}}, "
                         "{int: [lo, hi], step: s} or {choice: [a, b, ...]}.")
@@ -106,7 +104,7 @@ def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
     section = key.split(".", 1)[0]
     depends = None
     if section in ("loss", "optim", "sched") and not key.endswith(".name"):
-        _, names, params_of = _registries()[section]
+        _, names, params_of = registries()[section]
         users = [n for n in names if key.split(".", 1)[1] in params_of(n)]
         if users:
             depends = f"{section}.name"
@@ -135,7 +133,7 @@ def sample(trial: "optuna.Trial", dims: list[Dimension], base: Config) -> dict[s
         if d.depends_on is not None:
             section, name = d.depends_on.split(".")
             entry = chosen.get(d.depends_on, getattr(getattr(base, section), name))
-            _, _, params_of = _registries()[section]
+            _, _, params_of = registries()[section]
             if d.key.split(".", 1)[1] not in params_of(entry):
                 continue
         chosen[d.key] = d.suggest(trial)
