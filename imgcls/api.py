@@ -16,9 +16,10 @@ from .config import Config, load_config, parse_override
 from .engine.build import build_run
 from .engine.checkpoint import load_last
 from .engine.dist import DEFAULT_TIMEOUT, init_distributed, launched
-from .engine.fit import FitResult, OnEpoch, fit
+from .engine.fit import OnEpoch, RunResult, fit
 from .engine.rundir import RunLock
 from .errors import UserError
+from .integrations.tracking import PARENT_ENV, RunTracking
 from .io import check_writable
 
 # what may differ on resume (batch and accumulate only with the global batch kept); the rest is the run folder's
@@ -26,10 +27,11 @@ RESUMABLE_KEYS = ("train.epochs", "train.batch_size", "train.accumulate")
 
 
 def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], None] = print,
-          on_epoch: Optional[OnEpoch] = None, **unexpected) -> FitResult:
+          on_epoch: Optional[OnEpoch] = None, parent: Optional[str] = None, **unexpected) -> RunResult:
     """Train with ``cfg`` into a new run folder; ``report`` None follows ``run.report``.
 
     ``on_epoch(epoch, row) -> bool`` is called after each epoch's metrics row is written; True stops.
+    ``parent``: with ``track.mlflow``, the MLflow run id whose child this run's MLflow run is (a cv fold, a tune trial).
     """
     if "resume" in unexpected:
         raise UserError("imgcls.train does not resume runs; call imgcls.resume(run_dir, epochs=...) instead.")
@@ -37,12 +39,8 @@ def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], No
         raise TypeError(f"train() got unexpected keyword argument(s) {', '.join(unexpected)}")
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.train needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
-    return _train(cfg, report, log, on_epoch)
-
-
-def _train(cfg: Config, report: Optional[bool], log, on_epoch: Optional[OnEpoch], parent: Optional[str] = None):
     dist = init_distributed(cfg.train.device, cfg.train.dist_timeout)
-    tracking = _Tracking(cfg, dist, log, parent)  # reaches the tracker before any training
+    tracking = RunTracking(cfg, dist, log, parent)  # reaches the tracker before any training
     lock = None
     try:
         if cfg.train.engine == "lightning":  # the one switch that imports the Lightning integration
@@ -72,36 +70,6 @@ def _status(e: BaseException) -> str:
     return "KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED"
 
 
-class _Tracking:
-    """``track.mlflow`` around one run, on rank 0: reach the tracker before training, open its run once
-    the folder exists, log each epoch's row, and the artifacts and status at the end (imgcls.integrations.tracking)."""
-
-    def __init__(self, cfg: Config, dist, log, parent: Optional[str] = None):
-        parent = parent or os.environ.get(_PARENT_ENV) or None   # a cv fold launched with --nproc
-        self.cfg, self.parent, self.tracker, self.folder = cfg, parent, None, None
-        if cfg.track.mlflow and dist.is_main:  # the one switch that imports the MLflow integration
-            from .integrations.tracking import Tracker
-            self.tracker = Tracker.connect(cfg, log)
-
-    def start(self, folder: Path, device: str = "", kind: str = "run") -> Optional[str]:
-        """Open (or continue) the MLflow run of ``folder``; its id, or None when not tracking."""
-        if self.tracker is None:
-            return None
-        self.folder = Path(folder)
-        return self.tracker.start(self.folder, self.cfg, parent=self.parent, device=device, kind=kind)
-
-    def chain(self, on_epoch: Optional[OnEpoch]) -> Optional[OnEpoch]:
-        if self.tracker is None:
-            return on_epoch
-        from .integrations.tracking import chain
-        return chain(self.tracker.on_epoch, on_epoch)
-
-    def finish(self, status: str) -> None:
-        if self.tracker is not None and self.folder is not None and self.tracker.run_id:
-            self.tracker.finish(self.folder, status)
-            self.tracker.run_id = None  # once
-
-
 def resume_overrides(texts: Sequence[str]) -> dict:
     """The CLI's ``key=value`` words on ``--resume``: {train.epochs / train.batch_size / train.accumulate:
     value}; any other key is refused in one sentence."""
@@ -122,7 +90,7 @@ def resume_overrides(texts: Sequence[str]) -> dict:
 
 def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
            log: Callable[[str], None] = print, on_epoch: Optional[OnEpoch] = None,
-           batch_size=None, accumulate=None) -> FitResult:
+           batch_size=None, accumulate=None) -> RunResult:
     """Continue ``run_dir`` from its last.pt; ``epochs`` may raise train.epochs (never lower it below
     the epochs already done). More epochs re-lay the LR schedule over the new length. ``batch_size``
     and ``accumulate`` change with the number of processes, keeping processes x batch x accumulate."""
@@ -143,7 +111,7 @@ def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
             lock = RunLock(run_dir).acquire()  # before reading last.pt: a running writer may be rewriting it
             payload = _read_resume(run_dir, changes, log)
         cfg, start = dist.broadcast_object(payload)
-        tracking = _Tracking(cfg, dist, log)
+        tracking = RunTracking(cfg, dist, log)
         try:
             if cfg.train.engine == "lightning":
                 from .integrations.lightning import fit_config
@@ -260,12 +228,12 @@ def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int
         os.close(fd)
         Path(tmp).write_text(to_yaml(cfg))
     argv = ["train", *(["--resume", str(fold_dir)] if resuming else [tmp]), *extra]
-    os.environ[_PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
+    os.environ[PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
     hint = f"imgcls cv --resume {fold_dir.parent} --nproc {nproc}"
     try:
         code = launch(argv, nproc, str(fold_dir) if resuming else None, resume_hint=hint)
     finally:
-        os.environ.pop(_PARENT_ENV, None)
+        os.environ.pop(PARENT_ENV, None)
         if tmp:
             Path(tmp).unlink(missing_ok=True)
     if code in (130, 143):   # Ctrl-C or SIGTERM: the launcher has said how to continue
@@ -282,16 +250,13 @@ class FoldStopped(Exception):
         self.exit_code = exit_code
 
 
-_PARENT_ENV = "IMGCLS_MLFLOW_PARENT"   # a cv's parent MLflow run, for the folds launched with --nproc
-
-
 def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log,
                nproc: int = 1):
     from .engine.cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
     state = read_state(cv_dir)
     todo = list(only) if only is not None else list(range(state["folds"]))
     from .engine.dist import DistContext
-    tracking = _Tracking(cfg, DistContext(), log)  # one parent MLflow run, a child run per fold
+    tracking = RunTracking(cfg, DistContext(), log)  # one parent MLflow run, a child run per fold
     parent = tracking.start(cv_dir, kind="cv")
     for k in todo:
         if k in state["finished"]:
@@ -305,7 +270,7 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
         elif (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
             resume(fold_dir, report=report, log=say)
         else:
-            _train(fold_config(cfg, cv_dir, k), report, say, None, parent=parent)
+            train(fold_config(cfg, cv_dir, k), report, log=say, parent=parent)
         state["finished"] = sorted(set(state["finished"]) | {k})
         write_state(cv_dir, state)
     dirs = [cv_dir / f"fold-{k}" for k in sorted(state["finished"])]
@@ -331,7 +296,7 @@ class ReportInterrupted(Exception):
                          f"the trained model. Rebuild the report with: imgcls report {run_dir}")
 
 
-def _finish(result: FitResult, report: bool, log) -> None:
+def _finish(result: RunResult, report: bool, log) -> None:
     _timm_folder(result.run_dir, log)
     if report:
         from .report import write_report

@@ -36,8 +36,7 @@ def improves(value, best, direction: str, model: nn.Module) -> bool:
 
 
 @dataclass(frozen=True)
-class EpochWriter:
-    """Writes an epoch's outputs into the run folder ``run_dir``: its metrics row, and the best model."""
+class RunRecord:
     run_dir: Path
     task: Task
     split: DataSplit

@@ -12,9 +12,10 @@ sentence before any training (``track.required: false`` makes it a warning and t
 that goes away mid-run costs a single warning, and each later call gives up within about 5 seconds
 (MLflow's HTTP timeout and retries are bounded for imgcls's calls, unless the user set them), so an
 epoch loses at most ~10 s to it; nothing in the run folder depends on the tracker. Only rank 0 talks
-to it under torchrun (imgcls.api calls it on rank 0 only).
+to it under torchrun (``RunTracking`` connects on rank 0 only).
 
-A leaf behind an optional extra: nothing in imgcls imports this module unless ``track.mlflow`` is set.
+A leaf behind an optional extra: MLflow itself is imported only when ``track.mlflow`` is set, and
+``RunTracking``, which imgcls.api holds around every run, does nothing without it.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ..io import atomic_write_json
 RUN_FILE = "mlflow.json"   # in the run (or cv) folder: the tracking URI, experiment and MLflow run id
 ARTIFACTS = ("report.html", "model.json", "best.safetensors", "metrics.csv", "val_predictions.csv",  # a run's
              "cv_summary.json", "oof_predictions.csv", "folds.csv")  # a cv folder's (report.html too)
+PARENT_ENV = "IMGCLS_MLFLOW_PARENT"   # a cv's parent MLflow run, for the folds launched with --nproc
 _BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 
@@ -169,3 +171,34 @@ def chain(*callbacks):
     def on_epoch(epoch: int, row: dict) -> bool:
         return any([c(epoch, row) for c in live])
     return on_epoch
+
+
+class RunTracking:
+    """``track.mlflow`` around one run, on rank 0: reach the tracker before training, open its run once
+    the folder exists, log each epoch's row, and the artifacts and status at the end; without
+    ``track.mlflow`` (or on other ranks) every call does nothing."""
+
+    def __init__(self, cfg: Config, dist, log: Callable[[str], None], parent: Optional[str] = None):
+        parent = parent or os.environ.get(PARENT_ENV) or None   # a cv fold launched with --nproc
+        self.cfg, self.parent, self.tracker, self.folder = cfg, parent, None, None
+        if cfg.track.mlflow and dist.is_main:  # the one switch that reaches MLflow
+            self.tracker = Tracker.connect(cfg, log)
+
+    def start(self, folder: Path, device: str = "", kind: str = "run") -> Optional[str]:
+        """Open (or continue) the MLflow run of ``folder``; its id, or None when not tracking."""
+        if self.tracker is None:
+            return None
+        self.folder = Path(folder)
+        return self.tracker.start(self.folder, self.cfg, parent=self.parent, device=device, kind=kind)
+
+    def chain(self, on_epoch: Optional[Callable[[int, dict], bool]]) -> Optional[Callable[[int, dict], bool]]:
+        """``on_epoch`` with the tracker's epoch logging in front of it (just ``on_epoch`` when not tracking)."""
+        if self.tracker is None:
+            return on_epoch
+        return chain(self.tracker.on_epoch, on_epoch)
+
+    def finish(self, status: str) -> None:
+        """The artifacts and the end status (FINISHED, FAILED, KILLED), once."""
+        if self.tracker is not None and self.folder is not None and self.tracker.run_id:
+            self.tracker.finish(self.folder, status)
+            self.tracker.run_id = None  # once

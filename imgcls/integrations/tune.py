@@ -189,10 +189,11 @@ def _tune_dir(base: Config) -> Path:
 
 def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print) -> "optuna.Study":
     """Search ``options.space`` around ``base`` until the study has ``options.trials`` finished trials."""
-    from ..api import _train, _Tracking
+    from ..api import train  # the one upward import: tune drives whole training runs, as cv does, beside the CLI
     from ..engine.build import absolute_data_paths
     from ..engine.dist import DistContext
     from ..tasks import get_task
+    from .tracking import RunTracking
     base = absolute_data_paths(base)
     dims = read_space(options.space, base)
     task = get_task(base.task.type).from_config(base)
@@ -209,7 +210,7 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
                                                          "monitor": monitor, "direction": direction}) + "\n")
     if options.storage is None:
         _retry_orphans(study, log)
-    tracking = _Tracking(base, DistContext(), log)  # track.mlflow: one parent run, a child run per trial
+    tracking = RunTracking(base, DistContext(), log)  # track.mlflow: one parent run, a child run per trial
     parent = tracking.start(tune_dir, kind="tune")
     finished = _finished(study)
     log(f"tune: study '{name}' in {tune_dir}: {finished} of {options.trials} trials finished; monitor {monitor} "
@@ -234,7 +235,7 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
             return trial.should_prune()
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items())
         log(f"trial {trial.number}: {shown}")
-        result = _train(cfg, False, lambda msg: None, report, parent=parent)
+        result = train(cfg, False, log=lambda msg: None, on_epoch=report, parent=parent)
         if result.stopped == "callback":
             log(f"trial {trial.number}: pruned after epoch {reported[0]}")
             raise optuna.TrialPruned()
