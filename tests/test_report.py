@@ -20,7 +20,7 @@ from imgcls.errors import UserError
 from imgcls.metrics import ClassificationMetrics
 from imgcls.report import all_findings, compare_runs, findings, load_run, write_report
 from imgcls.report.gallery import cam_target_layer, confident_mistakes, fit_thumb, hardest_correct
-from imgcls.report.page import SECTIONS
+from imgcls.report.classreport import SECTIONS
 from imgcls.report.plots import reliability_bins
 from imgcls.report.rundata import Predictions
 

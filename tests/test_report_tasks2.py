@@ -16,8 +16,9 @@ import imgcls
 from imgcls.cli import main
 from imgcls.models.modelinfo import ModelInfo
 from imgcls.report import write_report
-from imgcls.report.headreport import head_findings, run_results
-from imgcls.report.taskreport import load_task_run
+from imgcls.report.headreport import run_results
+from imgcls.report.headsections import head_findings
+from imgcls.report.rundata import load_run
 from test_report import parse
 from test_report_tasks import assert_self_contained, findings
 from test_tasks_e2e import make_multihead, task_config
@@ -119,7 +120,7 @@ def test_combined_confusion_equals_sklearn_on_val_predictions(mh_report):
 
 
 def test_head_findings_name_a_lagging_head(mh_report):
-    res = run_results(load_task_run(mh_report.parent))
+    res = run_results(load_run(mh_report.parent))
     lagging = {**res.scalars, "val/colour/f1_macro": 0.95, "val/stripes/f1_macro": 0.40}
     found = {f.kind: f.text for f in head_findings(replace(res, scalars=lagging)) if f is not None}
     assert "weak_head" in found and "Head 'stripes' lags" in found["weak_head"] and "0.40" in found["weak_head"]

@@ -25,11 +25,11 @@ import yaml
 
 from . import plots
 from .findings import Finding, overfitting, still_improving
-from .headreport import HeadResults, classification_section, head_sections
+from .headsections import HeadResults, head_sections
 from .html import esc, img, num, page, section, table
-from .page import _config_facts, _findings, _Plots
-from .rundata import _float, _read_json
-from .taskreport import TaskRun, _direction, _task_facts, load_task_run
+from .rundata import RunData, load_run, read_history, read_json
+from .scores import classification_section
+from .sections import Plots, config_facts, direction, facts_block, findings_section, task_facts, versions_fact
 from ..errors import UserError
 
 KEY_METRICS = {  # the folds table's columns after the monitor; every metric is in "All metrics"
@@ -62,7 +62,7 @@ class Fold:
 class CVData:
     cv_dir: Path
     folds: list[Fold]
-    first: TaskRun                   # the first finished fold: task, model, versions
+    first: RunData                   # the first finished fold: task, model, versions
     config: dict                     # CV_DIR/config.yaml
     summary: dict                    # cv_summary.json ({} if absent)
     fold_sizes: list[int]            # validation images per fold, from folds.csv
@@ -79,23 +79,16 @@ class CVData:
     def metric_names(self) -> list[str]:
         """The task's metrics that some fold has, in the task's order."""
         have = {k for f in self.finished for k in f.val_metrics}
-        return [m for m in self.first.info.task_type.metric_names() if m in have]
+        return [m for m in self.first.model.task_type.metric_names() if m in have]
 
     def mean_std(self, key: str) -> tuple[float, float]:
         values = [f.value(key) for f in self.finished if math.isfinite(f.value(key))]
         return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
 
 
-def _history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def load_cv(cv_dir: str | Path) -> CVData:
     """A cv folder's files; a UserError when it has no finished fold."""
-    from ..engine.cv import read_state
+    from ..runfolder import read_state
 
     cv_dir = Path(cv_dir)
     state = read_state(cv_dir)
@@ -103,7 +96,7 @@ def load_cv(cv_dir: str | Path) -> CVData:
     for k in range(int(state["folds"])):
         d = cv_dir / f"fold-{k}"
         done = k in state.get("finished", []) and (d / "val_metrics.json").is_file()
-        folds.append(Fold(k, d, _read_json(d / "val_metrics.json") if done else None, _history(d / "metrics.csv")))
+        folds.append(Fold(k, d, read_json(d / "val_metrics.json") if done else None, read_history(d / "metrics.csv")))
     finished = [f for f in folds if f.val_metrics is not None]
     if not finished:
         raise UserError(f"'{cv_dir}' has no finished fold yet; continue it with 'imgcls cv --resume {cv_dir}' and "
@@ -116,8 +109,8 @@ def load_cv(cv_dir: str | Path) -> CVData:
                     sizes[int(row["fold"])] += 1
                 grouped = grouped or bool(row.get("group"))
     config = (yaml.safe_load((cv_dir / "config.yaml").read_text()) or {}) if (cv_dir / "config.yaml").is_file() else {}
-    summary = _read_json(cv_dir / "cv_summary.json") if (cv_dir / "cv_summary.json").is_file() else {}
-    return CVData(cv_dir, folds, load_task_run(finished[0].run_dir), config, summary, sizes, grouped)
+    summary = read_json(cv_dir / "cv_summary.json") if (cv_dir / "cv_summary.json").is_file() else {}
+    return CVData(cv_dir, folds, load_run(finished[0].run_dir, need_model=True), config, summary, sizes, grouped)
 
 
 def oof_results(cv: CVData) -> Optional[tuple[list[dict], dict, dict]]:
@@ -130,10 +123,10 @@ def oof_results(cv: CVData) -> Optional[tuple[list[dict], dict, dict]]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header, rows = next(reader, []), list(reader)
-    info = cv.first.info
+    info = cv.first.model
     task, classes = info.task_type, [str(c) for c in info.classes]
     try:
-        probs = task.probabilities_from_csv(header, rows, classes)
+        probs = task.decoded_from_csv(header, rows, classes)
         labels = task.labels_from_text([r[header.index("label")] for r in rows])
         target = task.target_tensor(task.encode(labels, classes), classes)
     except (KeyError, ValueError, IndexError) as e:
@@ -159,7 +152,7 @@ def cv_findings(cv: CVData, oof: dict) -> list[Finding]:
     m = cv.monitor
     values = {f.k: f.value(m) for f in cv.finished if math.isfinite(f.value(m))}
     if len(values) >= 2:
-        higher = _direction(cv.first, m) == "max"
+        higher = direction(cv.first, m) == "max"
         worst = (min if higher else max)(values, key=values.get)
         best = (max if higher else min)(values, key=values.get)
         mean, std = cv.mean_std(m)
@@ -178,7 +171,7 @@ def cv_findings(cv: CVData, oof: dict) -> list[Finding]:
             f"{', '.join(map(str, over))} (overfitting, see each fold's report); stop earlier (train.patience), or "
             "add augmentation or weight decay.")))
     if m in (cv.first.history[0] if cv.first.history else {}):
-        rising = [f.k for f in cv.finished if still_improving(f.column(m), _direction(cv.first, m) == "max", m)]
+        rising = [f.k for f in cv.finished if still_improving(f.column(m), direction(cv.first, m) == "max", m)]
         if rising:
             found.append(Finding("still_improving", (
                 f"{m} was still improving at the last epoch in {len(rising)} of {len(cv.finished)} fold(s) "
@@ -194,26 +187,25 @@ def cv_findings(cv: CVData, oof: dict) -> list[Finding]:
 
 def _summary(cv: CVData) -> str:
     first, env = cv.first, cv.first.env
-    info = first.info
+    info = first.model
     n = sum(cv.fold_sizes)
     facts = [
         ("cv folder", str(cv.cv_dir.resolve())),
-        ("task", _task_facts(first)),
+        ("task", task_facts(first)),
         ("model", f"{info.architecture}, input {info.image_size}x{info.image_size}x{info.channels}"),
         ("folds", f"{len(cv.folds)} folds of {n} images ({', '.join(map(str, cv.fold_sizes))}), stratified by label, "
                   + ("grouped (no group in two folds)" if cv.grouped else "not grouped")
                   + f"; {len(cv.finished)} finished"),
-        ("best epoch", f"per fold by {cv.monitor} ({'higher' if _direction(first, cv.monitor) == 'max' else 'lower'} "
+        ("best epoch", f"per fold by {cv.monitor} ({'higher' if direction(first, cv.monitor) == 'max' else 'lower'} "
                        "is better), on the fold's own validation images"),
-        *_config_facts(cv.config),
-        ("versions", ", ".join(f"{name} {env[name]}" for name in ("imgcls", "torch", "timm") if env.get(name))),
+        *config_facts(cv.config),
+        versions_fact(env, with_git=False),
     ]
-    facts_html = "".join(f"<div><b>{esc(a)}</b> {esc(b)}</div>" for a, b in facts)
-    return section("summary", "Summary", f'<div class="facts">{facts_html}</div>')
+    return section("summary", "Summary", facts_block(facts))
 
 
 def _key_metrics(cv: CVData) -> list[str]:
-    task = cv.first.info.task_type
+    task = cv.first.model.task_type
     if cv.first.task == "multihead":
         keys = ["val/combined/f1_macro", "val/combined/acc",
                 *[f"val/{h.name}/{'f1_macro' if h.type == 'multiclass' else 'mae'}" for h in task.heads], "val/loss"]
@@ -281,7 +273,7 @@ def _all_metrics(cv: CVData, oof: dict) -> str:
                    "cv_summary.json's out-of-fold metrics.")
 
 
-def _curves(cv: CVData, save: _Plots) -> str:
+def _curves(cv: CVData, save: Plots) -> str:
     m = cv.monitor
     folds = [(f.run_dir.name, {"epoch": f.column("epoch"), "val/loss": f.column("val/loss"), m: f.column(m)},
               f.val_metrics.get("epoch")) for f in cv.finished]
@@ -290,7 +282,7 @@ def _curves(cv: CVData, save: _Plots) -> str:
                    "Each fold's own best epoch (circled) is the one whose weights it keeps.")
 
 
-def _oof(cv: CVData, result: Optional[tuple], oof: dict, save: _Plots) -> tuple[list[str], list[tuple[str, str]]]:
+def _oof(cv: CVData, result: Optional[tuple], oof: dict, save: Plots) -> tuple[list[str], list[tuple[str, str]]]:
     """The out-of-fold results: per class and confusion matrix (multiclass), per head (multi-head)."""
     title = "Out-of-fold predictions"
     if result is None:
@@ -299,7 +291,7 @@ def _oof(cv: CVData, result: Optional[tuple], oof: dict, save: _Plots) -> tuple[
                 else "oof_predictions.csv is missing; run 'imgcls cv --resume' on the folder to write it again.")
         return [section("oof", title, f'<p class="note">{esc(note)}</p>')], [("oof", "Out of fold")]
     rows, metrics, details = result
-    task = cv.first.info.task_type
+    task = cv.first.model.task_type
     intro = (f"Every image once, predicted by the fold that did not train on it ({len(rows)} images in "
              f"oof_predictions.csv). {OPTIMISM}")
     if cv.first.task == "multiclass":
@@ -332,9 +324,9 @@ def write_cv_report(cv_dir: str | Path) -> Path:
         oof = dict(cv.summary.get("oof") or (result[1] if result else {}))
         if cv.first.task != "multiclass":  # cv scores the out-of-fold loss for multiclass only (0 or NaN otherwise)
             oof.pop("val/loss", None)
-        save = _Plots(cv.cv_dir / "plots")
+        save = Plots(cv.cv_dir / "plots")
         oof_body, oof_nav = _oof(cv, result, oof, save)
-        body = [_findings(cv_findings(cv, oof)), _summary(cv), _folds(cv, oof), _curves(cv, save), *oof_body,
+        body = [findings_section(cv_findings(cv, oof)), _summary(cv), _folds(cv, oof), _curves(cv, save), *oof_body,
                 _all_metrics(cv, oof)]
     nav = [("findings", "Findings"), ("summary", "Summary"), ("folds", "Folds"), ("curves", "Curves"), *oof_nav,
            ("all-metrics", "All metrics")]

@@ -1,11 +1,9 @@
-"""The run report for the task types other than multiclass: multi-label and regression runs
-(``page.write_report`` hands them here), and any other task type with its summary and curves.
+"""The run report of multi-label and regression runs (and of a task type without sections of its own):
+RUN_DIR/report.html and RUN_DIR/plots/*.png.
 
 Sections, in reading order:
   multilabel   findings, summary, curves, per-label table, precision-recall curves
   regression   findings, summary, curves, errors, predicted vs true, residuals, binned confusion (with bins)
-  multihead    findings, summary, curves, heads at a glance, one section per head, the combined class
-               (built in headreport.py on this module's sections)
   other types  findings, summary, curves
 
 Everything is read from the run folder: val_metrics.json gives the per-label rows as training
@@ -15,27 +13,22 @@ Numbers carry ``data-*`` attributes with their exact values, as in the multiclas
 """
 from __future__ import annotations
 
-import csv
-import datetime as _dt
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import matplotlib
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 
 from . import plots
-from .findings import RECALL_GAP, Finding, lr_ending_high, overfitting, still_improving
-from .html import bar, duration, esc, img, num, page, section, table
-from .page import _cm_cell, _config_facts, _findings, _param_count, _Plots  # one look for both reports
-from .rundata import _float, _read_json
-from ..errors import UserError
-from ..models.modelinfo import ModelInfo
+from .findings import RECALL_GAP, Finding
+from .html import bar, esc, img, num, section, table
+from .rundata import LabelPredictions, RunData, ValuePredictions, label_predictions, value_predictions
+from .scores import ERROR_ROWS, cm_cell, error_scores, scatter_figure
+from .sections import (Plots, findings_section, no_predictions, sorted_findings, task_curves, task_summary,
+                       training_findings, write_run_page)
 
-REQUIRED = ("config.yaml", "metrics.csv", "val_metrics.json", "model.json")
 FEW_POSITIVES = 5       # a label with fewer validation positives than this has noisy F1 and AP
 BIAS_SE = 2.0           # a mean residual is called a bias beyond this many standard errors ...
 BIAS_SHARE = 0.25       # ... and when it is at least this fraction of the RMSE (bias² >= 6% of the MSE)
@@ -43,223 +36,9 @@ SHRINK_SLOPE = 0.8      # slope of prediction on truth below this: predictions p
 _MANY = 10              # above this many labels, PR curves are grey with the 5 lowest AP in colour
 
 
-# ------------------------------------------------------------------ the run folder
-
-@dataclass
-class TaskRun:
-    run_dir: Path
-    config: dict
-    val_metrics: dict
-    history: list[dict]
-    info: ModelInfo
-    record: dict                         # model.json's "task" object (type, thresholds, mean, std, bins...)
-    env: dict = field(default_factory=dict)
-    predictions: Optional[list[dict]] = None   # val_predictions.csv rows, as text
-
-    @property
-    def task(self) -> str:
-        return self.info.task
-
-    @property
-    def monitor(self) -> str:
-        return str(self.val_metrics.get("monitor") or self.info.monitor or "val/loss")
-
-    def column(self, key: str) -> np.ndarray:
-        return np.array([row.get(key, math.nan) for row in self.history], dtype=float)
-
-    def best(self, key: str) -> float:
-        v = self.val_metrics.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
-def load_task_run(run_dir: str | Path) -> TaskRun:
-    """The files of a finished run folder; a UserError naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder '{run_dir}' does not exist; pass a folder written by 'imgcls train'.")
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(f"'{run_dir}' lacks {', '.join(missing)}; pass a run folder in which at least one "
-                        "epoch finished.")
-    with open(run_dir / "metrics.csv", newline="") as f:
-        history = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    predictions = None
-    if (run_dir / "val_predictions.csv").is_file():
-        with open(run_dir / "val_predictions.csv", newline="") as f:
-            predictions = list(csv.DictReader(f))
-    return TaskRun(run_dir=run_dir, config=yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
-                   val_metrics=_read_json(run_dir / "val_metrics.json"), history=history,
-                   info=ModelInfo.read(run_dir / "model.json"),
-                   record=_read_json(run_dir / "model.json").get("task", {}),
-                   env=_read_json(run_dir / "env.json") if (run_dir / "env.json").is_file() else {},
-                   predictions=predictions)
-
-
-def _columns(run: TaskRun, needed: list[str]) -> list[dict]:
-    rows = run.predictions or []
-    if rows and not set(needed) <= set(rows[0]):
-        raise UserError(f"'{run.run_dir / 'val_predictions.csv'}' lacks the columns "
-                        f"{', '.join(c for c in needed if c not in rows[0])} of a {run.task} run; "
-                        "re-copy the run folder.")
-    return rows
-
-
-@dataclass
-class LabelPredictions:
-    """Multi-label val_predictions.csv as arrays, labels in model.json's order."""
-    paths: list[str]
-    truth: np.ndarray      # [N, L] bool
-    decided: np.ndarray    # [N, L] bool: the run's 'pred' column (at the tuned thresholds)
-    probs: np.ndarray      # [N, L] float64
-
-
-def label_predictions(run: TaskRun) -> Optional[LabelPredictions]:
-    if run.predictions is None:
-        return None
-    labels = list(run.info.classes)
-    rows = _columns(run, ["path", "label", "pred", *[f"prob_{c}" for c in labels]])
-    sep = str(run.record.get("separator", "|"))
-    code = {c: j for j, c in enumerate(labels)}
-
-    def matrix(column: str) -> np.ndarray:
-        m = np.zeros((len(rows), len(labels)), dtype=bool)
-        for i, r in enumerate(rows):
-            for tag in (t.strip() for t in r[column].split(sep)):
-                if tag and tag not in code:
-                    raise UserError(f"'{run.run_dir / 'val_predictions.csv'}' names label '{tag}' that the run "
-                                    "does not have; re-copy the run folder.")
-                if tag:
-                    m[i, code[tag]] = True
-        return m
-
-    probs = np.array([[float(r[f"prob_{c}"]) for c in labels] for r in rows], dtype=np.float64)
-    return LabelPredictions([r["path"] for r in rows], matrix("label"), matrix("pred"),
-                            probs.reshape(len(rows), len(labels)))
-
-
-@dataclass
-class ValuePredictions:
-    """Regression val_predictions.csv as arrays, in the target's unit."""
-    paths: list[str]
-    true: np.ndarray       # [N]
-    pred: np.ndarray       # [N]
-
-    @property
-    def residual(self) -> np.ndarray:
-        """prediction - truth: positive where the model says too much."""
-        return self.pred - self.true
-
-
-def value_predictions(run: TaskRun) -> Optional[ValuePredictions]:
-    if run.predictions is None:
-        return None
-    rows = _columns(run, ["path", "label", "value"])
-    return ValuePredictions([r["path"] for r in rows], np.array([float(r["label"]) for r in rows]),
-                            np.array([float(r["value"]) for r in rows]))
-
-
-# ------------------------------------------------------------------ shared sections
-
-def _no_predictions(id_: str, title: str) -> str:
-    return section(id_, title, '<p class="note">val_predictions.csv is missing.</p>')
-
-
-def _training_findings(run: TaskRun) -> list[Optional[Finding]]:
-    found = [overfitting(run.column("train/loss"), run.column("val/loss")), lr_ending_high(run.column("lr"))]
-    monitor = run.monitor
-    if run.history and monitor in run.history[0]:
-        direction = _direction(run, monitor)
-        found.append(still_improving(run.column(monitor), direction == "max", monitor))
-    return found
-
-
-def _direction(run: TaskRun, metric: str) -> str:
-    try:
-        return run.info.task_type.direction(metric)
-    except UserError:  # a metric the task does not declare (an older run): losses are the only 'min' guess
-        return "min" if metric.endswith("loss") else "max"
-
-
-def _sorted_findings(found: list[Optional[Finding]], ok_text: str) -> list[Finding]:
-    found = [f for f in found if f is not None]
-    found.sort(key=lambda f: f.severity != "warn")
-    if not any(f.severity == "warn" for f in found):
-        found.insert(0, Finding("ok", ok_text, "info"))
-    return found
-
-
-def _task_facts(run: TaskRun) -> str:
-    r = run.record
-    if run.task == "multilabel":
-        return (f"multilabel, {len(run.info.classes)} labels joined by '{r.get('separator', '|')}', "
-                "one tuned threshold per label")
-    if run.task == "regression":
-        text = f"regression, training target mean {num(r.get('mean'), 4)}, std {num(r.get('std'), 4)}"
-        return text + (f", bins at {', '.join(f'{b:g}' for b in r['bins'])}" if r.get("bins") else "")
-    if run.task == "multihead":
-        task = run.info.task_type
-        heads = "; ".join(f"{h.name} ({f'{h.size} classes' if h.type == 'multiclass' else 'regression'}, {h.loss}"
-                          + (f", weight {h.weight:g}" if h.weight != 1 else "") + ")" for h in task.heads)
-        rule = f"; combined = {task.rule.expr} ({task.rule.size} classes)" if task.rule is not None else ""
-        return f"multihead: {heads}{rule}"
-    return run.task
-
-
-def _train_total(run: TaskRun) -> Optional[int]:
-    """Training images, where model.json's counts tell (multi-label counts an image once per label)."""
-    counts = run.info.train_counts
-    if not counts:
-        return None
-    if run.task == "regression":
-        return sum(counts)
-    if run.task == "multihead":  # counts per output, the heads side by side: the first head's add up to N
-        return sum(counts[:run.info.task_type.heads[0].size])
-    return None
-
-
-def _summary(run: TaskRun, n_val: Optional[int], names: Optional[Sequence[str]] = None) -> str:
-    """Facts about the run and the best epoch's metrics (``names``, default: all the task declares)."""
-    vm, info, env = run.val_metrics, run.info, run.env
-    params = _param_count(run.run_dir / "best.safetensors")
-    seconds = float(np.nansum(run.column("seconds"))) if run.history else math.nan
-    n_train = _train_total(run)
-    facts = [
-        ("run folder", str(run.run_dir.resolve())),
-        ("task", _task_facts(run)),
-        ("model", f"{info.architecture}" + (f", {params / 1e6:.2f} M parameters" if params else "")
-                  + f", input {info.image_size}x{info.image_size}x{info.channels}"),
-        ("data", (f"{n_train} train / " if n_train is not None else "")
-                 + f"{n_val if n_val is not None else vm.get('num_samples', '?')} validation images"),
-        ("best epoch", f"{vm.get('epoch', '?')} of {len(run.history)} by {run.monitor} "
-                       f"({num(run.best(run.monitor), 4)}, {'higher' if _direction(run, run.monitor) == 'max' else 'lower'}"
-                       " is better)"),
-        ("time", f"{duration(seconds)} on {env.get('device', '?')}"
-                 + (f" ({env['device_name']})" if env.get("device_name") else "")),
-        *_config_facts(run.config),
-        ("versions", ", ".join(f"{name} {env[name]}" for name in ("imgcls", "torch", "timm") if env.get(name))
-                     + (f", git {str(env['git_commit'])[:10]}" if env.get("git_commit") else "")),
-    ]
-    facts_html = "".join(f"<div><b>{esc(a)}</b> {esc(b)}</div>" for a, b in facts)
-    names = [m for m in (names or run.info.task_type.metric_names()) if math.isfinite(run.best(m))]
-    best = table(["metric", "at the best epoch"], [
-        f'<tr data-metric="{esc(m)}"><td>{esc(m)}</td><td class="num" data-value="{run.best(m)!r}">'
-        f'{num(run.best(m), 4)}</td></tr>' for m in names], id_="best-metrics")
-    return section("summary", "Summary", f'<div class="facts">{facts_html}</div>{best}')
-
-
-def _curves(run: TaskRun, save: _Plots, preferred: tuple[str, ...], most: int) -> str:
-    available = set(run.history[0]) if run.history else set()
-    shown = [m for m in (run.monitor, *preferred) if m in available and not m.endswith("loss")]
-    shown = list(dict.fromkeys(shown))[:most]
-    fig = plots.curves(run.column("epoch"), run.column("train/loss"), run.column("val/loss"),
-                       {m: run.column(m) for m in shown}, run.column("lr"), run.val_metrics.get("epoch"))
-    return section("curves", "Training curves", img(save("curves", fig), "loss, metrics and learning rate per epoch"),
-                   "The dotted line marks the best epoch, whose weights are in best.safetensors.")
-
-
 # ------------------------------------------------------------------ multi-label
 
-def multilabel_findings(run: TaskRun, p: Optional[LabelPredictions]) -> list[Finding]:
+def multilabel_findings(run: RunData, p: Optional[LabelPredictions]) -> list[Finding]:
     rows = list(run.val_metrics.get("per_label", []))
     found: list[Optional[Finding]] = []
     empty = [r["label"] for r in rows if r["support"] == 0]
@@ -297,17 +76,17 @@ def multilabel_findings(run: TaskRun, p: Optional[LabelPredictions]) -> list[Fin
             found.append(Finding("unlabelled", (
                 f"{none} of {len(p.paths)} validation images ({none / len(p.paths):.0%}) have no label: "
                 "val/lrap counts each as 1 and val/mrr leaves them out."), "info"))
-    found += _training_findings(run)
-    return _sorted_findings(found, (
+    found += training_findings(run)
+    return sorted_findings(found, (
         "No problems found: every label has positives in validation, no label's F1 is far below the others', "
         "validation loss did not climb at the end and the learning rate decayed."))
 
 
-def _per_label(run: TaskRun) -> str:
+def _per_label(run: RunData) -> str:
     rows = list(run.val_metrics.get("per_label", []))
     if not rows:
         return section("per-label", "Per label", '<p class="note">val_metrics.json has no per_label rows.</p>')
-    train = dict(zip(run.info.classes, run.info.train_counts)) if run.info.train_counts else {}
+    train = dict(zip(run.model.classes, run.model.train_counts)) if run.model.train_counts else {}
     present = [r["f1"] for r in rows if r["support"] > 0]
     macro = float(np.mean(present)) if present else math.nan
     # Worst F1 first (then AP); labels without validation positives last: their 0 is a convention.
@@ -384,11 +163,11 @@ def pr_figure(curves: list[tuple], labels: list[str], points: list[Optional[tupl
     return fig
 
 
-def _pr_curves(run: TaskRun, p: Optional[LabelPredictions], save: _Plots) -> str:
+def _pr_curves(run: RunData, p: Optional[LabelPredictions], save: Plots) -> str:
     title = "Precision-recall curves"
     if p is None:
-        return _no_predictions("pr", title)
-    labels = list(run.info.classes)
+        return no_predictions("pr", title)
+    labels = list(run.model.classes)
     thresholds = run.record.get("thresholds") or [0.5] * len(labels)
     curves = pr_per_label(p.truth, p.probs)
     points = [_operating_point(p.truth[:, j], p.probs[:, j], float(thresholds[j])) if p.truth[:, j].any() else None
@@ -416,45 +195,17 @@ MULTILABEL_SECTIONS = (("findings", "Findings"), ("summary", "Summary"), ("curve
                        ("per-label", "Per label"), ("pr", "Precision-recall"))
 
 
-def _multilabel_sections(run: TaskRun, save: _Plots) -> tuple[list[str], tuple]:
+def _multilabel_sections(run: RunData, save: Plots) -> tuple[list[str], tuple]:
     p = label_predictions(run)
-    body = [_findings(multilabel_findings(run, p)), _summary(run, len(p.paths) if p else None),
-            _curves(run, save, ("val/map", "val/f1_macro", "val/f1_macro_at_0.5"), 3), _per_label(run),
+    body = [findings_section(multilabel_findings(run, p)), task_summary(run, len(p.paths) if p else None),
+            task_curves(run, save, ("val/map", "val/f1_macro", "val/f1_macro_at_0.5"), 3), _per_label(run),
             _pr_curves(run, p, save)]
     return body, MULTILABEL_SECTIONS
 
 
 # ------------------------------------------------------------------ regression
 
-def error_scores(p: ValuePredictions) -> dict[str, float]:
-    """The error table, from the CSV's numbers, with scikit-learn's definitions (r2_score: NaN below 2 images)."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    r = p.residual
-    mse = float(mean_squared_error(p.true, p.pred))
-    return {
-        "mae": float(mean_absolute_error(p.true, p.pred)),
-        "rmse": math.sqrt(mse),
-        "mse": mse,
-        "r2": float(r2_score(p.true, p.pred)) if len(r) >= 2 else math.nan,
-        "mean_residual": float(r.mean()),
-        "median_abs_error": float(np.median(np.abs(r))),
-        "max_abs_error": float(np.abs(r).max()),
-    }
-
-
-ERROR_ROWS = (  # (key, shown name, val_metrics.json key, meaning)
-    ("mae", "MAE", "val/mae", "mean |prediction - truth|"),
-    ("rmse", "RMSE", "val/rmse", "root mean squared error: large errors weigh more"),
-    ("r2", "R²", "val/r2", "1 - MSE / variance of the truth: 1 is perfect, 0 is predicting the mean"),
-    ("mean_residual", "mean residual", None, "mean of prediction - truth: the bias (positive: too high)"),
-    ("mse", "MSE", "val/mse", "mean squared error"),
-    ("median_abs_error", "median absolute error", None, "half the images are closer than this"),
-    ("max_abs_error", "largest absolute error", None, "the worst image"),
-)
-
-
-def _bins(run: TaskRun) -> Optional[list[float]]:
+def _bins(run: RunData) -> Optional[list[float]]:
     bins = run.record.get("bins")
     return [float(b) for b in bins] if bins else None
 
@@ -471,7 +222,7 @@ def binned(p: ValuePredictions, bins: list[float]) -> tuple[np.ndarray, np.ndarr
     return t, q, np.bincount(t * k + q, minlength=k * k).reshape(k, k)
 
 
-def regression_findings(run: TaskRun, p: Optional[ValuePredictions]) -> list[Finding]:
+def regression_findings(run: RunData, p: Optional[ValuePredictions]) -> list[Finding]:
     found: list[Optional[Finding]] = []
     if p is not None and len(p.paths) >= 2:
         s = error_scores(p)
@@ -515,8 +266,8 @@ def regression_findings(run: TaskRun, p: Optional[ValuePredictions]) -> list[Fin
                     f"Binned accuracy is {acc:.2f}, but the bin(s) "
                     + "; ".join(f"'{names[i]}' {recall[i]:.2f}" for i in weak)
                     + " are recognised far less often (recall); see the binned confusion matrix.")))
-    found += _training_findings(run)
-    return _sorted_findings(found, (
+    found += training_findings(run)
+    return sorted_findings(found, (
         "No problems found: the predictions are not biased, R² is above 0, validation loss did not climb at the "
         "end and the learning rate decayed."))
 
@@ -526,9 +277,9 @@ def _bin_names(bins: list[float]) -> list[str]:
     return bin_names(bins)
 
 
-def _errors(run: TaskRun, p: Optional[ValuePredictions]) -> str:
+def _errors(run: RunData, p: Optional[ValuePredictions]) -> str:
     if p is None:
-        return _no_predictions("errors", "Errors")
+        return no_predictions("errors", "Errors")
     s = error_scores(p)
     rows = []
     for key, name, vm_key, meaning in ERROR_ROWS:
@@ -545,25 +296,6 @@ def _errors(run: TaskRun, p: Optional[ValuePredictions]) -> str:
              "val_predictions.csv (6 significant digits), the second is what training computed. "
              "Residual = prediction - truth.")
     return section("errors", "Errors", f'<div class="grid"><div>{errors}</div><div>{largest}</div></div>', intro)
-
-
-def scatter_figure(p: ValuePredictions, bins: Optional[list[float]]) -> Figure:
-    fig = Figure(figsize=(5.2, 5.0), layout="constrained")
-    ax = fig.subplots()
-    lo = float(min(p.true.min(), p.pred.min()))
-    hi = float(max(p.true.max(), p.pred.max()))
-    ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1, label="prediction = truth")
-    for b in bins or []:
-        ax.axvline(b, color="lightgrey", ls=":", lw=1)
-        ax.axhline(b, color="lightgrey", ls=":", lw=1)
-    ax.scatter(p.true, p.pred, s=12, alpha=0.6, color="tab:blue", edgecolors="none")
-    ax.set_xlabel("truth")
-    ax.set_ylabel("prediction")
-    ax.set_title("predicted against true" + (" (dotted: bin boundaries)" if bins else ""))
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
 
 
 def residual_figure(p: ValuePredictions) -> Figure:
@@ -585,28 +317,28 @@ def residual_figure(p: ValuePredictions) -> Figure:
     return fig
 
 
-def _scatter(run: TaskRun, p: Optional[ValuePredictions], save: _Plots) -> str:
+def _scatter(run: RunData, p: Optional[ValuePredictions], save: Plots) -> str:
     if p is None:
-        return _no_predictions("scatter", "Predicted against true")
+        return no_predictions("scatter", "Predicted against true")
     uri = save("scatter", scatter_figure(p, _bins(run)))
     return section("scatter", "Predicted against true", img(uri, "predicted against true values"),
                    "One dot per validation image; on the dashed line the prediction is exact. "
                    "Dots above it are over-predicted, below it under-predicted.")
 
 
-def _residuals(p: Optional[ValuePredictions], save: _Plots) -> str:
+def _residuals(p: Optional[ValuePredictions], save: Plots) -> str:
     if p is None:
-        return _no_predictions("residuals", "Residuals")
+        return no_predictions("residuals", "Residuals")
     uri = save("residuals", residual_figure(p))
     return section("residuals", "Residuals", img(uri, "residual against true value"),
                    "Residual = prediction - truth against the truth. A red line that falls from left to right means "
                    "the predictions are pulled toward the mean; a line off zero everywhere is a bias.")
 
 
-def _binned_confusion(run: TaskRun, p: Optional[ValuePredictions], save: _Plots) -> str:
+def _binned_confusion(run: RunData, p: Optional[ValuePredictions], save: Plots) -> str:
     title = "Binned confusion matrix"
     if p is None:
-        return _no_predictions("binned", title)
+        return no_predictions("binned", title)
     bins = _bins(run)
     names = _bin_names(bins)
     _, _, cm = binned(p, bins)
@@ -616,7 +348,7 @@ def _binned_confusion(run: TaskRun, p: Optional[ValuePredictions], save: _Plots)
     head = "".join(f"<th>{esc(c)}</th>" for c in names)
     body = "".join(
         f'<tr data-true="{esc(names[i])}"><th>{esc(names[i])}</th>'
-        + "".join(_cm_cell(i, j, int(cm[i, j]), float(frac[i, j]), names[i], names[j]) for j in range(k))
+        + "".join(cm_cell(i, j, int(cm[i, j]), float(frac[i, j]), names[i], names[j]) for j in range(k))
         + f'<td class="num">{int(totals[i])}</td></tr>' for i in range(k))
     grid = (f'<div class="cm-wrap"><table class="cm" id="binned-confusion-table"><thead><tr><th>true \\ predicted'
             f'</th>{head}<th>images</th></tr></thead><tbody>{body}</tbody></table></div>')
@@ -629,50 +361,36 @@ def _binned_confusion(run: TaskRun, p: Optional[ValuePredictions], save: _Plots)
     return section("binned", title, f'<div class="grid">{grid}{img(uri, "binned confusion matrix")}</div>', intro)
 
 
-def _regression_sections(run: TaskRun, save: _Plots) -> tuple[list[str], tuple]:
+def _regression_sections(run: RunData, save: Plots) -> tuple[list[str], tuple]:
     p = value_predictions(run)
     bins = _bins(run)
-    body = [_findings(regression_findings(run, p)), _summary(run, len(p.paths) if p else None),
-            _curves(run, save, ("val/mae", "val/rmse"), 2), _errors(run, p), _scatter(run, p, save),
+    body = [findings_section(regression_findings(run, p)), task_summary(run, len(p.paths) if p else None),
+            task_curves(run, save, ("val/mae", "val/rmse"), 2), _errors(run, p), _scatter(run, p, save),
             _residuals(p, save), *([_binned_confusion(run, p, save)] if bins else [])]
     nav = (("findings", "Findings"), ("summary", "Summary"), ("curves", "Curves"), ("errors", "Errors"),
            ("scatter", "Predicted vs true"), ("residuals", "Residuals"), *([("binned", "Binned")] if bins else []))
     return body, nav
 
 
-def _other_sections(run: TaskRun, save: _Plots) -> tuple[list[str], tuple]:
+def _other_sections(run: RunData, save: Plots) -> tuple[list[str], tuple]:
     """A task type without its own sections yet: what every run has."""
     found = [Finding("generic", f"This report shows the summary and curves only: task type '{run.task}' has no "
-                                "task-specific sections yet.", "info"), *_training_findings(run)]
-    preferred = tuple(m for m in run.info.task_type.metric_names() if not m.endswith("loss"))
-    body = [_findings([f for f in found if f is not None]), _summary(run, None), _curves(run, save, preferred, 2)]
+                                "task-specific sections yet.", "info"), *training_findings(run)]
+    preferred = tuple(m for m in run.model.task_type.metric_names() if not m.endswith("loss"))
+    body = [findings_section([f for f in found if f is not None]), task_summary(run, None),
+            task_curves(run, save, preferred, 2)]
     return body, (("findings", "Findings"), ("summary", "Summary"), ("curves", "Curves"))
 
 
 # ------------------------------------------------------------------ the report
 
-def _builder(task: str):
-    if task == "multihead":
-        from .headreport import multihead_sections  # here: headreport builds on this module's sections
-        return multihead_sections
-    return {"multilabel": _multilabel_sections, "regression": _regression_sections}.get(task, _other_sections)
+def write_task_report(run: RunData) -> Path:
+    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png of a multi-label or regression run
+    (or the summary and curves of another task type without a multiclass or multi-head report)."""
+    from ..io import check_writable
 
-
-def write_task_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png for a run whose task is not
-    multiclass. Returns the path of report.html; a UserError when ``run_dir`` is not a finished run folder."""
-    from ..io import atomic_write_text, check_writable
-
-    run = load_task_run(run_dir)
     check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
-    build = _builder(run.task)
+    build = {"multilabel": _multilabel_sections, "regression": _regression_sections}.get(run.task, _other_sections)
     with matplotlib.rc_context(plots.font_rc()):  # label names in any script, where a font has the glyphs
-        sections, nav = build(run, _Plots(run.run_dir / "plots"))
-    finished = _dt.datetime.fromtimestamp((run.run_dir / "metrics.csv").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-    subtitle = esc(f"{run.run_dir.resolve()}  ·  {run.task}  ·  finished {finished}  ·  best {run.monitor} "
-                   f"{num(run.best(run.monitor), 4)} at epoch {run.val_metrics.get('epoch', '?')}")
-    html = page(f"Run report: {run.run_dir.name}", subtitle, list(nav), "".join(sections),
-                footer=esc(f"written by imgcls {run.env.get('imgcls', '')} from the files in this run folder"))
-    out = run.run_dir / "report.html"
-    atomic_write_text(out, html)
-    return out
+        body, nav = build(run, Plots(run.run_dir / "plots"))
+    return write_run_page(run, body, list(nav))
