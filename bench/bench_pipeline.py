@@ -92,7 +92,7 @@ def imgcls_epoch(loader, prep: BatchPrep, epoch: int) -> int:
 def run_imgcls(paths: list[str], workers: int, epochs: int) -> tuple[float, list[float]]:
     """(first epoch images/s incl. building the cache, [cached epochs' images/s])."""
     t0 = time.perf_counter()
-    # imgcls's own rule (engine/build.py _stores): decoding in the main process on a CPU of 2 cores or fewer
+    # imgcls's own rule (data/pipeline.py _build_stores): decoding in the main process on a CPU of 2 cores or fewer
     decoders = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
     store = build_store(paths, StoreSpec("train", SIZE, 1.0, 3), "memory", decoders, log=lambda *a: None)
     sampler = EpochBatchSampler(len(paths), BATCH, 0, True)

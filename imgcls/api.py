@@ -16,7 +16,7 @@ from .config import Config, load_config, parse_override
 from .engine.build import build_run
 from .engine.checkpoint import load_last
 from .engine.dist import DEFAULT_TIMEOUT, init_distributed, launched
-from .engine.fit import OnEpoch, RunResult, fit
+from .engine.fit import FitResult, OnEpoch, fit
 from .engine.rundir import RunLock
 from .errors import UserError
 from .integrations.tracking import PARENT_ENV, RunTracking
@@ -27,7 +27,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.batch_size", "train.accumulate")
 
 
 def train(cfg: Config, report: Optional[bool] = None, *, log: Callable[[str], None] = print,
-          on_epoch: Optional[OnEpoch] = None, parent: Optional[str] = None, **unexpected) -> RunResult:
+          on_epoch: Optional[OnEpoch] = None, parent: Optional[str] = None, **unexpected) -> FitResult:
     """Train with ``cfg`` into a new run folder; ``report`` None follows ``run.report``.
 
     ``on_epoch(epoch, row) -> bool`` is called after each epoch's metrics row is written; True stops.
@@ -90,7 +90,7 @@ def resume_overrides(texts: Sequence[str]) -> dict:
 
 def resume(run_dir: str | Path, epochs=None, report: Optional[bool] = None, *,
            log: Callable[[str], None] = print, on_epoch: Optional[OnEpoch] = None,
-           batch_size=None, accumulate=None) -> RunResult:
+           batch_size=None, accumulate=None) -> FitResult:
     """Continue ``run_dir`` from its last.pt; ``epochs`` may raise train.epochs (never lower it below
     the epochs already done). More epochs re-lay the LR schedule over the new length. ``batch_size``
     and ``accumulate`` change with the number of processes, keeping processes x batch x accumulate."""
@@ -296,7 +296,7 @@ class ReportInterrupted(Exception):
                          f"the trained model. Rebuild the report with: imgcls report {run_dir}")
 
 
-def _finish(result: RunResult, report: bool, log) -> None:
+def _finish(result: FitResult, report: bool, log) -> None:
     _timm_folder(result.run_dir, log)
     if report:
         from .report import write_report

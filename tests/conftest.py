@@ -1,7 +1,12 @@
-"""Shared fixtures: a tiny generated image folder and ONE small training run that read-only tests share."""
+"""Shared fixtures: a tiny generated image folder and ONE small training run that read-only tests share; and
+``assert_facts``/``facts``, which check an error message's facts rather than its wording.
+
+Under pytest-xdist each worker is its own process with its own session: the session fixtures below are made
+once per worker, in that worker's own tmp_path_factory folder, so no two workers share a folder or a run.
+"""
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +14,34 @@ import pytest
 from PIL import Image
 
 CLASSES = ("cat", "dog", "fox")
+
+# The facts of a message: what a user acts on. Quoted names, paths and commands; key=value hints; bounds (> 0)
+# and ranges ([0, 1)); dotted keys (train.epochs) and snake_case names (min_lr); numbers. The prose around
+# them may be reworded freely.
+_FACT = re.compile(r"""'[^']*'|"[^"]*"|[\w.\[\]/-]+=[^\s,;]+|[<>]=? ?-?\d[\d.e-]*|[\[(]-?\d[^\])]*[\])]"""
+                   r"""|\b[a-z_]\w*(?:\.\w+)+\b|\b[a-z]\w*_\w+\b|(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?!\w)""")
+
+
+def message_facts(sentence: str) -> list[str]:
+    """The facts of ``sentence`` (see _FACT), in order; none for a sentence that is all prose."""
+    return [f.rstrip(".,;:") if "=" in f or f[0].isdigit() else f for f in _FACT.findall(sentence)]
+
+
+def assert_facts(message: str, sentence: str) -> None:
+    """``message`` holds every fact of ``sentence`` (the key, the value, the hint), in whatever words; a
+    sentence with no facts (a hint in plain words) must appear as it stands."""
+    found = message_facts(sentence)
+    if not found:
+        assert sentence in message, f"got: {message}\n  expected to contain: {sentence}"
+        return
+    missing = [f for f in found if f not in message]
+    assert not missing, f"the message lacks {missing}:\n  got:      {message}\n  expected: {sentence}"
+
+
+def facts(sentence: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern: the message holds every fact of ``sentence``, in any order."""
+    found = message_facts(sentence) or [sentence]
+    return "(?s)^" + "".join(f"(?=.*{re.escape(f)})" for f in found)
 
 
 def make_image_folder(root: Path, per_class: int = 24, size: int = 16, seed: int = 0,
@@ -35,14 +68,10 @@ def make_image_folder(root: Path, per_class: int = 24, size: int = 16, seed: int
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Never write the demo into the user's ~/.cache during tests."""
-    old = os.environ.get("IMGCLS_CACHE")
-    os.environ["IMGCLS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("IMGCLS_CACHE", None)
-    else:
-        os.environ["IMGCLS_CACHE"] = old
+    """Never write the demo into the user's ~/.cache during tests (one cache per xdist worker)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,7 @@ def _assert_files_readable(run_dir) -> None:
         assert len(rows) == N_VAL + 1 and all(len(r) == 8 for r in rows)  # path,label,pred,prob,top_k + 3 classes
 
 
+@pytest.mark.slow
 def test_thirty_kills_inside_saves_then_resume_is_bit_identical(reference, tiny_folder, tmp_path):
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "chain")
     log = tmp_path / "log"
@@ -117,6 +118,7 @@ def test_kill_before_config_is_written_fails_clearly(tiny_folder, tmp_path, caps
     assert "no config.yaml" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_real_cli_kill_and_resume_cycles(reference, tiny_folder, tmp_path):
     """`python -m imgcls train` SIGKILLed mid-epoch, `--resume` SIGKILLed again, then resumed to the end."""
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "cli")
@@ -145,6 +147,7 @@ def _signal_at(label: str, n: int, signum: int, times: int = 1):
     return hook
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_step_saves_last_pt_and_exits_130(tiny_folder, tmp_path, monkeypatch, capsys):
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "ctrlc", **{"train.deterministic": False})
     # The 4th last.pt save is that of step 3 (the first is written before training starts).

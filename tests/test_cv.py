@@ -172,6 +172,7 @@ def test_regression_cv_scores_out_of_fold_in_the_target_unit(tmp_path):
     assert summary["val/r2"] == pytest.approx(r2_score(y, v), rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_killed_cv_resumes_without_retraining_finished_folds(grouped_csv, tmp_path):
     """SIGKILL in the middle of fold 1 (fold 0 finished); --resume keeps fold 0 and continues fold 1."""
     import os

@@ -139,6 +139,7 @@ def _assert_same_training(run: Path, ref: Path) -> None:
     assert len(preds) == 27 and len({r["path"] for r in preds}) == 27  # each validation image once
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_train_like_one_process_and_write_one_folder(data, reference, tmp_path):
     """Two torchrun invocations (--nnodes 2, one process each) meet at 127.0.0.1: 2 x batch 16."""
     port, root = _free_port(), tmp_path / "runs"
@@ -169,6 +170,7 @@ def _children(pid: int) -> list[int]:
     return sorted(int(p) for p in out.split())
 
 
+@pytest.mark.slow
 def test_stops_and_failures_end_the_job_and_resume_with_another_process_count(data, tmp_path):
     run = tmp_path / "long"
     args = [sys.executable, "-m", "imgcls", "train", f"data.root={data}", *COMMON, "train.epochs=40",
@@ -220,6 +222,7 @@ def test_a_resume_that_changes_the_global_batch_is_refused(small_run, capsys):
     assert before == {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_nproc_with_accumulation_another_task_type_and_ema_trains_like_one_process(tmp_path):
     """imgcls train --nproc 2 with multi-label targets (a 0/1 row per image), tuned thresholds and EMA:
     2 processes x batch 8 x accumulate 2 end with the weights, the EMA and every metric of 1 process x 32."""
@@ -260,6 +263,7 @@ def test_nproc_with_accumulation_another_task_type_and_ema_trains_like_one_proce
     assert numbers(jb) == pytest.approx(numbers(ja), rel=1e-4, abs=1e-5) and len(numbers(ja)) > 3
 
 
+@pytest.mark.slow
 def test_cv_with_nproc_trains_each_fold_like_one_process(data, tmp_path):
     """`imgcls cv --folds 2 --nproc 2` with batch 16: each fold is a 2-process job that trains as one
     process with batch 32 does (the in-process cv as reference), and the cv's summary and out-of-fold

@@ -99,12 +99,12 @@ def test_files_get_the_umask_mode_not_0600(tiny_folder, tmp_path):
 def test_progress_auto_shows_no_bar_when_stderr_is_not_a_terminal(tiny_folder, tmp_path, capfd):
     cfg = small_config(tiny_folder, tmp_path / "r", **{"train.epochs": 1, "train.progress": "auto"})
     run = build_run(cfg, log=_quiet)
-    assert run.plan.progress is False  # pytest's stderr is not a terminal
+    assert run.fit_config.progress is False  # pytest's stderr is not a terminal
     fit(run)
     assert "\r" not in capfd.readouterr().err
     forced = build_run(small_config(tiny_folder, tmp_path / "f", **{"train.epochs": 1, "train.progress": True}),
                        log=_quiet)
-    assert forced.plan.progress is True
+    assert forced.fit_config.progress is True
     fit(forced)
     assert "\r" in capfd.readouterr().err  # the per-batch bar rewrites its line
 

@@ -36,6 +36,7 @@ def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_with_dynamic_batch_and_metadata(small_run, tmp_path, capsys):
     import onnx
     out = tmp_path / "m.onnx"

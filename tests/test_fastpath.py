@@ -273,7 +273,7 @@ def test_ema_matches_averaged_model_and_validates_the_averaged_weights(tiny_fold
         run.lock.release()
     mine, ref = run.ema.module.state_dict(), oracle.module.state_dict()
     assert all(torch.equal(mine[k], ref[k]) for k in ref)
-    assert int(run.ema.n_averaged) == len(run.step.batch_sizes) * 2 // run.step.accumulate
+    assert int(run.ema.n_averaged) == len(run.step_config.batch_sizes) * 2 // run.step_config.accumulate
     saved = load_weights(run.run_dir / "best.safetensors")
     ema_w, live_w = run.ema.module.state_dict(), run.model.state_dict()
     key = next(k for k in saved if saved[k].is_floating_point() and not torch.equal(ema_w[k], live_w[k]))

@@ -138,6 +138,7 @@ def test_module_needs_the_config_of_its_data_module(data, tmp_path):
         Module.from_config(_cfg(data, tmp_path / "a", "optim.lr=0.5"), dm)
 
 
+@pytest.mark.slow
 def test_nproc_runs_lightnings_ddp_strategy_like_one_process(data, runs, tmp_path):
     """imgcls train --nproc 2 train.engine=lightning: 2 processes x batch 8 x accumulate 2 through
     Lightning's DDP strategy step as the explicit loop's 1 x 16 x accumulate 2 does."""

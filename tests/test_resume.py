@@ -48,6 +48,7 @@ def reference(tiny_folder, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_cli_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tiny_folder, tmp_path):
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "killed")
     proc = ck.cli_process(["train", str(cfg)], tmp_path / "run.log")

@@ -69,6 +69,7 @@ def _agreement(run: Path, tmp_path: Path) -> tuple[float, float, dict]:
     return agree / len(rows), worst, timm_out
 
 
+@pytest.mark.slow
 def test_a_timm_run_folder_opens_in_plain_timm_and_predicts_like_imgcls(tmp_path):
     run = _train(tmp_path, "rgb")
     folder = run / "timm"
@@ -84,6 +85,7 @@ def test_a_timm_run_folder_opens_in_plain_timm_and_predicts_like_imgcls(tmp_path
     assert "tag" not in cfg and "license" not in cfg  # the architecture's published weights are not these
 
 
+@pytest.mark.slow
 def test_a_grayscale_run_gets_a_one_channel_folder(tmp_path):
     run = _train(tmp_path, "gray", "L")
     agree, worst, _ = _agreement(run, tmp_path)
@@ -92,6 +94,7 @@ def test_a_grayscale_run_gets_a_one_channel_folder(tmp_path):
     assert '.convert("L")' in (run / "timm" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_export_format_timm_checks_the_folder_and_refuses_to_overwrite(tmp_path, capsys):
     run = _train(tmp_path, "exp")
     assert main(["export", str(run), "--format", "timm"]) == 2

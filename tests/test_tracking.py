@@ -85,6 +85,7 @@ def _tracked(tiny_folder, run: Path, server, **extra):
     return small_config(tiny_folder, run, **{"track.mlflow": server.uri, "track.experiment": "tests", **extra})
 
 
+@pytest.mark.slow
 def test_a_run_logs_its_config_metrics_and_artifacts(tiny_folder, tmp_path, server):
     run = tmp_path / "tracked"
     train(_tracked(tiny_folder, run, server, **{"run.report": True}), log=lambda *a: None)
@@ -105,6 +106,7 @@ def test_a_run_logs_its_config_metrics_and_artifacts(tiny_folder, tmp_path, serv
     assert {"report.html", "model.json", "best.safetensors", "metrics.csv", "val_predictions.csv"} <= artifacts
 
 
+@pytest.mark.slow
 def test_a_resume_continues_the_same_mlflow_run(tiny_folder, tmp_path, server):
     run = tmp_path / "resumed"
     train(_tracked(tiny_folder, run, server, **{"train.epochs": 1}), log=lambda *a: None)
@@ -117,6 +119,7 @@ def test_a_resume_continues_the_same_mlflow_run(tiny_folder, tmp_path, server):
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.slow
 def test_cv_logs_a_parent_run_with_a_child_per_fold(tiny_folder, tmp_path, server, nproc, monkeypatch):
     """In process, and with --nproc 2 (each fold a launched 2-process job that finds its parent run)."""
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
@@ -163,6 +166,7 @@ def test_an_unreachable_tracker_stops_before_training_unless_not_required(tiny_f
     assert time.monotonic() - t0 < 60
 
 
+@pytest.mark.slow
 def test_a_tracker_lost_mid_run_costs_one_warning_not_the_training(tiny_folder, tmp_path, server):
     """Last in this module: it stops the module's server after the first epoch."""
     run = tmp_path / "goes-on"

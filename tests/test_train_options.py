@@ -97,6 +97,7 @@ def test_clipping_bounds_the_gradient_norm(tiny_folder, tmp_path):
     assert min(seen_free) > 0.05  # the bound really bit
 
 
+@pytest.mark.slow
 def test_bf16_runs_the_forward_in_bf16(tiny_folder, tmp_path):
     from imgcls.engine import fit
     dtypes = {}
@@ -131,6 +132,7 @@ def test_augment_presets_change_pixels_as_they_say(preset):
         assert not any(torch.equal(o, img.flip(-1)) for o in outs)
 
 
+@pytest.mark.slow
 def test_early_stopping(tiny_folder, tmp_path):
     # lr 1e-12: nothing improves after epoch 1, so patience 2 stops after epoch 3 of 6
     cfg = small_config(tiny_folder, tmp_path / "run", **{"train.epochs": 6, "train.patience": 2,
@@ -142,6 +144,7 @@ def test_early_stopping(tiny_folder, tmp_path):
     assert any("early stopping" in l for l in lines)
 
 
+@pytest.mark.slow
 def test_monitor_direction_picks_lowest_loss(tiny_folder, tmp_path):
     cfg = small_config(tiny_folder, tmp_path / "run", **{"train.epochs": 3, "train.monitor": "val/loss"})
     res = train(cfg, log=lambda *a: None)
@@ -149,6 +152,7 @@ def test_monitor_direction_picks_lowest_loss(tiny_folder, tmp_path):
     assert res.best_epoch == 1 + losses.index(min(losses))
 
 
+@pytest.mark.slow
 def test_no_data_trains_on_the_demo(tmp_path, monkeypatch):
     """`imgcls train` with nothing configured materialises the demo once into $IMGCLS_CACHE."""
     import os
@@ -190,6 +194,7 @@ def test_batch_size_auto_on_gpu_keeps_the_effective_batch(tiny_folder, tmp_path)
     assert last["batch_size"] * last["accumulate"] == 512
 
 
+@pytest.mark.slow
 def test_plateau_gets_the_monitored_value_even_for_train_loss(tiny_folder, tmp_path):
     from imgcls.engine import fit
     run = _build(tiny_folder, tmp_path, **{"sched.name": "plateau", "train.monitor": "train/loss", "train.epochs": 2})

@@ -85,6 +85,7 @@ def test_learns_the_tiny_task(small_run):
     assert small_run.best_metrics["val/acc"] > 0.6  # chance is 1/3
 
 
+@pytest.mark.slow
 def test_resume_continues_from_epoch_1_to_2(tiny_folder, tmp_path, capsys):
     run = tmp_path / "r"
     # sched none: with cosine, changing train.epochs changes the schedule's period, so an
@@ -121,6 +122,7 @@ def test_existing_run_dir_is_never_overwritten(small_run, tiny_folder, capsys):
     assert before == {p: p.read_bytes() for p in small_run.run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_numbered_run_folders(tiny_folder, tmp_path):
     cfg = small_config(tiny_folder, tmp_path).replace(**{"run.dir": None, "run.root": str(tmp_path / "runs"),
                                                          "run.name": "x", "train.epochs": 1})

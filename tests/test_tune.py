@@ -91,6 +91,7 @@ def _wait(predicate, proc: subprocess.Popen, seconds: float = 180) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_folder, space, tmp_path):
     tune_dir = tmp_path / "killed"
     args = ["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "3", "--pruner", "none",
@@ -110,6 +111,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_folder, 
     assert (tune_dir / "trial-0" / "metrics.csv").read_bytes() == before  # the finished trial was not repeated
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tiny_folder, space, tmp_path):
     tune_dir = tmp_path / "shared"
     storage = f"sqlite:///{tmp_path / 'study.db'}"

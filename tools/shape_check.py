@@ -36,8 +36,9 @@ LAYERS = [
                 "imgcls.config.schema", "imgcls.config.parse"]),
     ("components", ["imgcls.tasks", "imgcls.data", "imgcls.models", "imgcls.losses", "imgcls.optim",
                     "imgcls.metrics"]),
-    # config's cross-key rules ask the registries of tasks, losses and optim, so they sit above them
-    ("config rules", ["imgcls.config", "imgcls.config.rules"]),
+    # config's cross-key rules (and names, the entries behind its keys) ask the registries of tasks, losses and
+    # optim, so they sit above them; a new file in config/ lands here until it is listed as ground
+    ("config rules", ["imgcls.config", "imgcls.config.rules", "imgcls.config.names"]),
     ("engine", ["imgcls.engine"]),
     ("inference/report", ["imgcls.inference", "imgcls.report"]),
     ("integrations", ["imgcls.integrations"]),

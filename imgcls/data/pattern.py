@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.data.decode import IMAGE_EXTENSIONS
-from imgcls.data.sources import FolderListing, _images_under
+from imgcls.data.sources import FolderListing, images_under
 from imgcls.errors import UserError
 
 COURSE_PATTERN = (r"(?P<group>\d+)_(?P<gender>male|female)_(?P<race>[^_/]+)_(?P<age>\d+)/"
@@ -63,7 +63,7 @@ def scan_pattern(
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise UserError(f"data.root '{root}' {what}; point it at the folder whose paths data.path_pattern matches.")
     listing = FolderListing()
-    found = _images_under(root, listing)
+    found = images_under(root, listing)
     if not found:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under '{root}'; check data.root.")
     matches = [(rel, regex.fullmatch(rel)) for rel in found]

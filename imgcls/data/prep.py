@@ -107,3 +107,19 @@ class SoftTargetMix:
             self.ops[n] = self.make_op(n)
         x, m = self.ops[n](images, torch.arange(n, device=images.device))
         return x, m.to(torch.float32) @ self.soft(targets).to(torch.float32)
+
+
+def make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
+    """torchvision's MixUp/CutMix (one of them per batch when both are on). Class targets mix as
+    torchvision mixes them; the other tasks' targets through their soft form (``SoftTargetMix``)."""
+    if not (mixup or cutmix):
+        return None
+    if task is not None and task.name != "multiclass":
+        return SoftTargetMix(lambda n: make_mix(mixup, cutmix, n), task.soft_targets)
+    from torchvision.transforms import v2
+    ops = []
+    if mixup:
+        ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix:
+        ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)

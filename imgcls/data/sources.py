@@ -52,7 +52,7 @@ def list_class_folder(root: str | os.PathLike) -> FolderListing:
         else:
             out.other_files.append(str(entry))
     for class_dir in class_dirs:
-        found = _images_under(class_dir, out)
+        found = images_under(class_dir, out)
         if not found:
             out.empty_classes.append(class_dir.name)
         out.paths += [str(class_dir / rel) for rel in found]
@@ -96,7 +96,7 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
     return listing.paths, listing.labels
 
 
-def _images_under(folder: Path, out: FolderListing) -> list[str]:
+def images_under(folder: Path, out: FolderListing) -> list[str]:
     """Relative POSIX paths of the image files below `folder`, sorted; hidden entries skipped silently,
     links to folders followed unless they lead back to a folder already walked (a loop)."""
     found = []

@@ -205,14 +205,12 @@ def _key(paths: Sequence[str], spec: StoreSpec, geometry) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    import fcntl
+    """Exclusive while held: one process builds a store, others (readers too) wait, then map it.
+    filelock uses flock on POSIX and the Windows lock there, so the cache works on both."""
+    from filelock import FileLock
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(str(path)):  # no timeout: wait as long as the build takes
+        yield
 
 
 def _valid_record(data: Path, record: Path, shape: Sequence[int]) -> bool:

@@ -19,12 +19,12 @@ from torch import nn
 from .. import __version__
 from ..config import Config, loss_kwargs, optim_kwargs, sched_kwargs, to_yaml
 from ..data import DataSplit, build_split, demo_root, write_split_csv
-from ..data.build import check_same_split
-from ..data.build import DataSources
-from ..data.dataset import EpochBatchSampler, ImageDataset, balanced_weights, make_loader
+from ..data.build import DataSources, check_same_split
+from ..data.dataset import EpochBatchSampler
 from ..data.decode import ImageLimits, image_channels
-from ..data.prep import BatchPrep
-from ..data.transforms import default_mean_std, get_preset, train_transform
+from ..data.pipeline import build_pipeline
+from ..data.prep import BatchPrep, make_mix
+from ..data.transforms import default_mean_std, get_preset
 from ..device import channels_last, place_model, resolve_device, rng_state, seed_everything, set_rng_state
 from ..errors import UserError
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
@@ -91,11 +91,11 @@ class Run:
     sampler: EpochBatchSampler
     train_loader: object
     val_loader: object
-    step: StepConfig
+    step_config: StepConfig       # accumulation, precision, clipping, non-finite policy: what train_epoch reads
     prep: BatchPrep               # training batches (with MixUp/CutMix)
     eval_prep: BatchPrep          # validation batches
     metrics: object
-    plan: FitConfig
+    fit_config: FitConfig         # epochs, monitor, patience: what fit decides by
     progress: Progress = field(default_factory=Progress)
     resumed: bool = False
     log: Callable[[str], None] = print
@@ -133,11 +133,13 @@ class Run:
         else:
             ranks_rng = None
         if progress["epoch_state"] is not None:
-            progress["epoch_state"]["samples_done"] = sum(self.step.batch_sizes[:self.progress.position.batches_done])
+            done = self.progress.position.batches_done
+            progress["epoch_state"]["samples_done"] = sum(self.step_config.batch_sizes[:done])
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() or None,
                 **progress, "rng": rng, "rng_ranks": ranks_rng, "imgcls": __version__,
-                "batch_size": self.sampler.batch_size, "accumulate": self.step.accumulate, "world": self.dist.world,
+                "batch_size": self.sampler.batch_size, "accumulate": self.step_config.accumulate,
+                "world": self.dist.world,
                 "ema": None if self.ema is None else self.ema.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
@@ -146,7 +148,7 @@ class Run:
         self.scheduler.load_state_dict(d["scheduler"])
         if d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
-        self.progress.load_state_dict(_place_in_epoch(d, self.step.batch_sizes, self.dist.rank))
+        self.progress.load_state_dict(_place_in_epoch(d, self.step_config.batch_sizes, self.dist.rank))
         if self.ema is not None:
             if not d.get("ema"):
                 raise UserError("this run's last.pt has no EMA state (it was started without train.ema); resume "
@@ -289,134 +291,6 @@ def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimiz
     return micro, accumulate
 
 
-@dataclass
-class DataPath:
-    """How batches reach the model: the loaders, and (batched path) the augmentation on the device."""
-    sampler: EpochBatchSampler
-    train_loader: object
-    val_loader: object
-    augment: Optional[Callable] = None   # BatchAugment, or None (workers augment)
-    summary: str = ""                    # one line for the log: the cache and where augmentation runs
-
-
-def _workers(setting, device: torch.device, batched: bool) -> int:
-    """data.num_workers=auto: none where they cannot help (the batched cached path, or a CPU of 2 cores
-    or fewer whose cores the model's threads already fill: bench/bench_predict.py), else up to 8."""
-    if setting != "auto":
-        return int(setting)
-    cores = os.cpu_count() or 1
-    if batched or (device.type == "cpu" and cores <= 2):
-        return 0
-    return min(8, cores - 1) if device.type == "cuda" else 2
-
-
-def _stores(cfg: Config, info: ModelInfo, split: DataSplit, log, dist: Optional[DistContext] = None):
-    """(train store, val store, where) per data.cache; (None, None, None) when off. Under torchrun
-    local rank 0 of each node builds first while the others wait; they then map its disk cache."""
-    from ..data.store import StoreSpec, build_store, choose, shared_root, stored_side, unlink_store
-    d = cfg.data
-    dist = dist or DistContext()
-    train_spec = StoreSpec("train", d.image_size, 1.0, info.channels)
-    where = choose(d.cache, len(split.train) + len(split.val), train_spec)
-    if where is None:
-        return None, None, None
-    import time
-    t0 = time.perf_counter()
-    workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
-    eval_spec = StoreSpec("eval", info.image_size, info.crop_pct, info.channels)
-    root, shared = None, False
-    if dist.active and where == "memory":  # one copy per node, in shared memory, instead of one per process
-        side = stored_side(d.image_size)
-        root = shared_root(info.channels * (len(split.train) * side * side + len(split.val) * info.image_size ** 2))
-        shared = root is not None
-        dist.barrier()  # every process has decided before anyone writes into /dev/shm
-    kind = "disk" if shared else where
-    if dist.active and dist.local_rank != 0:
-        dist.barrier()  # local rank 0 builds (or finds) the cache first
-    train = build_store(split.train.paths, train_spec, kind, workers, log, root=root)
-    val = build_store(split.val.paths, eval_spec, kind, workers, log, eval_view=info.eval_transform(), root=root)
-    if dist.active and dist.local_rank == 0:
-        dist.barrier()
-    if shared:
-        train.gather(torch.zeros(1, dtype=torch.long)), val.gather(torch.zeros(1, dtype=torch.long))  # map now
-        dist.barrier()  # every process has mapped the segment: its files can go
-        if dist.local_rank == 0:
-            unlink_store(train), unlink_store(val)
-        where = "memory, shared by this node's processes (/dev/shm)"
-    mb = (train.nbytes + val.nbytes) / 2**20
-    log(f"cache: {where}{' (data.cache=auto)' if d.cache == 'auto' else ''}, {len(train)} training images at "
-        f"{train.shape[2]}x{train.shape[3]} + {len(val)} validation images at {val.shape[2]}x{val.shape[3]} "
-        f"({mb:.1f} MB), ready in {time.perf_counter() - t0:.1f} s")
-    return train, val, where
-
-
-def data_path(cfg: Config, info: ModelInfo, split: DataSplit, batch_size: int, device: torch.device,
-             log=print, dist: Optional[DistContext] = None) -> DataPath:
-    from ..data.batchaug import BatchAugment, batch_plan
-    from ..data.dataset import CachedLoader
-    d = cfg.data
-    task = split.task
-    plan = batch_plan(d.augment)
-    if d.augment_on == "device" and plan is None:
-        raise UserError(f"data.augment_on=device, but preset '{d.augment}' has no batched form (it runs in "
-                        "workers); use data.augment_on=auto or a preset among none, digits, light, default.")
-    dist = dist or DistContext()
-    train_store, val_store, where = _stores(cfg, info, split, log, dist)
-    batched = train_store is not None and plan is not None and d.augment_on != "workers"
-    workers = _workers(d.num_workers, device, batched)
-    weights = None
-    if d.sampler == "balanced":  # multiclass: its classes; multi-head: the combined classes of task.combine
-        codes, n = task.sampling_classes(split.train.labels, split.classes)
-        weights = balanced_weights(codes, n)
-    sampler = EpochBatchSampler(len(split.train), batch_size, cfg.train.seed, True, weights, dist.world, dist.rank)
-    val_sampler = EpochBatchSampler(len(split.val), batch_size * 2, 0, shuffle=False, world=dist.world,
-                                    rank=dist.rank)
-    pin = device.type == "cuda"
-    train_targets = task.target_tensor(split.train.labels, split.classes)
-    val_targets = task.target_tensor(split.val.labels, split.classes)
-    if device.type == "cuda" and train_store is not None:  # gather batches where the model is, if it fits
-        free, _ = torch.cuda.mem_get_info(device)
-        if train_store.nbytes + val_store.nbytes < free // 4:
-            train_store, val_store = train_store.to(device), val_store.to(device)
-    if val_store is not None:
-        val_loader = CachedLoader(val_store, val_targets, val_sampler, pin)
-    else:
-        val_loader = make_loader(ImageDataset(split.val.paths, val_targets, info.channels, info.eval_transform()),
-                                 val_sampler, workers, pin)
-    if batched:
-        train_loader = CachedLoader(train_store, train_targets, sampler, pin)
-        augment = BatchAugment(plan, d.image_size, cfg.train.seed)
-        where_aug = f"batched on {device.type} (preset {d.augment})"
-    else:
-        train_ds = ImageDataset(split.train.paths, train_targets, info.channels,
-                                train_transform(d.augment, d.image_size, info.channels), seed=cfg.train.seed,
-                                store=train_store)
-        train_loader, augment = make_loader(train_ds, sampler, workers, pin), None
-        why = ("no cache" if train_store is None else "data.augment_on=workers" if plan is not None
-               else f"preset {d.augment} has no batched form")
-        where_aug = f"per image in {workers} worker(s)" if workers else "per image in the main process"
-        where_aug += f" ({why})"
-    summary = f"data path: {'cache ' + where if where else 'decoding every epoch'}; augmentation {where_aug}"
-    return DataPath(sampler, train_loader, val_loader, augment, summary)
-
-
-def make_mix(mixup: float, cutmix: float, num_classes: int, task=None):
-    """torchvision's MixUp/CutMix (one of them per batch when both are on). Class targets mix as
-    torchvision mixes them; the other tasks' targets through their soft form (``SoftTargetMix``)."""
-    if not (mixup or cutmix):
-        return None
-    if task is not None and task.name != "multiclass":
-        from ..data.prep import SoftTargetMix
-        return SoftTargetMix(lambda n: make_mix(mixup, cutmix, n), task.soft_targets)
-    from torchvision.transforms import v2
-    ops = []
-    if mixup:
-        ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
-    if cutmix:
-        ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
-    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-
 def absolute_data_paths(cfg: Config) -> Config:
     """Data paths as absolute paths, so config.yaml and split/*.csv mean the same files wherever the
     run folder is opened from (evaluate, predict, report, resume from another directory)."""
@@ -476,7 +350,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     torchrun's processes (every one builds the same run; only rank 0 logs and writes)."""
     dist = dist or DistContext()
     if not dist.is_main:
-        log = _silent
+        log = silent_log
     device = device_for(dist, _device(cfg))
     prepared = prepare(cfg, log, absolute=start is None and run_dir is None)
     cfg, task, split, info, monitor = prepared.cfg, prepared.task, prepared.split, prepared.info, prepared.monitor
@@ -501,7 +375,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
         torch.manual_seed(derive_seed(cfg.train.seed, 7, dist.rank))
         log(f"data parallel: {dist.world} processes ({dist.backend}) x batch {batch_size}"
             f"{f' x accumulate {accumulate}' if accumulate > 1 else ''} = global batch {dist.world * batch_size * accumulate}")
-    data = data_path(cfg, info, split, batch_size, device, log, dist)
+    data = build_pipeline(cfg.data, cfg.train.seed, info, split, batch_size, device, dist, log)
     log(data.summary)
     sampler, train_loader, val_loader = data.sampler, data.train_loader, data.val_loader
     sizes = tuple(len(b) for b in sampler.batches(0))  # the same every epoch: order changes, sizes do not
@@ -514,12 +388,12 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               device=device, model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "16"),
               sampler=sampler, train_loader=train_loader, val_loader=val_loader,
-              step=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
+              step_config=StepConfig(sizes, accumulate, t.precision, cfg.optim.clip_grad, t.skip_nonfinite,
                               t.checkpoint_every_steps, dist.world),
               prep=info.batch_prep(device, mix=make_mix(cfg.data.mixup, cfg.data.cutmix, info.num_outputs, task),
                                    augment=data.augment, channels_last=nhwc),
               eval_prep=info.batch_prep(device, channels_last=nhwc), metrics=task.create_metrics(split.classes),
-              plan=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
+              fit_config=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress) and dist.is_main),
               resumed=start is not None, log=log, ema=ema_model(model, t.ema), dist=dist, ddp=_ddp(model, dist, device))
     if t.compile:
@@ -528,8 +402,8 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     return run
 
 
-def _silent(message: str) -> None:
-    """The log of ranks other than 0: rank 0 speaks for the job."""
+def silent_log(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the job (both engines use it)."""
 
 
 def _ddp(model: nn.Module, dist: DistContext, device: torch.device) -> Optional[nn.Module]:

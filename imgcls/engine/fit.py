@@ -25,7 +25,7 @@ from ..optim import get_lr
 from .build import Run
 from .checkpoint import save_last
 from .loop import train_epoch, validate
-from .record import RunRecord, Validation, improves
+from .record import EpochWriter, Validation, improves
 from .rundir import tensorboard_writer
 from .signals import StopFlag, TrainingInterrupted
 
@@ -33,7 +33,7 @@ OnEpoch = Callable[[int, dict], bool]  # (1-based epoch, its metrics row) -> Tru
 
 
 @dataclass
-class RunResult:
+class FitResult:
     run_dir: Path
     best_epoch: int
     best_metrics: dict
@@ -44,9 +44,9 @@ def _fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> RunResult:
-    """Train ``run`` from where its progress stands to ``run.plan.epochs``; returns the best epoch."""
-    plan, log = run.plan, run.log
+def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> FitResult:
+    """Train ``run`` from where its progress stands to ``run.fit_config.epochs``; returns the best epoch."""
+    fit_config, log = run.fit_config, run.log
     log(f"run folder: {run.run_dir}")
     log(f"data: {len(run.split.train)} train / {len(run.split.val)} val images, {len(run.split.classes)} classes, "
         f"{run.info.channels} channel(s); split {run.split.grouping}; model {run.info.architecture} "
@@ -58,7 +58,7 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> RunResult:
     stopped = None
     try:
         with StopFlag() as stop:
-            while run.progress.position.epoch < plan.epochs:
+            while run.progress.position.epoch < fit_config.epochs:
                 t0 = time.perf_counter()
                 _train(run, stop)
                 row, improved = _validate_and_record(run, t0, writer)
@@ -90,56 +90,57 @@ def _stopping(run: Run, stop: StopFlag) -> bool:
 
 def _train(run: Run, stop: StopFlag) -> None:
     """One epoch (or its remainder), with mid-epoch checkpoints and a clean stop on a signal."""
-    position, plan = run.progress.position, run.plan
+    position, fit_config = run.progress.position, run.fit_config
     run.sampler.set_epoch(position.epoch, start_batch=position.batches_done)
-    bar = tqdm(run.train_loader, total=len(run.step.batch_sizes) - position.batches_done,
-               desc=f"epoch {position.epoch + 1}", leave=False, disable=not plan.progress, dynamic_ncols=True)
+    bar = tqdm(run.train_loader, total=len(run.step_config.batch_sizes) - position.batches_done,
+               desc=f"epoch {position.epoch + 1}", leave=False, disable=not fit_config.progress,
+               dynamic_ncols=True)
 
     def on_step(state) -> bool:
         if run.ema is not None:  # after every optimizer step, before a checkpoint can save it
             run.ema.update_parameters(run.model)
         if _stopping(run, stop):
             return True
-        if plan.progress and state.global_step % 10 == 0:
+        if fit_config.progress and state.global_step % 10 == 0:
             bar.set_postfix(loss=f"{state.mean_loss:.4f}")
-        every = plan.checkpoint_every
-        if every and state.global_step % every == 0 and state.batches_done < len(run.step.batch_sizes):
+        every = fit_config.checkpoint_every
+        if every and state.global_step % every == 0 and state.batches_done < len(run.step_config.batch_sizes):
             _save_last(run)
             return _stopping(run, stop)  # a signal during that save: stop now, not a step later
         return False
 
-    with _explain_oom(run.sampler.batch_size, run.step.accumulate, "training"):
-        train_epoch(run.train_model, bar, run.criterion, run.optimizer, run.scheduler, run.step, run.prep,
+    with _explain_oom(run.sampler.batch_size, run.step_config.accumulate, "training"):
+        train_epoch(run.train_model, bar, run.criterion, run.optimizer, run.scheduler, run.step_config, run.prep,
                     position, run.scaler, on_step)
     bar.close()
-    if position.batches_done < len(run.step.batch_sizes):  # on_step stopped the epoch: every process agreed
+    if position.batches_done < len(run.step_config.batch_sizes):  # on_step stopped the epoch: every process agreed
         _save_last(run)
         raise TrainingInterrupted(run.run_dir, stop.signum or signal.SIGTERM, run.dist.world)
 
 
 def _validate_and_record(run: Run, t0: float, writer) -> tuple[dict, bool]:
     """Validate, step the epoch schedule, append the metrics row; save the best model when it improved."""
-    position, plan, task = run.progress.position, run.plan, run.task
+    position, fit_config, task = run.progress.position, run.fit_config, run.task
     if run.dist.active:  # rank 0's batch-norm statistics and EMA validate and are saved, on every process
         run.dist.broadcast_module(run.model)
         if run.ema is not None:
             run.dist.broadcast_module(run.ema)
-    with _explain_oom(run.sampler.batch_size, run.step.accumulate, "validation"):
+    with _explain_oom(run.sampler.batch_size, run.step_config.accumulate, "validation"):
         model = (run.eval_model if run.ema is not None or run.dist.active  # DDP's wrapper is for training
                  else run.train_model)  # compiled when on, else the model
         v = Validation(*validate(model, run.val_loader, run.criterion, run.metrics, run.eval_prep,
-                                 precision=run.step.precision, probabilities=task.probabilities, dist=run.dist))
+                                 precision=run.step_config.precision, probabilities=task.decode_outputs, dist=run.dist))
     train_loss = _train_loss(run)
-    value = v.scalars.get(plan.monitor, train_loss if plan.monitor == "train/loss" else None)
+    value = v.scalars.get(fit_config.monitor, train_loss if fit_config.monitor == "train/loss" else None)
     run.scheduler.step_epoch(value)
     epoch = position.epoch + 1
     row = {"epoch": epoch, "lr": get_lr(run.optimizer), "train/loss": train_loss, **v.scalars,
            "seconds": round(time.perf_counter() - t0, 3), "skipped_steps": position.skipped_steps}
-    record = RunRecord(run.run_dir, task, run.split, plan.monitor)
+    record = EpochWriter(run.run_dir, task, run.split, fit_config.monitor)
     if run.dist.is_main:
         record.append(row, writer)
     p = run.progress
-    improved = improves(value, p.best_value, plan.direction, run.eval_model)
+    improved = improves(value, p.best_value, fit_config.direction, run.eval_model)
     if improved:
         p.best_value, p.best_epoch, p.bad_epochs = value, epoch, 0
         if run.dist.is_main:
@@ -162,7 +163,7 @@ def _train_loss(run: Run) -> float:
 
 def _log_epoch(run: Run, row: dict, improved: bool) -> None:
     shown = "  ".join(f"{k} {_fmt(row.get(k))}" for k in run.task.log_metrics)
-    run.log(f"epoch {row['epoch']}/{run.plan.epochs}  lr {row['lr']:.2e}  train/loss {_fmt(row['train/loss'])}  "
+    run.log(f"epoch {row['epoch']}/{run.fit_config.epochs}  lr {row['lr']:.2e}  train/loss {_fmt(row['train/loss'])}  "
             f"{shown}  {row['seconds']:.1f}s{' *' if improved else ''}")
     for w in row["warnings"]:
         run.log(f"  warning: {w}")
@@ -172,27 +173,28 @@ def _log_epoch(run: Run, row: dict, improved: bool) -> None:
 
 
 def _should_stop(run: Run, row: dict, on_epoch: Optional[OnEpoch]) -> Optional[str]:
-    p, plan = run.progress, run.plan
+    p, fit_config = run.progress, run.fit_config
     public = {k: v for k, v in row.items() if k not in ("warnings", "skipped_steps")}
     # rank 0 alone calls it (tracking and tuning talk to their servers once); all follow its answer
     if run.dist.rank0_answer(on_epoch and (lambda: bool(on_epoch(row["epoch"], public)))):
         run.log(f"stopped after epoch {row['epoch']} by the on_epoch callback")
         return "callback"
-    if plan.patience and p.bad_epochs >= plan.patience and row["epoch"] < plan.epochs:
-        run.log(f"early stopping: {plan.monitor} has not improved for {p.bad_epochs} epochs")
+    if fit_config.patience and p.bad_epochs >= fit_config.patience and row["epoch"] < fit_config.epochs:
+        run.log(f"early stopping: {fit_config.monitor} has not improved for {p.bad_epochs} epochs")
         return "early"
     return None
 
 
-def _result(run: Run, stopped: Optional[str]) -> RunResult:
+def _result(run: Run, stopped: Optional[str]) -> FitResult:
     p = run.progress
     if p.best_epoch < 0:
-        raise UserError(f"no epoch produced a finite {run.plan.monitor}; no best model was saved in {run.run_dir}.")
+        raise UserError(f"no epoch produced a finite {run.fit_config.monitor}; no best model was saved in "
+                        f"{run.run_dir}.")
     best = run.dist.broadcast_object(json.loads((run.run_dir / "val_metrics.json").read_text())
                                      if run.dist.is_main else None)
     best_scalars = {k: best[k] for k in run.task.metric_names() if k in best}
     run.log(f"best epoch {p.best_epoch}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in best_scalars.items()))
-    return RunResult(run.run_dir, p.best_epoch, best_scalars, stopped)
+    return FitResult(run.run_dir, p.best_epoch, best_scalars, stopped)
 
 
 @contextlib.contextmanager

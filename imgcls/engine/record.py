@@ -36,7 +36,8 @@ def improves(value, best, direction: str, model: nn.Module) -> bool:
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class EpochWriter:
+    """Writes an epoch's outputs into the run folder ``run_dir``: its metrics row, and the best model."""
     run_dir: Path
     task: Task
     split: DataSplit

@@ -35,13 +35,15 @@ import torch
 
 from ..config import Config, to_yaml
 from ..data.build import check_same_split
+from ..data.pipeline import build_pipeline
+from ..data.prep import make_mix
 from ..device import channels_last
-from ..engine.build import (Prepared, _silent, absolute_data_paths, data_path, ema_model, make_criterion, make_mix,
-                           open_new_folder, prepare, write_run_files)
+from ..engine.build import (Prepared, absolute_data_paths, ema_model, make_criterion, open_new_folder, prepare,
+                           silent_log, write_run_files)
 from ..engine.dist import DistContext
-from ..engine.fit import OnEpoch, RunResult
+from ..engine.fit import FitResult, OnEpoch
 from ..engine.loop import score_outputs, window_sizes
-from ..engine.record import RunRecord, Validation, improves
+from ..engine.record import EpochWriter, Validation, improves
 from ..engine.rundir import tensorboard_writer, truncate_metrics
 from ..errors import UserError
 from ..io import remove_temp_files
@@ -93,7 +95,8 @@ class DataModule(L.LightningDataModule):
             raise UserError("imgcls's DataModule shards its own batches; create the Trainer with "
                             "use_distributed_sampler=False.")
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        self.data = data_path(cfg, p.info, p.split, cfg.train.batch_size, device, self.log_fn, _dist_of(trainer))
+        self.data = build_pipeline(cfg.data, cfg.train.seed, p.info, p.split, cfg.train.batch_size, device,
+                                   _dist_of(trainer), self.log_fn)
         self.log_fn(self.data.summary)
 
     @property
@@ -217,7 +220,7 @@ class Module(L.LightningModule):
         parts = [o for outs in dist.gather_objects(self._outputs) for o in outs]
         task = self.prepared.task
         self.validation = Validation(*score_outputs(parts, self.criterion, self.metrics, self.device,
-                                                    task.probabilities))
+                                                    task.decode_outputs))
         total = dist.all_sum(torch.stack([self._loss_sum.double().to(self.device),
                                           torch.tensor(float(self._samples), dtype=torch.float64,
                                                        device=self.device)]))
@@ -292,7 +295,7 @@ class _RunFolder(L.Callback):
         value = v.scalars.get(p.monitor, train_loss if p.monitor == "train/loss" else None)
         row = {"epoch": epoch, "lr": get_lr(trainer.optimizers[0]), "train/loss": train_loss, **v.scalars,
                "seconds": round(time.perf_counter() - self.t0, 3), "skipped_steps": 0}
-        record = RunRecord(self.run_dir, p.task, p.split, p.monitor)
+        record = EpochWriter(self.run_dir, p.task, p.split, p.monitor)
         if self.is_main:
             record.append(row, self.writer)
         improved = improves(value, self.best_value, plan_direction, module.eval_model)
@@ -350,12 +353,12 @@ def _trainer_kwargs(cfg: Config) -> dict:
 def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = print,
                run_dir: Optional[Path] = None, resuming: bool = False,
                on_epoch: Optional[OnEpoch] = None,
-               on_start: Optional[Callable[[Path], None]] = None) -> tuple[RunResult, Optional[object]]:
+               on_start: Optional[Callable[[Path], None]] = None) -> tuple[FitResult, Optional[object]]:
     """``train.engine=lightning``: train ``cfg`` with lightning.Trainer into a new run folder (or continue
     ``run_dir`` from its last.ckpt); returns the result and the folder lock (rank 0's)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     if not dist.is_main:
-        log = _silent
+        log = silent_log
     dm = DataModule.from_config(cfg, log)
     module = Module.from_config(dm.prepared.cfg, dm)
     prepared, lock = dm.prepared, None
@@ -396,7 +399,7 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
         log(f"best epoch {recorder.best_epoch}: " + "  ".join(f"{k} {v:.4f}" for k, v in best.items()
                                                               if isinstance(v, float)))
     stopped = "early" if trainer.should_stop and trainer.current_epoch < trainer.max_epochs else None
-    return RunResult(run_dir, recorder.best_epoch, best, stopped), lock
+    return FitResult(run_dir, recorder.best_epoch, best, stopped), lock
 
 
 @contextlib.contextmanager
