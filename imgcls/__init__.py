@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Config": "config", "load_config": "config", "UserError": "errors",
-    "create_loss": "losses", "list_losses": "losses", "list_metrics": "metrics",
+    "create_loss": "losses", "list_losses": "losses", "list_metrics": "tasks",
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
     "list_schedulers": "optim", "train": "api", "resume": "api", "cross_validate": "api", "resume_cv": "api",

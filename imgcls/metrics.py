@@ -10,7 +10,7 @@ Multi-class
 The metric names are fixed project-wide (config ``monitor``, CSV columns, TensorBoard tags, report):
 ``train/loss``, ``val/loss``, ``val/acc``, ``val/f1_macro``, ``val/precision_macro``,
 ``val/recall_macro``, ``val/balanced_acc``, ``val/auroc``, ``val/mrr``, ``val/ndcg_at_5``,
-``val/top5_acc`` (``METRIC_NAMES``; the other tasks' names and directions are declared in ``tasks``).
+``val/top5_acc`` (declared with their directions in ``tasks``, as are the other tasks' names).
 
 Conventions (K = ``num_classes``; tested against scikit-learn with the arguments named here):
 
@@ -75,8 +75,9 @@ Regression (predictions and targets in the target's own unit)
 * **Bins**: increasing boundaries b_0 < ... < b_{m-1} give m + 1 classes; a value v is in bin
   i = the number of boundaries <= v (``bin_values``). val/binned/acc and val/binned/f1_macro
   (macro over all m + 1 bins, ``zero_division=0``) compare the bin of the prediction with the bin of
-  the target. Names (``bin_names``): whole-number boundaries [30, 60] -> ``<30``, ``30-59``,
-  ``>=60``; others, ranges [lower, upper): [2.5, 4] -> ``<2.5``, ``2.5-4``, ``>=4``.
+  the target. Names (``bin_names``, also the classes of ``data.bins``): whole-number boundaries
+  [30, 60] -> ``<30``, ``30-59``, ``>=60``; others, ranges [lower, upper): [2.5, 4] -> ``<2.5``,
+  ``2.5-<4``, ``>=4``.
 """
 from __future__ import annotations
 
@@ -87,44 +88,12 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from imgcls.errors import UserError, unknown_name
-
-METRIC_NAMES: tuple[str, ...] = (
-    "train/loss",
-    "val/loss",
-    "val/acc",
-    "val/f1_macro",
-    "val/precision_macro",
-    "val/recall_macro",
-    "val/balanced_acc",
-    "val/auroc",
-    "val/mrr",
-    "val/ndcg_at_5",
-    "val/top5_acc",
-)
+from imgcls.device import accumulator_dtype
+from imgcls.errors import UserError
 
 ECE_BINS = 15  # equal-width bins over confidence in (0, 1]
-TOP_K = 5
-
-
-def list_metrics() -> list[str]:
-    """All metric names, in the project's fixed order."""
-    return list(METRIC_NAMES)
-
-
-def check_monitor(name: str) -> str:
-    """Return ``name`` if it is a known metric, else raise a UserError with a did-you-mean."""
-    if name not in METRIC_NAMES:
-        raise unknown_name("monitor metric", name, list_metrics())
-    return name
-
-
-def metric_direction(name: str) -> str:
-    """'min' for losses (lower is better), 'max' for every other metric."""
-    check_monitor(name)
-    return "min" if name.endswith("loss") else "max"
+TOP_K = 5  # the k of val/top5_acc and val/ndcg_at_5, and the top_k column of prediction CSVs (tasks import it)
 
 
 class ClassificationMetrics:
@@ -142,6 +111,10 @@ class ClassificationMetrics:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = num_classes
         self.class_names = [str(c) for c in class_names]
+        # Imported here, not at the top: tasks import this module for TOP_K while a config is checked,
+        # and torchmetrics takes seconds to import.
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
+
         # validate_args=False: torchmetrics' argument checks read tensor values, a host sync per batch.
         self._topk = MulticlassAccuracy(
             num_classes, top_k=min(TOP_K, num_classes), average="micro", validate_args=False
@@ -310,11 +283,6 @@ def ece_bin_index(confidence: Tensor, n_bins: int = ECE_BINS) -> Tensor:
     # bucketize(right=False) gives i with edge[i] < c <= edge[i+1], i.e. bins (lo, hi].
     edges = torch.linspace(0, 1, n_bins + 1, device=confidence.device, dtype=confidence.dtype)[1:]
     return torch.bucketize(confidence, edges).clamp_(max=n_bins - 1)
-
-
-def accumulator_dtype(device: torch.device) -> torch.dtype:
-    """float64 for sums over a whole epoch, except on Apple MPS, which has no float64."""
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 RECALL_GAP = 0.2  # a class whose recall is this far (absolute) below accuracy is called out, in the log and the report
@@ -627,18 +595,20 @@ def bin_values(values: Tensor, bins: list[float]) -> Tensor:
 
 
 def bin_names(bins: list[float]) -> list[str]:
-    """Names of the len(bins) + 1 bins. Whole-number boundaries name whole-number ranges:
-    [30, 60] -> '<30', '30-59', '>=60' (a one-value bin is just '30'); otherwise each range is
-    [lower, upper): [2.5, 4] -> '<2.5', '2.5-4', '>=4'."""
+    """Names of the len(bins) + 1 bins: the one spelling of ``data.bins`` classes and of a regression's
+    ``task.bins``. Whole-number boundaries name inclusive whole-number ranges: [30, 60] -> '<30',
+    '30-59', '>=60' (a one-value bin is just the value: [10, 11] -> '<10', '10', '>=11'); otherwise a
+    middle bin is [lower, upper), written so: [1.5, 3] -> '<1.5', '1.5-<3', '>=3'."""
     edges = _check_bins(bins)
 
-    def num(b: float) -> str:
+    def num(b: float) -> str:  # 30.0 -> '30': boundaries read from YAML print as written
         return str(int(b)) if b.is_integer() else repr(b)
 
     if all(b.is_integer() for b in edges):
         middle = [num(lo) if hi - 1 == lo else f"{num(lo)}-{num(hi - 1)}" for lo, hi in zip(edges, edges[1:])]
     else:
-        middle = [f"{num(lo)}-{num(hi)}" for lo, hi in zip(edges, edges[1:])]
+        # '-<': '1.5-3' would read as including 3, which is in the next bin.
+        middle = [f"{num(lo)}-<{num(hi)}" for lo, hi in zip(edges, edges[1:])]
     return [f"<{num(edges[0])}", *middle, f">={num(edges[-1])}"]
 
 

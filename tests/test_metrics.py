@@ -19,14 +19,10 @@ from sklearn.metrics import (
 
 from conftest import facts
 from imgcls.errors import UserError
-from imgcls.metrics import (
-    METRIC_NAMES,
-    ClassificationMetrics,
-    check_monitor,
-    list_metrics,
-    metric_direction,
-    recall_warnings,
-)
+from imgcls.metrics import ClassificationMetrics, recall_warnings
+from imgcls.tasks import get_task, list_metrics
+
+METRIC_NAMES = get_task("multiclass").metric_names()
 
 
 def make_case(seed: int, k: int, absent: bool, never_predicted: bool, n: int = 300):
@@ -234,19 +230,21 @@ def test_recall_warnings_crafted():
 
 
 def test_names_and_directions():
-    assert list_metrics() == list(METRIC_NAMES)
+    task = get_task("multiclass")
+    assert list_metrics() == METRIC_NAMES
     assert list_metrics()[:3] == ["train/loss", "val/loss", "val/acc"]
-    assert metric_direction("train/loss") == metric_direction("val/loss") == "min"
+    assert task.direction("train/loss") == task.direction("val/loss") == "min"
     for name in METRIC_NAMES[2:]:
-        assert metric_direction(name) == "max"
-    assert check_monitor("val/f1_macro") == "val/f1_macro"
+        assert task.direction(name) == "max"
+    assert task.check_monitor("val/f1_macro") == "val/f1_macro"
 
 
 def test_check_monitor_did_you_mean():
+    task = get_task("multiclass")
     with pytest.raises(UserError, match=facts("unknown monitor metric 'val/f1_marco' (did you mean 'val/f1_macro'?)")):
-        check_monitor("val/f1_marco")
+        task.check_monitor("val/f1_marco")
     with pytest.raises(UserError, match="val/f1_macro"):
-        metric_direction("f1")
+        task.direction("f1")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -28,7 +28,6 @@ from sklearn.metrics import (
 
 from imgcls.errors import UserError
 from imgcls.metrics import (
-    METRIC_NAMES,
     ClassificationMetrics,
     MultilabelMetrics,
     RegressionMetrics,
@@ -36,6 +35,7 @@ from imgcls.metrics import (
     bin_values,
     tune_thresholds,
 )
+from imgcls.tasks import get_task
 
 OLD_KEYS = ["val/acc", "val/f1_macro", "val/precision_macro", "val/recall_macro", "val/balanced_acc",
             "val/auroc", "val/loss"]
@@ -63,7 +63,7 @@ def test_ranking_views_match_sklearn(seed, k):
     one_hot, scores = F.one_hot(target, k).numpy(), logits.numpy()
 
     assert list(scalars) == OLD_KEYS + ["val/mrr", "val/ndcg_at_5", "val/top5_acc"]
-    assert set(scalars) == set(METRIC_NAMES) - {"train/loss"}
+    assert set(scalars) == set(get_task("multiclass").metric_names()) - {"train/loss"}
     # One relevant label and no ties: LRAP is exactly the mean reciprocal rank.
     assert scalars["val/mrr"] == pytest.approx(label_ranking_average_precision_score(one_hot, scores), abs=1e-9)
     assert scalars["val/ndcg_at_5"] == pytest.approx(ndcg_score(one_hot, scores, k=5), abs=1e-9)
@@ -409,15 +409,6 @@ def test_bin_values_at_the_boundaries():
     assert bin_values(values, [30, 60]).dtype == torch.long
     assert bin_values(torch.tensor([18, 30, 60]), [30, 60]).tolist() == [0, 1, 2]  # integer ages
     assert bin_values([2.4, 2.5, 4.0], [2.5, 4]).tolist() == [0, 1, 2]
-
-
-def test_bin_names():
-    assert bin_names([30, 60]) == ["<30", "30-59", ">=60"]
-    assert bin_names([30.0, 60.0]) == ["<30", "30-59", ">=60"]  # whole numbers, whatever their type
-    assert bin_names([2.5, 4]) == ["<2.5", "2.5-4", ">=4"]
-    assert bin_names([0.1, 0.25, 1]) == ["<0.1", "0.1-0.25", "0.25-1", ">=1"]
-    assert bin_names([18]) == ["<18", ">=18"]
-    assert bin_names([10, 11, 20]) == ["<10", "10", "11-19", ">=20"]
 
 
 @pytest.mark.parametrize("bad", [[], [60, 30], [30, 30], [float("nan")], [1, float("inf")]])

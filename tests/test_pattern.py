@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import facts
-from imgcls.data.pattern import COURSE_AGE_BINS, COURSE_MASK_MAP, COURSE_PATTERN, bin_names, scan_pattern
+from imgcls.data.pattern import COURSE_AGE_BINS, COURSE_MASK_MAP, COURSE_PATTERN, scan_pattern
 from imgcls.errors import UserError
 
 PHOTOS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")
@@ -143,9 +143,3 @@ def test_unmapped_groups_keep_raw_values_and_no_class_order(tmp_path):
 def test_missing_root_is_one_sentence(tmp_path):
     with pytest.raises(UserError, match="data.root .* does not exist"):
         scan_pattern(tmp_path / "nope", COURSE_PATTERN)
-
-
-def test_bin_names():
-    assert bin_names([30, 60]) == ["<30", "30-59", ">=60"]
-    assert bin_names([30.0]) == ["<30", ">=30"]
-    assert bin_names([1.5, 3]) == ["<1.5", "1.5-<3", ">=3"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from imgcls.data.decode import IMAGE_EXTENSIONS
 from imgcls.data.sources import FolderListing, images_under
 from imgcls.errors import UserError
+from imgcls.metrics import bin_names  # one spelling for data.bins and a regression's task.bins
 
 COURSE_PATTERN = (r"(?P<group>\d+)_(?P<gender>male|female)_(?P<race>[^_/]+)_(?P<age>\d+)/"
                   r"(?P<mask>mask\d|incorrect_mask|normal)\.\w+")
@@ -49,7 +50,7 @@ def scan_pattern(
 
     ``label_maps[g]`` renames raw values of group g (its class order is the map's distinct targets in
     order); ``bins[g]`` turns group g's numbers into bin names (value v is in bin i when i boundaries
-    are <= v; see ``bin_names``). Images the pattern does not match are an error with
+    are <= v; names from ``imgcls.metrics.bin_names``). Images the pattern does not match are an error with
     ``on_bad="error"`` and listed in ``unmatched`` with ``on_bad="skip"``.
     """
     if on_bad not in ("error", "skip"):
@@ -91,20 +92,6 @@ def compile_pattern(pattern: str) -> re.Pattern:
         raise UserError("data.path_pattern has no named groups; name the parts of the path that carry labels, "
                         "e.g. (?P<mask>[^/]+)/.")
     return regex
-
-
-def bin_names(boundaries: Sequence[float]) -> list[str]:
-    """Class names of the bins cut at ``boundaries``: [30, 60] gives '<30', '30-59', '>=60' (integer
-    boundaries: the inclusive integer range); [2.5] gives '<2.5', '>=2.5'; [1.5, 3] gives '1.5-<3'."""
-    b = [_number(x) for x in boundaries]
-    integral = all(isinstance(x, int) for x in b)
-    middle = [f"{lo}-{hi - 1}" if integral else f"{lo}-<{hi}" for lo, hi in zip(b, b[1:])]
-    return [f"<{b[0]}", *middle, f">={b[-1]}"]
-
-
-def _number(x: float) -> int | float:
-    """30.0 -> 30 so boundaries from YAML print as written."""
-    return int(x) if float(x).is_integer() else float(x)
 
 
 def _check_groups(regex: re.Pattern, label_maps: dict, bins: dict) -> None:

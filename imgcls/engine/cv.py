@@ -161,7 +161,7 @@ def oof_metrics(header: list[str], rows: list[list[str]], info) -> dict:
     ``imgcls predict CV_DIR`` then uses."""
     import torch.nn.functional as F
     task, classes = info.task_type, [str(c) for c in info.classes]
-    probs = task.probabilities_from_csv(header, rows, classes)
+    probs = task.decoded_from_csv(header, rows, classes)
     labels = task.labels_from_text([r[header.index("label")] for r in rows])
     target = task.target_tensor(task.encode(labels, classes), classes)
     metrics = task.oof_metrics(classes)

@@ -244,7 +244,7 @@ class Predictor:
                         raise UserError(f"model '{m.info.architecture}' does not accept {size}x{size} inputs "
                                         f"(--tta-scales {s}): {str(e).splitlines()[0][:120]}; use scales it "
                                         "supports or drop --tta-scales.") from None
-                    p = p + m.info.task_type.probabilities(logits)
+                    p = p + m.info.task_type.decode_outputs(logits)
                     n += 1
             total = p / n if total is None else total + p / n
         return (total / len(self.members)).cpu()

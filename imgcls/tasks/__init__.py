@@ -32,5 +32,11 @@ def get_task(name: str) -> Task:
         raise unknown_name("task type (task.type)", name, list_tasks())
     return TASKS[name]
 
+
+def list_metrics(task: str = "multiclass") -> list[str]:
+    """The metric names of a task type, in metrics.csv's column order (regression without bins)."""
+    return get_task(task).metric_names()
+
+
 __all__ = ["TOP_K", "MetricInfo", "Task", "MulticlassTask", "MultilabelTask", "RegressionTask",
-           "MultiheadTask", "TASKS", "list_tasks", "get_task"]
+           "MultiheadTask", "TASKS", "list_tasks", "get_task", "list_metrics"]

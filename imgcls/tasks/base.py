@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import unknown_name
+from ..metrics import TOP_K  # one k for the metrics' top-k accuracy and the CSVs' top_k column
 
-TOP_K = 5  # the top_k column of prediction CSVs and the top-k accuracy of the metrics
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
 
 
@@ -92,13 +92,13 @@ class Task:
         """(a class code per image, the number of classes) that data.sampler=balanced draws equally often."""
         return list(targets), len(classes)
 
-    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+    def decoded_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
                                classes: Sequence[str]) -> Tensor:
-        """What ``probabilities`` gave, read back from prediction CSV rows (``prob_<class>`` columns)."""
+        """What ``decode_outputs`` gave, read back from prediction CSV rows (``prob_<class>`` columns)."""
         return float_columns(header, rows, [f"prob_{c}" for c in classes])
 
     def oof_metrics(self, classes: Sequence[str]):
-        """The metrics of out-of-fold predictions (fed probabilities): validation's own metrics, with
+        """The metrics of out-of-fold predictions (fed ``decode_outputs``' values): validation's own metrics, with
         the calibration the cv's ensemble then uses tuned on them (multi-label thresholds)."""
         return self.scoring_metrics(classes)
 
@@ -108,10 +108,10 @@ class Task:
         raise NotImplementedError(f"task '{self.name}' has no mixing rule")
 
     def scoring_metrics(self, classes: Sequence[str]):
-        """The validation metrics of a trained model on new data, fed ``probabilities`` (averaged over
+        """The validation metrics of a trained model on new data, fed ``decode_outputs``' values (averaged over
         TTA views and ensemble members) instead of outputs, with its calibration fixed (multi-label:
         the stored thresholds, not thresholds tuned again on that data)."""
-        return _FromProbabilities(self.create_metrics(classes), self.raw_outputs)
+        return _FromDecoded(self.create_metrics(classes), self.raw_outputs)
 
     def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
         return []
@@ -128,9 +128,14 @@ class Task:
         """What the model's raw outputs are, in words (exported models carry it in their metadata)."""
         return "logits [N, len(classes)]; softmax gives probabilities"
 
+    def decode_outputs(self, logits: Tensor) -> Tensor:
+        """The model's raw outputs [N, head_size] -> what TTA views and ensemble members average and
+        predictions are written from, float32: class or label probabilities, or values in the target's unit."""
+        raise NotImplementedError
+
     def raw_outputs(self, probs: Tensor) -> Tensor:
-        """The inverse of ``probabilities``: outputs whose probabilities are ``probs`` (so metrics fed
-        logits can score averaged probabilities of TTA views and ensembles)."""
+        """The inverse of ``decode_outputs``: outputs that decode to ``probs`` (so metrics fed logits can
+        score the averaged probabilities or values of TTA views and ensembles)."""
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
 
     def predicted(self, probs: Tensor, classes: Sequence[str]) -> list[str]:
@@ -176,9 +181,9 @@ def float_columns(header: Sequence[str], rows: Sequence[Sequence[str]], names: S
     return torch.tensor([[float(r[i]) for i in at] for r in rows], dtype=torch.float32).reshape(len(rows), len(at))
 
 
-class _FromProbabilities:
-    """Metrics that take a model's outputs, fed probabilities: each batch is turned back into outputs
-    whose probabilities they are (``Task.raw_outputs``)."""
+class _FromDecoded:
+    """Metrics that take a model's outputs, fed decoded ones (``Task.decode_outputs``): each batch is
+    turned back into outputs that decode to it (``Task.raw_outputs``)."""
 
     def __init__(self, inner, raw_outputs):
         self.inner, self.raw_outputs = inner, raw_outputs

@@ -43,7 +43,7 @@ class MulticlassTask(Task):
         from ..metrics import ClassificationMetrics
         return ClassificationMetrics(len(classes), list(classes))
 
-    def probabilities(self, logits: Tensor) -> Tensor:
+    def decode_outputs(self, logits: Tensor) -> Tensor:
         """What TTA views and ensemble members average: float32 softmax probabilities."""
         return logits.float().softmax(dim=1)
 

@@ -284,7 +284,7 @@ class MultiheadTask(Task):
                   for h in self.heads]
         return MultiHeadLoss(self.slices(), [h.type for h in self.heads], losses, [h.weight for h in self.heads])
 
-    def probabilities(self, logits: Tensor) -> Tensor:
+    def decode_outputs(self, logits: Tensor) -> Tensor:
         """Per head, side by side: softmax probabilities, or the value in the target's unit."""
         parts = []
         for h, s in zip(self.heads, self.slices()):
@@ -300,7 +300,7 @@ class MultiheadTask(Task):
                          else p.clamp_min(torch.finfo(torch.float32).tiny).log())
         return torch.cat(parts, dim=1)
 
-    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+    def decoded_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
                                classes: Sequence[str]) -> Tensor:
         """Per head, side by side: its ``prob_<head>/<class>`` columns, or its value column."""
         from .base import float_columns
@@ -423,7 +423,7 @@ class MultiheadMetrics:
             idx = {h.name: j for j, h in enumerate(self.task.heads)}
             codes = {n: target[:, idx[n]].long() for n in self.task.rule.names}
             y = self.task.rule.apply(codes)
-            logp = self.task.combined_log_probs(self.task.probabilities(logits).cpu())
+            logp = self.task.combined_log_probs(self.task.decode_outputs(logits).cpu())
             self.combined.update(logp.to(logits.device), y, None)
         if loss_sum is not None:
             self.loss_sum = self.loss_sum + loss_sum

@@ -106,7 +106,7 @@ class MultilabelTask(Task):
         from ..metrics import MultilabelMetrics
         return _TunedThresholds(MultilabelMetrics(list(classes)))
 
-    def probabilities(self, logits: Tensor) -> Tensor:
+    def decode_outputs(self, logits: Tensor) -> Tensor:
         return logits.float().sigmoid()
 
     def oof_metrics(self, classes: Sequence[str]):

@@ -92,14 +92,14 @@ class RegressionTask(Task):
         return Destandardised(RegressionMetrics(self.bins, bin_names(self.bins) if self.bins else None),
                                self.mean, self.std)
 
-    def probabilities(self, logits: Tensor) -> Tensor:
+    def decode_outputs(self, logits: Tensor) -> Tensor:
         """What TTA and ensembles average: the prediction in the target's unit, [N, 1]."""
         return logits.float()[:, :1] * self.std + self.mean
 
     def raw_outputs(self, probs: Tensor) -> Tensor:
         return (probs.float()[:, :1] - self.mean) / self.std
 
-    def probabilities_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
+    def decoded_from_csv(self, header: Sequence[str], rows: Sequence[Sequence[str]],
                                classes: Sequence[str]) -> Tensor:
         return float_columns(header, rows, ["value"])
 
