@@ -25,9 +25,7 @@ A leaf behind an optional extra: nothing in imgcls imports this module but ``img
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import os
@@ -303,35 +301,42 @@ def _figure_html(draw) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..report.html import esc, img, png_uri
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             ax = draw()
         except Exception as e:  # noqa: BLE001 -- a plot Optuna cannot draw (too few trials) is a sentence
-            return f"<p>{html.escape(str(e).splitlines()[0] if str(e) else type(e).__name__)}</p>"
+            return f"<p>{esc(str(e).splitlines()[0] if str(e) else type(e).__name__)}</p>"
     fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return img(png_uri(buf.getvalue()), "plot")
 
 
 def _page(study, keys: list[str], complete: int, pruned: int) -> str:
+    """tune.html in the report's page shell: optimisation history, importances, a slice plot per key."""
     from optuna.visualization import matplotlib as vis
-    parts = [f"<h1>imgcls tune: {html.escape(study.study_name)}</h1>",
-             f"<p>{complete} complete, {pruned} pruned trials; direction {study.direction.name.lower()}.</p>"]
+
+    from ..report.html import esc, page, section
+    sections, nav = [], []
     if complete:
-        parts += ["<h2>Optimisation history</h2>", _figure_html(lambda: vis.plot_optimization_history(study))]
-        parts.append("<h2>Parameter importances</h2>")
-        parts.append(_figure_html(lambda: vis.plot_param_importances(study)) if complete >= 10 and len(keys) > 1 else
-                     f"<p>Importances need more complete trials (about 10, with more than one searched key); this study "
-                     f"has {complete}.</p>")
+        history = _figure_html(lambda: vis.plot_optimization_history(study))
+        importances = (_figure_html(lambda: vis.plot_param_importances(study)) if complete >= 10 and len(keys) > 1
+                       else f"<p>Importances need more complete trials (about 10, with more than one searched key); "
+                            f"this study has {complete}.</p>")
+        sections += [section("history", "Optimisation history", history),
+                     section("importances", "Parameter importances", importances)]
+        nav += [("history", "Optimisation history"), ("importances", "Parameter importances")]
         for key in keys:
-            parts += [f"<h2>Slice: {html.escape(key)}</h2>", _figure_html(lambda k=key: vis.plot_slice(study, params=[k]))]
-    body = "\n".join(parts)
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>imgcls tune</title><style>body{font-family:"
-            "sans-serif;max-width:960px;margin:2em auto}img{max-width:100%}</style></head><body>" + body +
-            "</body></html>\n")
+            id_ = "slice-" + key.replace(".", "-")
+            sections.append(section(id_, f"Slice: {key}", _figure_html(lambda k=key: vis.plot_slice(study, params=[k]))))
+            nav.append((id_, key))
+    subtitle = esc(f"{complete} complete, {pruned} pruned trials; direction {study.direction.name.lower()}.")
+    return page(f"imgcls tune: {study.study_name}", subtitle, nav, "".join(sections),
+                footer=esc("written by imgcls tune; every trial is in trials.csv"))
 
 
 def read_trials(tune_dir: Path) -> list[dict]:
