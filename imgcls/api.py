@@ -190,7 +190,8 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
               log: Callable[[str], None] = print, nproc: int = 1):
     """Continue a cv folder: every fold not finished yet (or just ``only``) is trained; finished folds
     are kept, a fold killed mid-run resumes from its last.pt (``nproc`` as in ``cross_validate``)."""
-    from .engine.cv import CV_FILE, is_cv_dir, parse_only, read_state
+    from .engine.cv import parse_only
+    from .runfolder import CV_FILE, is_cv_dir, read_state
     cv_dir = Path(cv_dir).expanduser()
     if not is_cv_dir(cv_dir):
         raise UserError(f"'{cv_dir}' is not a cross-validation folder (no {CV_FILE}); pass the folder printed by "
@@ -252,7 +253,8 @@ class FoldStopped(Exception):
 
 def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log,
                nproc: int = 1):
-    from .engine.cv import CVResult, fold_config, format_summary, read_state, summarise, write_state
+    from .engine.cv import CVResult, fold_config, format_summary, summarise
+    from .runfolder import read_state, write_state
     state = read_state(cv_dir)
     todo = list(only) if only is not None else list(range(state["folds"]))
     from .engine.dist import DistContext

@@ -46,7 +46,7 @@ def _cmd_cv(a: argparse.Namespace) -> int:
             if a.config or a.overrides or a.folds is not None:
                 raise UserError(f"--resume {a.resume} continues the cv as it was set up; pass no config, overrides "
                                 "or --folds with it (--only picks folds).")
-            from .engine.cv import is_cv_dir, read_state
+            from .runfolder import is_cv_dir, read_state
             folds = read_state(Path(a.resume))["folds"] if is_cv_dir(a.resume) else 0
             resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds), nproc=a.nproc)
             return 0
@@ -144,6 +144,12 @@ def _add_inference_options(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output")
 
 
+def _inference_options(a: argparse.Namespace) -> dict:
+    """The options _add_inference_options parsed, as PredictOptions/EvalOptions fields."""
+    return dict(ensemble=a.ensemble, force=a.force, tta=a.tta, scales=a.tta_scales, batch_size=a.batch_size,
+                num_workers=a.workers, device=a.device, progress=sys.stderr.isatty())
+
+
 class _WarningsPrinted:
     """imgcls's own warnings as one 'warning: ...' line each, shown when they happen; others as Python shows them."""
 
@@ -183,14 +189,12 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .inference.predictor import errors_path, predict_to_csv
+    from .inference.predictor import PredictOptions, errors_path, predict_to_csv
 
+    options = PredictOptions(**_inference_options(a), path_column=a.path_column, top_k=a.top_k,
+                             submission=a.submission, id_column=a.id_column, label_column=a.label_column)
     with _WarningsPrinted():
-        s = predict_to_csv(a.model, a.inputs, a.out, ensemble=a.ensemble, force=a.force,
-                           path_column=a.path_column, top_k=a.top_k, submission=a.submission,
-                           id_column=a.id_column, label_column=a.label_column, tta=a.tta, scales=a.tta_scales,
-                           batch_size=a.batch_size, num_workers=a.workers, device=a.device,
-                           progress=sys.stderr.isatty())
+        s = predict_to_csv(a.model, a.inputs, a.out, options)
     rate = s.predicted / s.seconds if s.seconds > 0 else float("inf")
     print(f"wrote {s.out}: {s.predicted} images predicted in {s.seconds:.1f} s ({rate:.0f} images/s)")
     if s.errors:
@@ -210,12 +214,11 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .inference.evaluate import evaluate, format_table
+    from .inference.evaluate import EvalOptions, evaluate, format_table
 
+    options = EvalOptions(**_inference_options(a), path_column=a.path_column, label_column=a.label_column)
     with _WarningsPrinted():
-        r = evaluate(a.model, a.data, a.out, ensemble=a.ensemble, force=a.force, path_column=a.path_column,
-                     label_column=a.label_column, tta=a.tta, scales=a.tta_scales, batch_size=a.batch_size,
-                     num_workers=a.workers, device=a.device, progress=sys.stderr.isatty())
+        r = evaluate(a.model, a.data, a.out, options)
     print(format_table(r))
     print(f"wrote {', '.join(r.files)} to {r.out_dir}")
     return 0

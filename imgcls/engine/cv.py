@@ -30,8 +30,8 @@ import torch
 from ..config import Config, to_yaml
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text, csv_text
-
-CV_FILE = "cv.json"  # marks a cv folder: its folds, which of them finished, the base config
+# The cv folder's format sits below the engine, so inference and the report read it without importing this.
+from ..runfolder import fold_dir, write_state
 
 
 @dataclass
@@ -39,17 +39,6 @@ class CVResult:
     cv_dir: Path
     fold_dirs: list[Path]       # the folds that ran, in order
     summary: dict               # what cv_summary.json holds
-
-
-def is_cv_dir(path: str | Path) -> bool:
-    return (Path(path) / CV_FILE).is_file()
-
-
-def fold_dirs(cv_dir: str | Path, finished_only: bool = True) -> list[Path]:
-    """The run folders of a cv folder (those that finished training, by default), in fold order."""
-    state = read_state(Path(cv_dir))
-    ks = state["finished"] if finished_only else range(state["folds"])
-    return [Path(cv_dir) / f"fold-{k}" for k in sorted(ks)]
 
 
 def parse_only(text: Optional[str], folds: int) -> Optional[list[int]]:
@@ -108,7 +97,7 @@ def create_cv_folder(cfg: Config, folds: int, log: Callable[[str], None]):
 def fold_config(cfg: Config, cv_dir: Path, k: int) -> Config:
     """Fold k's run: the cv's config, validated on fold k of folds.csv, in CV_DIR/fold-k."""
     return cfg.replace(**{"data.folds_csv": str(cv_dir / "folds.csv"), "data.fold": k,
-                          "run.dir": str(cv_dir / f"fold-{k}")})
+                          "run.dir": str(fold_dir(cv_dir, k))})
 
 
 # ---------------------------------------------------------------- summary and out-of-fold predictions
@@ -181,17 +170,3 @@ def format_summary(summary: dict) -> str:
         o = oof.get(k) if _is_number(oof.get(k)) else None
         lines.append(f"{k:<22} {m:>19.4f} ± {summary['std'][k]:.4f}  {'' if o is None else f'{o:.4f}':>11}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the cv folder's own state
-
-def read_state(cv_dir: Path) -> dict:
-    path = cv_dir / CV_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"'{path}' cannot be read ({e}); the cv folder is damaged, run the cv again.") from None
-
-
-def write_state(cv_dir: Path, state: dict) -> None:
-    atomic_write_json(cv_dir / CV_FILE, state)

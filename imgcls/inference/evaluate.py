@@ -22,10 +22,18 @@ import torch.nn.functional as F
 from ..data.sources import read_csv, scan_folder
 from ..io import atomic_write_json, atomic_write_text, check_writable
 from ..errors import UserError
-from .predictor import TOP_K, check_loader_options, csv_text, load
+from .predictor import TOP_K, InferenceOptions, check_loader_options, csv_text, load
 from ..tasks import get_task
 
 METRIC_NAMES = get_task("multiclass").metric_names()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(InferenceOptions):
+    """``imgcls evaluate``'s options: the inference ones, and how the labelled set is read."""
+    force: bool = False                 # write into an evaluation folder that already holds files
+    path_column: Optional[str] = None   # path column of a CSV (None: the run's data.path_column)
+    label_column: Optional[str] = None  # label column of a CSV (None: the run's, as it trained)
 
 
 @dataclass
@@ -48,7 +56,7 @@ def _run_config(model: str | os.PathLike):
     """The training config of ``model`` (a run folder, or a cross-validation folder's first fold), or
     None for a folder holding only model.json and the weights."""
     from ..config import load_config
-    from ..engine.cv import fold_dirs, is_cv_dir
+    from ..runfolder import fold_dirs, is_cv_dir
     run = Path(model)
     if is_cv_dir(run):
         run = next(iter(fold_dirs(run)), run)
@@ -84,27 +92,26 @@ def _targets(task, labels: list, classes: Sequence[str], data) -> list:
     return task.encode(labels, classes)
 
 
-def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[str | os.PathLike] = None, *,
-             ensemble: Sequence[str | os.PathLike] = (), force: bool = False, path_column: Optional[str] = None,
-             label_column: Optional[str] = None, tta: bool = False, scales: Optional[Sequence[float]] = None,
-             batch_size: int = 64, num_workers: Optional[int] = None, device: str = "auto",
-             progress: bool = False) -> EvalResult:
+def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[str | os.PathLike] = None,
+             options: EvalOptions = EvalOptions()) -> EvalResult:
     """Predict on the labelled set ``data`` and write metrics.json, predictions.csv and the task's
     tables (per_class.csv and confusion_matrix.csv; per_label.csv for multi-label) into ``out``
-    (and errors.csv for unreadable images). Labels are read as the run read its training data."""
-    check_loader_options(batch_size, num_workers)
+    (and errors.csv for unreadable images). Labels are read as the run read its training data;
+    ``options`` are the command's flags, e.g. ``EvalOptions(tta=True, batch_size=32)``."""
+    o = options
+    check_loader_options(o.batch_size, o.num_workers)
     out_dir = Path(out) if out is not None else default_out_dir(model, data)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+    if out_dir.exists() and any(out_dir.iterdir()) and not o.force:
         raise UserError(f"evaluation folder '{out_dir}' already exists; pass --force to overwrite it or "
                         "choose another --out.")
     check_writable(out_dir, "evaluation folder", "choose another --out")  # before predicting, not after
-    predictor = load(model, ensemble, device)
+    predictor = load(model, o.ensemble, o.device)
     task, classes = predictor.info.task_type, predictor.classes
-    paths, labels = read_labelled(data, _run_config(model), path_column, label_column)
+    paths, labels = read_labelled(data, _run_config(model), o.path_column, o.label_column)
     targets = _targets(task, labels, classes, data)
 
-    res = predictor.predict_files(paths, batch_size=batch_size, num_workers=num_workers, tta=tta,
-                                  scales=scales, progress=progress)
+    res = predictor.predict_files(paths, batch_size=o.batch_size, num_workers=o.num_workers, tta=o.tta,
+                                  scales=o.scales, progress=o.progress)
     errors = [(paths[i], reason) for i, reason in sorted(res.errors)]
     if not res.ok:
         raise UserError(f"none of the {len(paths)} images of '{data}' could be read; check them with "
@@ -113,8 +120,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, out: Optional[st
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "metrics.json", {
-        "model": str(model), "ensemble": [str(e) for e in ensemble], "data": str(data), "tta": bool(tta),
-        "tta_scales": list(scales) if scales else None, "task": task.name,
+        "model": str(model), "ensemble": [str(e) for e in o.ensemble], "data": str(data), "tta": bool(o.tta),
+        "tta_scales": list(o.scales) if o.scales else None, "task": task.name,
         **{k: _json_float(v) for k, v in scalars.items()},
         **({"top5_acc": details["top5_acc"], "ece": details["ece"]} if task.name == "multiclass" else {}),
         "num_samples": len(res.ok), "unreadable": len(errors),

@@ -156,7 +156,7 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
     if format not in list_export_formats():
         raise unknown_name("export format", format, list_export_formats())
     run_dir = Path(model_dir)
-    from ..engine.cv import is_cv_dir
+    from ..runfolder import is_cv_dir
     if is_cv_dir(run_dir):
         raise UserError(f"'{run_dir}' is a cross-validation folder with one model per fold; export one fold, e.g. "
                         f"'imgcls export {run_dir / 'fold-0'}'.")

@@ -65,7 +65,7 @@ def load(model: str | os.PathLike, ensemble: Sequence[str | os.PathLike] = (),
 def _use_cv_calibration(predictor: "Predictor", model: Path) -> None:
     """A cross-validation folder's ensemble decides multi-label labels at the thresholds tuned on its
     out-of-fold predictions (cv_summary.json), not at fold 0's own."""
-    from ..engine.cv import is_cv_dir
+    from ..runfolder import is_cv_dir
     summary = model / "cv_summary.json"
     if predictor.info.task != "multilabel" or not is_cv_dir(model) or not summary.is_file():
         return
@@ -77,7 +77,7 @@ def _use_cv_calibration(predictor: "Predictor", model: Path) -> None:
 
 def _run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Run folders, with a cross-validation folder standing for its fold models (their ensemble)."""
-    from ..engine.cv import fold_dirs, is_cv_dir
+    from ..runfolder import fold_dirs, is_cv_dir
     out = []
     for p in paths:
         if is_cv_dir(p):
@@ -414,16 +414,37 @@ class PredictSummary:
     seconds: float
 
 
-def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike = "predictions.csv",
-                   *, ensemble: Sequence[str | os.PathLike] = (), force: bool = False, path_column: str = "path",
-                   top_k: int = TOP_K, submission: bool = False, id_column: Optional[str] = None,
-                   label_column: str = "label", tta: bool = False, scales: Optional[Sequence[float]] = None,
-                   batch_size: int = 64, num_workers: Optional[int] = None, device: str = "auto",
-                   progress: bool = False) -> PredictSummary:
-    """``imgcls predict``: predictions for files/folders/a CSV written to ``out`` (or a two-column submission)."""
-    import time
-    check_loader_options(batch_size, num_workers)
-    out = Path(out)
+@dataclass(frozen=True, kw_only=True)
+class InferenceOptions:
+    """How predict and evaluate apply the models: which ones, test-time augmentation, batches, device."""
+    ensemble: Sequence[str | os.PathLike] = ()  # more run (or cv) folders whose probabilities are averaged in
+    tta: bool = False                           # also average over horizontal flips
+    scales: Optional[Sequence[float]] = None    # also average over these input scales (factors of image_size)
+    batch_size: int = 64                        # images per forward pass
+    num_workers: Optional[int] = None           # DataLoader workers; None: default_workers decides
+    device: str = "auto"                        # auto (GPU when present), cpu, cuda or mps
+    progress: bool = False                      # a progress bar on stderr
+
+    def __post_init__(self):
+        # Tuples, so that a frozen options object holds nothing a caller can change under it.
+        object.__setattr__(self, "ensemble", tuple(self.ensemble))
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(self.scales))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions(InferenceOptions):
+    """``imgcls predict``'s options: the inference ones, and what the output CSV holds."""
+    force: bool = False                 # replace an existing output file (and its .errors.csv)
+    path_column: str = "path"           # path column of an input CSV (paths relative to the CSV)
+    top_k: int = TOP_K                  # class names in the top_k column
+    submission: bool = False            # only two columns, id and predicted class, one row per input
+    id_column: Optional[str] = None     # submission: id column of the input CSV (None: the path as given)
+    label_column: str = "label"         # submission: name of the class column
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """--out is a new (or, with --force, replaceable) file in a writable folder, before any model is loaded."""
     if out.is_dir():
         raise UserError(f"--out '{out}' is a folder; give a file name such as '{out / 'predictions.csv'}'.")
     for p in (out, errors_path(out)):  # the errors list is output too: never replaced without --force
@@ -432,54 +453,80 @@ def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike]
     check_writable(out.parent, "output folder", "choose another --out")  # before predicting, not after
     if out.parent and not out.parent.is_dir():
         raise UserError(f"the folder of output file '{out}' does not exist; create it or choose another --out.")
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {top_k}.")
-    predictor = load(model, ensemble, device)
-    if submission and not (predictor.info.task == "multiclass" or getattr(predictor.info.task_type, "rule", None)):
-        raise UserError(f"--submission writes one class per image, but this model's task is {predictor.info.task}"
-                        f"{' without task.combine' if predictor.info.task == 'multihead' else ''}; drop --submission "
+
+
+def _check_submission_task(info: ModelInfo) -> None:
+    """--submission writes one class per image: a multiclass model, or multi-head with a combine rule."""
+    if not (info.task == "multiclass" or getattr(info.task_type, "rule", None)):
+        raise UserError(f"--submission writes one class per image, but this model's task is {info.task}"
+                        f"{' without task.combine' if info.task == 'multihead' else ''}; drop --submission "
                         "to get its prediction columns.")
-    table = collect_inputs(inputs, path_column)
-    if submission and id_column and table.columns and id_column not in table.columns:
-        raise UserError(f"--id-column '{id_column}' is not a column of the input CSV (columns: "
+
+
+def _submission_text(predictor: Predictor, table: InputTable, res: FileResults, errors: list[tuple[str, str]],
+                     out: Path, options: PredictOptions) -> str:
+    """Two columns, one row per input in input order; an unreadable image gets the most frequent class."""
+    task, classes = predictor.info.task_type, predictor.classes
+    fallback = _most_frequent(predictor.info, task, classes)
+    labels = [fallback] * len(table.paths)
+    for i, text in zip(res.ok, task.predicted(res.probs, classes)):
+        labels[i] = text
+    id_column = options.id_column
+    ids = [r[table.columns.index(id_column)] for r in table.rows] if id_column and table.columns else table.given
+    if errors:
+        warnings.warn(f"{len(errors)} unreadable image(s) got the most frequent training class "
+                      f"'{fallback}': {', '.join(p for p, _ in errors[:5])}{' ...' if len(errors) > 5 else ''} "
+                      f"(listed in {errors_path(out)}).", stacklevel=3)  # reported where predict_to_csv was called
+    return csv_text([id_column or "path", options.label_column], list(zip(ids, labels)))
+
+
+def _predictions_text(predictor: Predictor, table: InputTable, res: FileResults, top_k: int) -> str:
+    """The readable inputs' rows: the path (or the input CSV's columns), then the task's prediction columns."""
+    task, classes = predictor.info.task_type, predictor.classes
+    carried = table.columns
+    own = ["path", *prediction_header(classes, task)] if not carried else prediction_header(classes, task)
+    clash = [c for c in carried if c in own]
+    if clash:  # reported where predict_to_csv was called
+        warnings.warn(f"input CSV columns {', '.join(clash)} are replaced by the new predictions.", stacklevel=3)
+    keep = [j for j, c in enumerate(carried) if c not in own]
+    cells = prediction_cells(res.probs, classes, top_k, task)
+    rows = []
+    for row, i in enumerate(res.ok):
+        first = [table.rows[i][j] for j in keep] if carried else [table.given[i]]
+        rows.append(first + cells[row])
+    return csv_text([carried[j] for j in keep] + own, rows)
+
+
+def predict_to_csv(model: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                   out: str | os.PathLike = "predictions.csv",
+                   options: PredictOptions = PredictOptions()) -> PredictSummary:
+    """``imgcls predict``: predictions for files/folders/a CSV written to ``out`` (or a two-column submission);
+    ``options`` are the command's flags, e.g. ``PredictOptions(tta=True, top_k=3)``."""
+    import time
+    o = options
+    check_loader_options(o.batch_size, o.num_workers)
+    out = Path(out)
+    _check_output(out, o.force)
+    if o.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {o.top_k}.")
+    predictor = load(model, o.ensemble, o.device)
+    if o.submission:
+        _check_submission_task(predictor.info)
+    table = collect_inputs(inputs, o.path_column)
+    if o.submission and o.id_column and table.columns and o.id_column not in table.columns:
+        raise UserError(f"--id-column '{o.id_column}' is not a column of the input CSV (columns: "
                         f"{', '.join(table.columns)}); pass one of them, or omit it to use the paths.")
     t0 = time.perf_counter()
-    res = predictor.predict_files(table.paths, batch_size=batch_size,
-                                  num_workers=num_workers, tta=tta, scales=scales, progress=progress)
+    res = predictor.predict_files(table.paths, batch_size=o.batch_size, num_workers=o.num_workers, tta=o.tta,
+                                  scales=o.scales, progress=o.progress)
     seconds = time.perf_counter() - t0
     errors = [(table.given[i], reason) for i, reason in sorted(res.errors)]
-    task = predictor.info.task_type
     if not res.ok:  # nothing to write but the problems: a run that predicted nothing has failed
         atomic_write_text(errors_path(out), csv_text(["path", "problem"], errors))
         raise UserError(f"none of the {len(table.paths)} input(s) could be predicted (first: '{errors[0][0]}': "
                         f"{errors[0][1]}; all listed in {errors_path(out)}); fix the paths or images.")
-    classes = predictor.classes
-
-    if submission:
-        fallback = _most_frequent(predictor.info, task, classes)
-        labels = [fallback] * len(table.paths)
-        for i, text in zip(res.ok, task.predicted(res.probs, classes)):
-            labels[i] = text
-        ids = ([r[table.columns.index(id_column)] for r in table.rows] if id_column and table.columns
-               else table.given)
-        text = csv_text([id_column or "path", label_column], list(zip(ids, labels)))
-        if errors:
-            warnings.warn(f"{len(errors)} unreadable image(s) got the most frequent training class "
-                          f"'{fallback}': {', '.join(p for p, _ in errors[:5])}{' ...' if len(errors) > 5 else ''} "
-                          f"(listed in {errors_path(out)}).", stacklevel=2)
-    else:
-        carried = table.columns
-        own = ["path", *prediction_header(classes, task)] if not carried else prediction_header(classes, task)
-        clash = [c for c in carried if c in own]
-        if clash:
-            warnings.warn(f"input CSV columns {', '.join(clash)} are replaced by the new predictions.", stacklevel=2)
-        keep = [j for j, c in enumerate(carried) if c not in own]
-        cells = prediction_cells(res.probs, classes, top_k, task)
-        rows = []
-        for row, i in enumerate(res.ok):
-            first = [table.rows[i][j] for j in keep] if carried else [table.given[i]]
-            rows.append(first + cells[row])
-        text = csv_text([carried[j] for j in keep] + own, rows)
+    text = (_submission_text(predictor, table, res, errors, out, o) if o.submission
+            else _predictions_text(predictor, table, res, o.top_k))
     atomic_write_text(out, text)
     epath = errors_path(out)
     if errors:
