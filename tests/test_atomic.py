@@ -109,6 +109,7 @@ def test_thirty_kills_inside_saves_then_resume_is_bit_identical(reference, tiny_
     ck.assert_same_run(reference, run_dir)
 
 
+@pytest.mark.slow
 def test_kill_before_config_is_written_fails_clearly(tiny_folder, tmp_path, capsys):
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "early")
     assert ck.run_child(["train", str(cfg)], tmp_path / "log", kill_at=("write:config.yaml", 1)) == -signal.SIGKILL

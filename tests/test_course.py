@@ -43,6 +43,7 @@ def make_course(root: Path, people: int = 30, size: int = 16, age_signal: float 
     return truth
 
 
+@pytest.mark.slow
 def test_course_config_trains_the_18_classes_grouped_by_person(tmp_path):
     truth = make_course(tmp_path / "train" / "images")
     cfg = load_config(REPO / "configs" / "course-18.yaml", [
@@ -78,6 +79,7 @@ def test_the_age_boundary_is_one_override(tmp_path):
         assert {a: ages.count(a) // 7 for a in range(3)} == want
 
 
+@pytest.mark.slow
 def test_course_config_three_heads_and_the_combined_class(tmp_path, capsys):
     from imgcls.cli import main
     truth = make_course(tmp_path / "train" / "images")

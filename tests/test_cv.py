@@ -99,6 +99,7 @@ def test_export_of_a_cv_folder_names_a_fold(finished_cv, capsys):
     assert "export one fold, e.g. 'imgcls export" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_only_then_resume_trains_the_other_folds_and_a_stopped_fold_continues(grouped_csv, tmp_path, capsys):
     cv_dir = tmp_path / "cv"
     rc = main(["cv", "--folds", "3", "--only", "0", f"data.csv={grouped_csv}", "model.name=small_cnn",
@@ -134,6 +135,7 @@ def test_cv_mistakes_are_one_sentence(grouped_csv, tmp_path, capsys, overrides, 
     assert rc == 2 and words in capsys.readouterr().err and not (tmp_path / "cv").exists()
 
 
+@pytest.mark.slow
 def test_multilabel_cv_scores_out_of_fold_and_predict_uses_thresholds_tuned_on_them(tmp_path):
     from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
     from test_tasks_e2e import TAGS, make_multilabel
@@ -158,6 +160,7 @@ def test_multilabel_cv_scores_out_of_fold_and_predict_uses_thresholds_tuned_on_t
     assert got.labels == ["|".join(t for t, on in zip(labels, row) if on) for row in decided]
 
 
+@pytest.mark.slow
 def test_regression_cv_scores_out_of_fold_in_the_target_unit(tmp_path):
     from sklearn.metrics import mean_absolute_error, r2_score
     from test_tasks_e2e import make_regression

@@ -33,6 +33,7 @@ def test_train_refuses_resume_and_names_imgcls_resume(tiny_folder, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_on_epoch_sees_each_row_and_can_stop_the_run(tiny_folder, tmp_path):
     seen = []
 
@@ -48,6 +49,7 @@ def test_on_epoch_sees_each_row_and_can_stop_the_run(tiny_folder, tmp_path):
         assert row["val/f1_macro"] == pytest.approx(float(written["val/f1_macro"]))
 
 
+@pytest.mark.slow
 def test_resume_trains_on_and_refuses_fewer_epochs(tiny_folder, tmp_path):
     run = tmp_path / "r"
     imgcls.train(small_config(tiny_folder, run, **{"train.epochs": 1}), log=_quiet)
@@ -96,6 +98,7 @@ def test_files_get_the_umask_mode_not_0600(tiny_folder, tmp_path):
         assert stat.S_IMODE((res.run_dir / name).stat().st_mode) == 0o644, name
 
 
+@pytest.mark.slow
 def test_progress_auto_shows_no_bar_when_stderr_is_not_a_terminal(tiny_folder, tmp_path, capfd):
     cfg = small_config(tiny_folder, tmp_path / "r", **{"train.epochs": 1, "train.progress": "auto"})
     run = build_run(cfg, log=_quiet)

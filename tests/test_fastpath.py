@@ -115,6 +115,7 @@ def _build_in_child(paths, cache_root, out):
     np.save(out, store.gather(torch.arange(len(paths))).numpy())
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache_without_corrupting_it(photos, cache, tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_build_in_child, args=(photos, str(cache), str(tmp_path / f"{k}.npy")))
@@ -253,6 +254,7 @@ def test_worker_counts_and_cache_settings_give_identical_batches(tiny_folder, tm
     assert torch.equal(val_cached, runs[2][1])  # cached validation equals decoding every epoch
 
 
+@pytest.mark.slow
 def test_ema_matches_averaged_model_and_validates_the_averaged_weights(tiny_folder, tmp_path):
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from imgcls.engine.build import build_run

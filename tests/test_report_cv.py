@@ -104,6 +104,7 @@ def test_a_cv_folder_with_no_finished_fold_is_one_sentence(grouped_csv, tmp_path
     del load_config
 
 
+@pytest.mark.slow
 def test_multihead_cv_report_has_a_section_per_head_and_the_combined_class(tmp_path):
     make_course(tmp_path / "images", people=9)
     from imgcls.config import load_config

@@ -66,6 +66,7 @@ def test_cli_sigkill_mid_epoch_then_resume_is_bit_identical(reference, tiny_fold
     ck.assert_same_run(reference, run_dir)
 
 
+@pytest.mark.slow
 def test_kill_after_metrics_row_before_epoch_checkpoint(reference, tiny_folder, tmp_path):
     """Resume after an epoch boundary, from a kill that left metrics.csv one epoch ahead of last.pt."""
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "boundary", **{"train.checkpoint_every_steps": 0})
@@ -82,6 +83,7 @@ def test_kill_after_metrics_row_before_epoch_checkpoint(reference, tiny_folder, 
     ck.assert_same_run(reference, run_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resume_is_bit_identical(reference, tiny_folder, tmp_path):
     cfg, run_dir = _config_file(tmp_path, tiny_folder, "term")
     # Freeze the run while it writes its 12th last.pt (epoch 2, step 11), then SIGTERM it from outside.

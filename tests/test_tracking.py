@@ -133,6 +133,7 @@ def test_cv_logs_a_parent_run_with_a_child_per_fold(tiny_folder, tmp_path, serve
     assert client.get_run(parent).data.tags["imgcls.kind"] == "cv"
 
 
+@pytest.mark.slow
 def test_a_tune_logs_a_parent_run_with_a_child_per_trial(tiny_folder, tmp_path, server):
     pytest.importorskip("optuna")
     from imgcls.cli import main

@@ -44,6 +44,7 @@ def space(tmp_path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_a_search_prunes_the_bad_region_and_its_best_config_retrains_to_its_value(tiny_folder, space, tmp_path,
                                                                                    capsys):
     tune_dir = tmp_path / "search"
