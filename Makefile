@@ -20,7 +20,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/imgcls train configs/demo.yaml
 
-PYTEST := $(PY) -m pytest -q -n 2 --durations=15
+# --dist loadscope: a test file runs on one worker, so its module fixtures (trained runs, a cv, an MLflow server)
+# are built once, not once per worker.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadscope --durations=15
 
 # The shape check runs first; pytest runs even when it fails, so CI shows both, and the target fails if either did.
 test: $(VENV)/.installed-dev
