@@ -1,0 +1,168 @@
+"""Exact and near-duplicate images: content hashes, perceptual hashes, and a search that is never N x N.
+
+* exact: the SHA-256 of the file's bytes; images are bucketed by it, so the cost is one pass.
+* near: imagehash's pHash (64 bits: the signs of the lowest 8 x 8 DCT coefficients of a 32 x 32 grey
+  image), compared by Hamming distance. The search XORs one chunk of hashes against the later ones and
+  counts bits (``numpy.bitwise_count``), so memory is one chunk x N bytes whatever N is; pairs within
+  ``max_distance`` bits are kept. imagehash is the optional extra ``audit`` (pip install imgcls[audit]).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+
+# Hamming distance (bits of 64) up to which two pHashes are near-duplicates. A re-encoded, resized or
+# slightly brightened copy stays within about 4 bits; different photos are ~32 apart.
+PHASH_MAX_DISTANCE = 6
+CHUNK_ELEMENTS = 1 << 23  # hashes compared per step: 8M x 8 bytes = 64 MB of XORs at a time
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _imagehash():
+    try:
+        import imagehash
+    except ImportError:
+        raise UserError("near-duplicate search needs imagehash: pip install 'imgcls[audit]' (or pip install "
+                        "imagehash).") from None
+    return imagehash
+
+
+def phash(path: str) -> Optional[int]:
+    """The 64-bit pHash of an image file as an int, or None if it cannot be decoded."""
+    from PIL import Image
+    imagehash = _imagehash()
+    try:
+        with Image.open(path) as im:
+            bits = imagehash.phash(im).hash.flatten()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def phashes(paths: Sequence[str], workers: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hashes, bool ok) for ``paths``; decoding runs in threads (PIL releases the GIL)."""
+    _imagehash()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        got = list(pool.map(phash, paths, chunksize=64))
+    ok = np.array([h is not None for h in got], dtype=bool)
+    return np.array([h or 0 for h in got], dtype=np.uint64), ok
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int = PHASH_MAX_DISTANCE,
+               chunk_elements: int = CHUNK_ELEMENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) of every pair i < j whose hashes differ in at most ``max_distance`` bits,
+    searched one chunk of rows against the later rows at a time (never an N x N matrix)."""
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    n = len(h)
+    rows = max(1, chunk_elements // max(n, 1))
+    out_i, out_j, out_d = [], [], []
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        d = np.bitwise_count(h[start:stop, None] ^ h[None, start:])  # (rows, n - start) uint8
+        ii, jj = np.nonzero(d <= max_distance)
+        keep = jj > ii  # column jj is image start + jj; row ii is image start + ii
+        out_i.append(ii[keep] + start)
+        out_j.append(jj[keep] + start)
+        out_d.append(d[ii[keep], jj[keep]])
+    cat = (lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t))
+    return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_d, np.int64)
+
+
+def exact_groups(paths: Sequence[str], workers: int = 4) -> dict[str, list[int]]:
+    """SHA-256 -> indices of the readable files with that content (every hash, singletons included)."""
+    def digest(p):
+        try:
+            return file_sha256(p)
+        except OSError:
+            return None
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        digests = list(pool.map(digest, paths, chunksize=64))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(digests):
+        if d is not None:
+            groups[d].append(i)
+    return groups
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str
+    label: str        # the given label as text ('' for an unlabelled test image)
+    split: str        # train, val or test
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: Image
+    b: Image
+    distance: int     # Hamming bits of the pHash; 0 for exact copies
+    method: str       # exact or phash
+    threshold: int    # the distance up to which this method reports a pair
+
+    @property
+    def across_splits(self) -> bool:
+        return self.a.split != self.b.split
+
+    @property
+    def labels_differ(self) -> bool:
+        return bool(self.a.label and self.b.label and self.a.label != self.b.label)
+
+
+def find_duplicates(images: Sequence[Image], max_distance: int = PHASH_MAX_DISTANCE, near: bool = True,
+                    workers: int = 4) -> list[Pair]:
+    """Exact copies (same bytes) and, with ``near``, pHash near-duplicates of ``images``; pairs with
+    different labels first, then those across splits, then by distance."""
+    paths = [im.path for im in images]
+    pairs, seen = [], set()
+    for members in exact_groups(paths, workers).values():
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                i, j = members[x], members[y]
+                seen.add((i, j))
+                pairs.append(Pair(images[i], images[j], 0, "exact", 0))
+    if near:
+        hashes, ok = phashes(paths, workers)
+        idx = np.flatnonzero(ok)
+        ii, jj, dd = near_pairs(hashes[idx], max_distance)
+        for i, j, d in zip(idx[ii].tolist(), idx[jj].tolist(), dd.tolist()):
+            if (i, j) not in seen:
+                pairs.append(Pair(images[i], images[j], int(d), "phash", max_distance))
+    pairs.sort(key=lambda p: (not p.labels_differ, not p.across_splits, p.distance, p.a.path, p.b.path))
+    return pairs
+
+
+DUPLICATE_COLUMNS = ["path_a", "path_b", "distance", "label_a", "label_b", "across_splits", "split_a", "split_b",
+                     "method", "threshold"]
+
+
+def duplicate_rows(pairs: Sequence[Pair]) -> list[list]:
+    return [[p.a.path, p.b.path, p.distance, p.a.label, p.b.label, str(p.across_splits).lower(), p.a.split,
+             p.b.split, p.method, p.threshold] for p in pairs]
+
+
+def to_exclude(pairs: Sequence[Pair]) -> list[str]:
+    """The training copy of each leak (a pair across splits), and the second image of each pair within
+    one split; each path once, in the order of the pairs."""
+    out: dict[str, None] = {}
+    for p in pairs:
+        if p.across_splits:
+            for im in (p.a, p.b):
+                if im.split == "train":
+                    out[im.path] = None
+        elif p.b.split != "test":  # a test image is not trained on; nothing to drop
+            out[p.b.path] = None
+    return list(out)

@@ -1,0 +1,165 @@
+"""imgcls audit: confident learning against cases computed by hand, the chunked near-duplicate search against a
+full distance matrix, duplicates and leaks on real files, and the whole command on synthetic data with injected
+label flips and re-encoded copies (fixed seed)."""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.data.audit import (confident_joint, find_label_issues, find_multilabel_issues, find_regression_issues,
+                               robust_z)
+from imgcls.data.dedup import Image as Item, find_duplicates, near_pairs, to_exclude
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- confident learning, by hand
+
+# 6 images, 3 classes; image 2 is labelled 0 but looks like 1. Thresholds (mean self-confidence):
+# t0 = (.9 + .8 + .1) / 3 = .6, t1 = (.8 + .7) / 2 = .75, t2 = .8. Image 4 (p1 = .7 < t1) reaches no
+# threshold and is not counted. C = [[2, 1, 0], [0, 1, 0], [0, 0, 1]]; calibrated to the label counts
+# (3, 2, 1) and n = 6: round(n * Q) = [[2, 1, 0], [0, 2, 0], [0, 0, 1]], so one image labelled 0 is pruned
+# toward 1: the one of largest p1 - p0, image 2.
+LABELS = [0, 0, 0, 1, 1, 2]
+PROBS = [[.9, .05, .05], [.8, .1, .1], [.1, .8, .1], [.1, .8, .1], [.2, .7, .1], [.1, .1, .8]]
+
+
+def test_confident_joint_and_issues_match_the_hand_computed_case():
+    t, cj = confident_joint(LABELS, PROBS)
+    np.testing.assert_allclose(t, [0.6, 0.75, 0.8])
+    np.testing.assert_array_equal(cj, [[2, 1, 0], [0, 1, 0], [0, 0, 1]])
+    found = find_label_issues(LABELS, PROBS)
+    np.testing.assert_allclose(found.joint * 6, [[2, 1, 0], [0, 2, 0], [0, 0, 1]])
+    assert found.issues.tolist() == [False, False, True, False, False, False]
+    assert found.suggested[2] == 1 and found.score[2] == pytest.approx(0.1)
+    assert found.order().tolist() == [2]
+
+
+def test_an_image_below_every_threshold_is_not_flagged_even_when_mispredicted():
+    # t0 = (.9 + .55) / 2 = .725, t1 = (.8 + .4) / 2 = .6: image 3 (labelled 1, p = [.6, .4]) reaches neither
+    # threshold, so the confident joint holds no off-diagonal count and nothing is pruned
+    labels, probs = [0, 0, 1, 1], [[.9, .1], [.55, .45], [.2, .8], [.6, .4]]
+    t, cj = confident_joint(labels, probs)
+    np.testing.assert_allclose(t, [0.725, 0.6])
+    np.testing.assert_array_equal(cj, [[1, 0], [0, 1]])
+    assert not find_label_issues(labels, probs).issues.any()
+
+
+def test_pruning_takes_the_largest_margins_and_never_an_image_predicted_as_its_label():
+    labels = [0, 0, 0, 0, 1, 1, 1]
+    probs = [[.95, .05], [.95, .05], [.55, .45], [.2, .8], [.7, .3], [.7, .3], [.4, .6]]
+    # t0 = (.95 + .95 + .55 + .2) / 4 = .6625, t1 = (.3 + .3 + .6) / 3 = .4. Image 2 (p1 = .45 >= t1, p0 < t0)
+    # counts as 0 -> 1 although its most probable class is its label 0; image 3 as 0 -> 1; 4 and 5 as 1 -> 0.
+    t, cj = confident_joint(labels, probs)
+    np.testing.assert_allclose(t, [0.6625, 0.4])
+    np.testing.assert_array_equal(cj, [[2, 2], [2, 1]])
+    # rows already sum to the label counts (4, 3): round(n * Q) = C, so 2 images of each class are pruned:
+    # class 0's largest margins p1 - p0 are images 3 (.6) and 2 (-.1), but image 2 is predicted as its label
+    found = find_label_issues(labels, probs)
+    np.testing.assert_allclose(found.joint * 7, [[2, 2], [2, 1]])
+    assert np.flatnonzero(found.issues).tolist() == [3, 4, 5]
+    assert found.order().tolist() == [3, 4, 5]  # p[label] = .2, .3, .3: worst first, ties by index
+    assert found.suggested.tolist() == [0, 0, 0, 1, 0, 0, 1]
+
+
+def test_multilabel_is_binary_confident_learning_per_label():
+    # label 0 given to images 0-2, image 2 has p = .1: t(present) = .6, t(absent) = (.9+.8+.9)/3 = .8667;
+    # image 2 is confidently absent, image 4 (absent, p = .2) reaches neither threshold
+    targets = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])
+    probs = np.array([[.9, .1], [.8, .2], [.1, .1], [.1, .9], [.2, .8], [.1, .9]])
+    per_label = find_multilabel_issues(targets, probs)
+    np.testing.assert_array_equal(per_label[0].confident_joint, [[2, 0], [1, 2]])
+    assert np.flatnonzero(per_label[0].issues).tolist() == [2]
+    assert not per_label[1].issues.any()
+
+
+def test_regression_flags_residuals_beyond_a_robust_z_of_3_5():
+    # residuals 1, 2, 3, 4, 100: median 3, MAD 1, sigma 1.4826: z(100) = 97 / 1.4826
+    z = robust_z([1, 2, 3, 4, 100])
+    assert z[4] == pytest.approx(97 / 1.4826) and z[0] == pytest.approx(-2 / 1.4826)
+    flagged, _ = find_regression_issues([1, 2, 3, 4, 100], [0, 0, 0, 0, 0])
+    assert flagged.tolist() == [False, False, False, False, True]
+
+
+def test_flags_most_injected_flips_on_simulated_out_of_fold_probabilities():
+    """2,000 images of 4 classes, 8% of labels flipped; probabilities of a decent model of the TRUE class.
+    Stated thresholds: precision >= 0.85 and recall >= 0.8."""
+    rng = np.random.default_rng(0)
+    n, k = 2000, 4
+    true = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), true] += 3.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    given = true.copy()
+    flip = rng.random(n) < 0.08
+    given[flip] = (true[flip] + rng.integers(1, k, flip.sum())) % k
+    found = find_label_issues(given, probs)
+    tp = (found.issues & flip).sum()
+    precision, recall = tp / found.issues.sum(), tp / flip.sum()
+    assert precision >= 0.85 and recall >= 0.8, (precision, recall)
+    assert (found.suggested[found.issues & flip] == true[found.issues & flip]).mean() > 0.9
+
+
+# ---------------------------------------------------------------- near-duplicate search
+
+def test_chunked_hamming_search_equals_the_full_matrix():
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    h[100:110] = h[:10] ^ np.uint64(0b1011)  # 3 bits away from the first ten
+    full = np.array([[bin(int(a) ^ int(b)).count("1") for b in h] for a in h])
+    want = {(i, j, full[i, j]) for i in range(300) for j in range(i + 1, 300) if full[i, j] <= 12}
+    for chunk in (1, 7 * 300, 1 << 23):  # one row at a time, seven rows, everything at once
+        i, j, d = near_pairs(h, 12, chunk_elements=chunk)
+        assert set(zip(i.tolist(), j.tolist(), d.tolist())) == want
+    assert {(k, 100 + k, 3) for k in range(10)} <= want
+
+
+def synthetic_image(k: int, rng, size: int = 16) -> np.ndarray:
+    """A smooth random pattern (distinct per image, so pHashes differ) in class k's colour, plus noise."""
+    low = rng.normal(0, 1, (4, 4))
+    low = ((low - low.min()) / (np.ptp(low) + 1e-9) * 255).astype(np.uint8)
+    base = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC)).astype(np.int32)
+    arr = np.zeros((size, size, 3), np.int32) + base[..., None] // 2
+    arr[..., k % 3] += 110
+    return np.clip(arr + rng.integers(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def reencode(src: Path, dst: Path) -> None:
+    """A JPEG (quality 95) copy: other bytes, nearly the same pixels."""
+    buf = io.BytesIO()
+    Image.open(src).convert("RGB").save(buf, "JPEG", quality=95)
+    dst.write_bytes(buf.getvalue())
+
+
+def test_duplicates_exact_near_and_leaks_on_files(tmp_path):
+    pytest.importorskip("imagehash")  # the 'audit' extra
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(40):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(synthetic_image(i % 3, rng)).save(p)
+        paths.append(p)
+    shutil.copy(paths[0], tmp_path / "copy0.png")          # exact copy, same label
+    reencode(paths[1], tmp_path / "near1.jpg")              # near copy, labelled otherwise
+    reencode(paths[2], tmp_path / "test2.jpg")              # a test image that is in train: a leak
+    items = [Item(str(p), str(i % 3), "train") for i, p in enumerate(paths)]
+    items += [Item(str(tmp_path / "copy0.png"), "0", "train"), Item(str(tmp_path / "near1.jpg"), "2", "train"),
+              Item(str(tmp_path / "test2.jpg"), "", "test")]
+    pairs = find_duplicates(items, max_distance=6, workers=2)
+    got = {(Path(p.a.path).name, Path(p.b.path).name): p for p in pairs}
+    assert set(got) == {("img0.png", "copy0.png"), ("img1.png", "near1.jpg"), ("img2.png", "test2.jpg")}
+    assert got[("img0.png", "copy0.png")].method == "exact" and got[("img0.png", "copy0.png")].distance == 0
+    assert got[("img1.png", "near1.jpg")].method == "phash" and got[("img1.png", "near1.jpg")].distance <= 6
+    assert got[("img2.png", "test2.jpg")].across_splits and not got[("img0.png", "copy0.png")].across_splits
+    assert Path(pairs[0].b.path).name == "near1.jpg"  # different labels first
+    assert [Path(p).name for p in to_exclude(pairs)] == ["near1.jpg", "img2.png", "copy0.png"]
+    assert find_duplicates(items, max_distance=0, workers=1, near=False) == [got[("img0.png", "copy0.png")]]
