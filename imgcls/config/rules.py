@@ -206,6 +206,10 @@ def _check_fields(cfg: Config) -> None:
         raise UserError(f"config key 'data.std' must hold positive numbers, got {d.std}.")
     if d.root and d.csv:
         raise UserError("config keys 'data.root' and 'data.csv' are both set; give one of them.")
+    from ..data.sources import check_class_list
+    for key, names in (("data.classes", d.classes), ("data.label_columns", d.label_columns)):
+        if names is not None:
+            check_class_list(names, key)  # before any image is read, as each head's classes are
     if d.val_root and d.val_csv:
         raise UserError("config keys 'data.val_root' and 'data.val_csv' are both set; give one of them.")
     _check_path_labels(cfg)

@@ -203,14 +203,25 @@ def read_csv(
     return (*out, others) if with_columns else out
 
 
-def resolve_classes(labels: list[str], explicit: list[str] | None = None) -> list[str]:
+def check_class_list(names, key: str = "data.classes") -> list[str]:
+    """A class list given in the config (``data.classes``, ``task.heads.<head>.classes``) as strings; one
+    UserError naming ``key`` when a name repeats (its outputs, metrics and CSV columns would collide, and
+    the classes it adds could never occur) or is blank. The one validation for every class list."""
+    names = [str(c) for c in names]
+    if any(not c.strip() for c in names):
+        raise UserError(f"config key '{key}' has an empty class name; give every class a name.")
+    duplicates = sorted({c for c in names if names.count(c) > 1})
+    if duplicates:
+        raise UserError(f"config key '{key}' repeats {', '.join(repr(c) for c in duplicates)}; list each class "
+                        "once.")
+    return names
+
+
+def resolve_classes(labels: list[str], explicit: list[str] | None = None, key: str = "data.classes") -> list[str]:
     """The class order: `explicit` if given, else numeric order when every label is an integer, else alphabetical."""
     present = set(labels)
     if explicit is not None:
-        explicit = [str(c) for c in explicit]
-        duplicates = sorted({c for c in explicit if explicit.count(c) > 1})
-        if duplicates:
-            raise UserError(f"class list repeats {', '.join(repr(c) for c in duplicates)}; list each class once.")
+        explicit = check_class_list(explicit, key)
         unknown = sorted(present - set(explicit))
         if unknown:
             shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")

@@ -102,6 +102,9 @@ def parse_heads(heads: dict, combine: Optional[str]) -> tuple[list[Head], Option
             raise UserError(f"config key '{key}.classes' must list at least 2 class names, got {classes!r}.")
         if kind == "regression" and classes is not None:
             raise UserError(f"{key} is a regression head; remove its classes.")
+        if classes is not None:
+            from ..data.sources import check_class_list
+            classes = check_class_list(classes, f"{key}.classes")
         out.append(Head(name, kind, str(spec.get("label") or name), tuple(map(str, classes)) if classes else None,
                         loss, tuple(sorted(checked.items())), _number(f"{key}.weight", spec.get("weight", 1.0))))
     rule = None
