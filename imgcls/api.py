@@ -207,6 +207,41 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
         lock.release()
 
 
+def audit(cfg: Optional[Config] = None, folds: int = 5, *, from_cv: Optional[str | Path] = None,
+          test: Optional[str | Path] = None, max_distance: Optional[int] = None, log: Callable[[str], None] = print):
+    """``imgcls audit``: label issues, duplicates and leaks from out-of-fold predictions. Without ``from_cv``
+    it runs ``cross_validate(cfg, folds)`` into ``run.dir`` (a ``run.dir`` that already holds a cv goes on
+    with ``resume_cv``: killed and re-run, the audit continues); with ``from_cv`` it reuses that cv folder
+    (finishing any fold left). The files are written to the cv folder, or to ``run.dir`` with ``from_cv``;
+    returns the folder."""
+    from .data.dedup import PHASH_MAX_DISTANCE
+    from .report.auditdata import analyse, summary_words, write_audit
+    from .report.auditreport import write_audit_report
+    from .runfolder import is_cv_dir, read_state
+    if from_cv is not None:
+        cv_dir = Path(from_cv).expanduser()
+        if not is_cv_dir(cv_dir):
+            raise UserError(f"--from-cv '{from_cv}' is not a cross-validation folder (no cv.json); pass a folder "
+                            "made by 'imgcls cv' or 'imgcls audit'.")
+        out = Path(cfg.run.dir).expanduser() if cfg is not None and cfg.run.dir else cv_dir
+    elif cfg is not None and cfg.run.dir and is_cv_dir(Path(cfg.run.dir).expanduser()):
+        cv_dir = out = Path(cfg.run.dir).expanduser()
+        log(f"audit: continuing the cv in {cv_dir}")
+    else:
+        if cfg is None:
+            raise UserError("imgcls audit needs a config (or key=value data settings), or --from-cv CV_DIR.")
+        cv_dir = out = cross_validate(cfg, folds, report=False, log=log).cv_dir
+    state = read_state(cv_dir)
+    if len(state["finished"]) < state["folds"]:
+        resume_cv(cv_dir, report=False, log=log)
+    result = analyse(cv_dir, None if test is None else str(test),
+                     PHASH_MAX_DISTANCE if max_distance is None else max_distance)
+    for path in write_audit(result, out) + [write_audit_report(result, out)]:
+        log(f"audit: {path}")
+    log(f"audit: {summary_words(result)}")
+    return out
+
+
 def _check_nproc(nproc: int) -> None:
     if nproc < 1:
         raise UserError(f"nproc must be 1 or more, got {nproc}.")

@@ -57,6 +57,32 @@ def _cmd_cv(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit(sub) -> None:
+    au = sub.add_parser("audit", help="find wrong labels, duplicates and leaks from out-of-fold predictions "
+                                      "(label_issues.csv, duplicates.csv, relabel.csv, exclude.csv, audit.html)")
+    au.add_argument("config", nargs="?", help="YAML config file, as for train (run.dir names the audit folder)")
+    au.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
+    au.add_argument("--folds", type=int, help="folds of the cv the audit runs (default 5)")
+    au.add_argument("--from-cv", metavar="CV_DIR", help="reuse this cv folder's out-of-fold predictions")
+    au.add_argument("--test", metavar="DIR", help="a folder of (unlabelled) test images searched for leaks")
+    au.add_argument("--max-distance", type=int, metavar="BITS",
+                    help="pHash bits (of 64) up to which two images are near-duplicates (default 6)")
+    au.set_defaults(func=_cmd_audit)
+
+
+def _cmd_audit(a: argparse.Namespace) -> int:
+    from .api import audit
+    from .config import load_config
+
+    with _WarningsPrinted():
+        if a.from_cv and a.folds is not None:
+            raise UserError(f"--folds cannot be given with --from-cv {a.from_cv}: the cv folder has its folds.")
+        config, overrides = _split_config_words(a.config, a.overrides)
+        cfg = load_config(config, overrides) if (config or overrides or a.from_cv is None) else None
+        audit(cfg, 5 if a.folds is None else a.folds, from_cv=a.from_cv, test=a.test, max_distance=a.max_distance)
+    return 0
+
+
 def _cmd_tune(a: argparse.Namespace) -> int:
     from .config import load_config
     from .integrations.tune import TuneOptions, tune
@@ -411,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo_data)
 
-    for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache):
+    for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache,
+                _add_audit):
         add(sub)
     return p
 

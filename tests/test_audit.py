@@ -163,3 +163,144 @@ def test_duplicates_exact_near_and_leaks_on_files(tmp_path):
     assert Path(pairs[0].b.path).name == "near1.jpg"  # different labels first
     assert [Path(p).name for p in to_exclude(pairs)] == ["near1.jpg", "img2.png", "copy0.png"]
     assert find_duplicates(items, max_distance=0, workers=1, near=False) == [got[("img0.png", "copy0.png")]]
+
+
+# ---------------------------------------------------------------- the command, end to end
+
+FLIPS = 6          # images moved into another class folder
+NEAR_IN_TRAIN = 3  # JPEG copies beside their originals, same class
+LEAKS = 4          # JPEG copies of training images in the test folder
+
+
+@pytest.fixture(scope="module")
+def noisy_data(tmp_path_factory):
+    """3 classes x 30 synthetic images (16 px); FLIPS of them filed under a wrong class, NEAR_IN_TRAIN
+    re-encoded copies in train, one exact copy under another class, and a test folder of LEAKS re-encoded
+    training images plus 4 new ones. Returns (root, test folder, flipped paths, injected pairs)."""
+    pytest.importorskip("imagehash")
+    base = tmp_path_factory.mktemp("audit")
+    root, test = base / "images", base / "test"
+    rng = np.random.default_rng(3)
+    classes = ("red", "green", "blue")
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(synthetic_image(k, rng)).save(root / c / f"{c}_{i:02d}.png")
+    flipped = []
+    for n in range(FLIPS):
+        src = root / classes[n % 3] / f"{classes[n % 3]}_{n:02d}.png"
+        dst = root / classes[(n + 1) % 3] / f"flip_{n}.png"
+        shutil.move(src, dst)
+        flipped.append(str(dst.resolve()))
+    pairs = set()
+    for n in range(NEAR_IN_TRAIN):
+        src = root / "green" / f"green_{10 + n:02d}.png"
+        reencode(src, root / "green" / f"near_{n}.jpg")
+        pairs.add(frozenset({str(src.resolve()), str((root / "green" / f"near_{n}.jpg").resolve())}))
+    shutil.copy(root / "red" / "red_20.png", root / "blue" / "copy_red_20.png")
+    pairs.add(frozenset({str((root / "red" / "red_20.png").resolve()), str((root / "blue" / "copy_red_20.png").resolve())}))
+    test.mkdir()
+    for n in range(LEAKS):
+        src = root / "blue" / f"blue_{20 + n:02d}.png"
+        reencode(src, test / f"leak_{n}.jpg")
+        pairs.add(frozenset({str(src.resolve()), str((test / f"leak_{n}.jpg").resolve())}))
+    for n in range(4):
+        Image.fromarray(synthetic_image(n % 3, rng)).save(test / f"new_{n}.png")
+    return root, test, flipped, pairs
+
+
+TRAIN_ARGS = ["data.image_size=16", "data.augment=none", "data.num_workers=0", "model.name=small_cnn",
+              "optim.lr=0.01", "train.epochs=6", "train.batch_size=16", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def audited(noisy_data, tmp_path_factory):
+    from imgcls.cli import main
+    root, test, _, _ = noisy_data
+    out = tmp_path_factory.mktemp("audit-run") / "audit"
+    assert main(["audit", f"data.root={root}", f"run.dir={out}", *TRAIN_ARGS, "--folds", "3", "--test", str(test)]) == 0
+    return out
+
+
+@pytest.mark.slow  # the module's audit trains 3 folds (about 1-2 min on 2 busy cores)
+def test_audit_flags_the_injected_flips(audited, noisy_data):
+    """Stated thresholds on this data: recall >= 5/6 of the flips, precision >= 0.5."""
+    _, _, flipped, _ = noisy_data
+    issues = rows(audited / "label_issues.csv")
+    assert list(issues[0]) == ["path", "label", "suggested", "score", "fold"]
+    flagged = [r["path"] for r in issues]
+    hits = len(set(flagged) & set(flipped))
+    assert hits >= 5 and hits / len(flagged) >= 0.5, (hits, len(flagged))
+    assert [float(r["score"]) for r in issues] == sorted(float(r["score"]) for r in issues)  # worst first
+    for r in issues:
+        if r["path"] in flipped:  # flip_n was moved from class n % 3 to (n + 1) % 3
+            n = int(Path(r["path"]).stem.split("_")[1])
+            assert r["label"] == ("red", "green", "blue")[(n + 1) % 3]
+            assert r["suggested"] == ("red", "green", "blue")[n % 3]
+    assert rows(audited / "relabel.csv") == [{"path": r["path"], "label": r["suggested"]} for r in issues]
+
+
+@pytest.mark.slow  # the module's audit trains 3 folds (about 1-2 min on 2 busy cores)
+def test_audit_finds_every_injected_duplicate_and_marks_leaks(audited, noisy_data):
+    root, test, _, pairs = noisy_data
+    dups = rows(audited / "duplicates.csv")
+    found = {frozenset({r["path_a"], r["path_b"]}): r for r in dups}
+    assert pairs <= set(found), pairs - set(found)
+    for pair, r in found.items():
+        assert r["across_splits"] == ("true" if any(str(test.resolve()) in p for p in pair) else "false")
+    assert dups[0]["label_a"] != dups[0]["label_b"]  # the copy filed under another class comes first
+    assert {r["method"] for r in dups} <= {"exact", "phash"} and {r["threshold"] for r in dups if r["method"] == "phash"} == {"6"}
+    excluded = {r["path"] for r in rows(audited / "exclude.csv")}
+    for n in range(LEAKS):  # the training copy of each leak
+        assert str((root / "blue" / f"blue_{20 + n:02d}.png").resolve()) in excluded
+    assert not any(str(test.resolve()) in p for p in excluded)
+
+
+@pytest.mark.slow  # the module's audit trains 3 folds (about 1-2 min on 2 busy cores)
+def test_audit_page_is_self_contained_and_says_what_it_found(audited):
+    page = (audited / "audit.html").read_text()
+    assert "src=\"http" not in page and "<script" not in page
+    for part in ("Label issues", "Duplicates and leaks", "confident joint", "of labels look wrong",
+                 f"{LEAKS} of 8 test image(s) also appear in the training data"):
+        assert part in page
+    assert page.count("data:image/") >= 10
+
+
+@pytest.mark.slow  # the module's audit trains 3 folds (about 1-2 min on 2 busy cores)
+def test_audit_from_cv_reuses_the_folds_without_training(audited, tmp_path, noisy_data):
+    from imgcls.cli import main
+    _, test, _, _ = noisy_data
+    before = {p: p.stat().st_mtime_ns for p in audited.rglob("best.safetensors")}
+    out = tmp_path / "again"
+    assert main(["audit", "--from-cv", str(audited), f"run.dir={out}", "--test", str(test)]) == 0
+    assert rows(out / "label_issues.csv") == rows(audited / "label_issues.csv")
+    assert rows(out / "duplicates.csv") == rows(audited / "duplicates.csv")
+    assert {p: p.stat().st_mtime_ns for p in audited.rglob("best.safetensors")} == before
+    assert not (out / "fold-0").exists()
+
+
+@pytest.mark.slow
+def test_audit_rerun_on_its_folder_continues_the_cv(noisy_data, tmp_path):
+    """A cv stopped after fold 0 (as a killed audit leaves it): imgcls audit with the same run.dir trains only
+    the folds left, keeps fold 0, and writes the audit."""
+    import imgcls
+    from imgcls.cli import main
+    from imgcls.config import load_config
+    root, _, _, _ = noisy_data
+    out = tmp_path / "audit"
+    args = [f"data.root={root}", f"run.dir={out}", *TRAIN_ARGS, "train.epochs=1"]
+    imgcls.cross_validate(load_config(None, args), folds=2, only=[0], log=lambda *a: None)
+    first = (out / "fold-0" / "best.safetensors").stat().st_mtime_ns
+    assert not (out / "oof_predictions.csv").exists()
+    assert main(["audit", *args]) == 0
+    assert (out / "fold-0" / "best.safetensors").stat().st_mtime_ns == first
+    assert (out / "fold-1" / "best.safetensors").is_file() and (out / "label_issues.csv").is_file()
+
+
+def test_audit_refuses_what_it_cannot_use(tmp_path):
+    from imgcls.cli import main
+    from imgcls.errors import UserError
+    with pytest.raises(UserError, match="not a cross-validation folder"):
+        import imgcls.api
+        imgcls.api.audit(None, from_cv=tmp_path)
+    assert main(["audit", "--from-cv", str(tmp_path), "--folds", "3"]) != 0
