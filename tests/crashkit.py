@@ -120,7 +120,7 @@ def cli_process(args: list[str], log: Path) -> subprocess.Popen:
                             env=env, cwd=str(log.parent))
 
 
-def kill_mid_epoch(proc: subprocess.Popen, run_dir: Path, after_step: int = 0, timeout: float = 120) -> dict:
+def kill_mid_epoch(proc: subprocess.Popen, run_dir: Path, after_step: int = 0, timeout: float = 300) -> dict:
     """SIGKILL ``proc`` once its last.pt is a mid-epoch checkpoint past ``after_step``; returns that last.pt.
 
     The process is frozen (SIGSTOP) while last.pt is inspected, so the kill lands exactly when

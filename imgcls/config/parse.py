@@ -108,9 +108,18 @@ def _is_mapping_field(section: str, name: str) -> bool:
     return any(typing.get_origin(a) is dict for a in args)
 
 
+def _accepts_none(section: str, name: str) -> bool:
+    tp = typing.get_type_hints(SECTION_TYPES[section])[name]
+    return tp is Any or (typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+
 def set_key(d: dict, key: str, value: Any) -> None:
     """``section.name=value``; a mapping key also takes ``section.name.entry[.sub]=value``
-    (e.g. data.bins.age=[30,58]), which changes that entry and keeps the others."""
+    (e.g. data.bins.age=[30,58]), which changes that entry and keeps the others.
+
+    ``value`` None (``KEY=null``) removes the key: a mapping's entry (task.heads.age.smoothing=null), or a
+    key that cannot be null, which then takes its default (loss.smoothing=null); a key whose type has null
+    (train.patience=null: off) is set to null."""
     parts = key.split(".")
     if len(parts) < 2 or parts[0] not in SECTION_TYPES:
         raise unknown_key_error(key)
@@ -124,14 +133,22 @@ def set_key(d: dict, key: str, value: Any) -> None:
     if not isinstance(d[section], dict):
         raise UserError(f"config section '{section}' must be a mapping of keys, got {d[section]!r}.")
     if not rest:
-        d[section][name] = value
+        if value is None and not _accepts_none(section, name):
+            d[section].pop(name, None)
+        else:
+            d[section][name] = value
         return
     node = d[section]
     for part in [name, *rest[:-1]]:
         child = node.get(part)
+        if value is None and not isinstance(child, dict):
+            return  # removing an entry that is not there
         node[part] = dict(child) if isinstance(child, dict) else {}  # a copy: the base config stays as it was
         node = node[part]
-    node[rest[-1]] = value
+    if value is None:
+        node.pop(rest[-1], None)
+    else:
+        node[rest[-1]] = value
 
 
 # ---------------------------------------------------------------- values typed by their field

@@ -7,15 +7,17 @@ sentence naming a real key. Below the config, functions take explicit arguments,
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import typing
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError, unknown_name
 from ..registry import join
-from .names import loss_kwargs, optim_kwargs, registries, sched_kwargs
+from .names import drop_left_behind, loss_kwargs, optim_kwargs, registries, sched_kwargs
 from .parse import coerce, demo_recipe, parse_override, read_yaml, set_key, unknown_key_error
 from .schema import SECTION_TYPES, Sections
 
@@ -26,9 +28,11 @@ class Config(Sections):
 
     def replace(self, **dotted: Any) -> "Config":
         """A copy with ``{"train.epochs": 3}``-style changes, validated like overrides."""
-        d = self.to_dict()
+        before = self.to_dict()
+        d = copy.deepcopy(before)
         for key, value in dotted.items():
             set_key(d, key, value)
+        _note_left_behind(before, d, set(dotted))
         return from_dict(d)
 
 
@@ -67,6 +71,14 @@ def _sets_data(d: dict) -> bool:
     return isinstance(data, dict) and any(data.get(k) is not None for k in ("root", "csv"))
 
 
+def _note_left_behind(before: dict, after: dict, explicit: set) -> None:
+    """A loss, optimizer or schedule switched by an override or ``replace`` leaves the old entry's parameters
+    behind (loss.name=focal over a file's label_smoothing and smoothing): drop them, with a note each."""
+    defaults = Sections().to_dict()
+    for note in drop_left_behind(before, after, explicit, defaults):
+        warnings.warn(note, stacklevel=3)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
     """Read a YAML file (or start from defaults), apply ``key=value`` overrides, validate.
 
@@ -75,9 +87,12 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
     the run ``imgcls train`` makes on the embedded demo data, which 224 px photo defaults would not fit.
     """
     given = read_yaml(path) if path is not None else {}
+    before, explicit = copy.deepcopy(given), set()
     for text in overrides:
         key, value = parse_override(text)
         set_key(given, key, value)
+        explicit.add(key)
+    _note_left_behind(before, given, explicit)
     d = {} if _sets_data(given) else demo_recipe()
     for section, values in given.items():
         if isinstance(values, dict) and isinstance(d.get(section), dict):
