@@ -101,7 +101,8 @@ def _cmd_config_show(a: argparse.Namespace) -> int:
     config, overrides = a.config, list(a.overrides)
     if config and "=" in config and not Path(config).exists():
         config, overrides = None, [config] + overrides
-    cfg = load_config(config, overrides)
+    with _WarningsPrinted():  # a note such as an override's dropped parameters is one line
+        cfg = load_config(config, overrides)
     rows = describe(cfg)
     width = max(len(k) for k, _, _ in rows)
     print(f"{'key':<{width}}  {'value':<28}  default")
