@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,audit]'
+	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,audit,serve]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -37,7 +37,7 @@ shape:
 	$(PYTHON) tools/shape_check.py
 
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,audit,bench]'
+	$(PY) -m pip install -q -e '.[dev,export,lightning,mlflow,tune,audit,serve,bench]'
 	touch $@
 
 # Every benchmark, each writing its section of BENCHMARKS.md; TIMM_TRAIN=path/to/timm/train.py adds timm's rows.

@@ -229,6 +229,40 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="answer predictions over HTTP (POST /predict, a page at /, /metrics)",
+                       description="Serve a trained run like predict reads it. It listens on 127.0.0.1 only; pass "
+                       "--host 0.0.0.0 to expose it to other machines (then set IMGCLS_SERVE_TOKEN, which makes "
+                       "every endpoint but /health and /ready require 'Authorization: Bearer <token>').")
+    p.add_argument("model", nargs="+", metavar="MODEL",
+                   help="run folder, cv folder (its fold ensemble), or several runs (an ensemble)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--batch-timeout-ms", type=float, default=5.0,
+                   help="how long a batch waits for more images after its first (default 5 ms)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
+    p.add_argument("--tta", action="store_true", help="also average over horizontal flips, as predict --tta")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image (width x height); default: the model's limit, as predict uses")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="answer 503 past this; also how long shutdown waits for in-flight requests (default 30)")
+    p.add_argument("--max-queue", type=int, default=256, help="images waiting for a batch before 503 (default 256)")
+    p.add_argument("--top-k", type=int, default=5, help="default class names in top_k (a request's ?top_k= wins)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .inference.serve import ServeOptions, serve
+
+    options = ServeOptions(max_batch_size=a.max_batch_size, batch_timeout_ms=a.batch_timeout_ms, tta=a.tta,
+                           max_body_mb=a.max_body_mb, max_pixels=a.max_pixels, timeout_s=a.timeout_s,
+                           max_queue=a.max_queue, top_k=a.top_k)
+    with _WarningsPrinted():
+        return serve(a.model, options, a.host, a.port, a.device)
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a trained run on a labelled folder or CSV")
     p.add_argument("model", help="run folder (holds model.json and best.safetensors)")
@@ -439,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo_data)
 
     for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache,
-                _add_audit):
+                _add_serve, _add_audit):
         add(sub)
     return p
 

@@ -57,3 +57,49 @@ def test_the_cli_says_it_in_one_line(course, capsys):
                          "task.heads.mask.classes=[wear, incorrect, not_wear, wear]")
     assert rc == 2 and err.strip() == ("error: config key 'task.heads.mask.classes' repeats 'wear'; "
                                        "list each class once.")
+
+
+# ---------------------------------------------------------------- item 5: check-data --config = train's checks
+
+@pytest.fixture(scope="module")
+def off_pattern(course, tmp_path_factory) -> Path:
+    """The course folder plus 2 files off data.path_pattern and a mask6.jpg that data.label_maps lacks."""
+    import shutil
+    root = tmp_path_factory.mktemp("off") / "images"
+    shutil.copytree(course, root)
+    person = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    shutil.copy(person / "mask1.jpg", person / "selfie.jpg")
+    (root / "extra").mkdir()
+    shutil.copy(person / "mask1.jpg", root / "extra" / "x.jpg")
+    shutil.copy(person / "normal.jpg", person / "mask6.jpg")
+    return root
+
+
+def train_error(capsys, root: Path, tmp_path: Path, *overrides) -> str:
+    rc, _, err = run_cli(capsys, "train", COURSE, f"data.root={root}", *T, f"run.dir={tmp_path / 'run'}", *overrides)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1, err
+    return lines[0][len("error: "):]
+
+
+def test_check_data_reports_what_train_stops_at_first_in_the_same_words(off_pattern, tmp_path, capsys):
+    stops_at = train_error(capsys, off_pattern, tmp_path)
+    assert "2 of 45 image file(s)" in stops_at and "data.path_pattern" in stops_at
+    rc, out, _ = run_cli(capsys, "check-data", off_pattern, "--config", COURSE)
+    lines = out.splitlines()
+    assert rc == 1 and stops_at in lines, out
+    # and the label-map problem train would meet next, in train's words
+    skips = train_error(capsys, off_pattern, tmp_path, "data.on_bad_image=skip")
+    assert "'mask6'" in skips and "data.label_maps.mask" in skips
+    assert skips in lines, out
+    # the files it really read: 42 course photos (not the 2 off the pattern, not mask6.jpg)
+    assert lines[0].startswith("checked 42 image file(s) with 3 heads"), lines[0]
+    assert lines[-1] == "2 problem(s) found"
+
+
+def test_with_skip_the_unmatched_are_a_note_and_the_label_map_still_a_problem(off_pattern, capsys):
+    rc, out, _ = run_cli(capsys, "check-data", off_pattern, "--config", COURSE, "data.on_bad_image=skip")
+    lines = out.splitlines()
+    assert rc == 1 and lines[0].startswith("checked 42 image file(s)")
+    assert any(line.startswith("note: 2 of 45 image file(s)") and "are skipped" in line for line in lines), out
+    assert sum("'mask6'" in line for line in lines) == 1 and lines[-1] == "1 problem(s) found"

@@ -28,6 +28,7 @@ from typing import Optional
 from PIL import Image
 
 from .decode import IMAGE_EXTENSIONS, PIL_MAX_PIXELS, ImageLimits, check_image, pil_limit
+from .pattern import unmatched_message
 from .sources import SPLIT_NAMES, list_class_folder, read_csv
 from ..errors import UserError
 
@@ -108,8 +109,8 @@ def check_configured(cfg, path: Optional[str | os.PathLike] = None, val: Optiona
     if root is None and csv_path is None:
         raise UserError("no data to check: pass the data folder or CSV, or set data.root or data.csv in the config.")
     src = DataSources.from_config(cfg, root=root, csv=csv_path, val_root=val_root, val_csv=val_csv)
-    if src.path_labels is not None:  # list the files the pattern misses instead of stopping at them
-        src = replace(src, path_labels=replace(src.path_labels, on_bad="skip"))
+    if src.path_labels is not None:  # training's checks of each file, collected instead of stopping at the first
+        src = replace(src, path_labels=replace(src.path_labels, on_bad="collect"))
     _sha256.cache_clear()
     report = DataCheck()
     task = get_task(cfg.task.type).from_config(cfg)
@@ -123,15 +124,16 @@ def check_configured(cfg, path: Optional[str | os.PathLike] = None, val: Optiona
         except UserError as e:
             report.set_problems.append(str(e))
             continue
-        unmatched = got.unmatched
-        if unmatched:
-            shown = ", ".join(f"'{u}'" for u in unmatched[:3])
-            text = f"{len(unmatched)} image file(s) under '{source}' do not match data.path_pattern, e.g. {shown}"
-            if d.on_bad_image == "error":
-                report.set_problems.append(f"{text}; training stops at them: fix the pattern or set "
-                                           "data.on_bad_image=skip.")
+        if got.unmatched:  # in training's words: its error, or with data.on_bad_image=skip its warning
+            skips = d.on_bad_image == "skip" and len(got.unmatched) < got.found  # else training stops at them
+            text = unmatched_message(got.unmatched, got.found, source, skipped=skips)
+            if skips:
+                report.notes.append(text.rstrip("."))
             else:
-                report.notes.append(f"{text}; training skips them (data.on_bad_image=skip)")
+                report.set_problems.append(text)
+        report.set_problems += got.problems  # each file training would stop at, in its words
+        if not got.paths:
+            continue
         report.entries += [Entry(p, _label_text(task, v), short, str(source), from_csv=(csv_path if short == "train" else val_csv) is not None)
                            for p, v in zip(got.paths, got.labels)]
         listed[short] = got

@@ -106,13 +106,24 @@ def load_image(path: str | os.PathLike, channels: int | None = None,
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-    data = _read_bytes(path)
+    return decode_bytes(_read_bytes(path), channels, limits, name=path)
+
+
+def decode_bytes(data: bytes | bytearray, channels: int | None = None, limits: Optional[ImageLimits] = None,
+                 name: str | os.PathLike = "<bytes>") -> torch.Tensor:
+    """An encoded image held in memory (an upload) -> uint8 [C, H, W], exactly as ``load_image`` decodes the
+    same file; ``name`` is what a BadImageError calls it. The size limit is checked from the header first."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    if not data:
+        raise BadImageError(name, "empty (0 bytes)")
+    data = data if isinstance(data, bytearray) else bytearray(data)  # writable, for torch.frombuffer
     with pil_limit(limits):
         if limits is not None:
-            why = limits.problem(*_header_size(path, data))
+            why = limits.problem(*_header_size(name, data))
             if why:
-                raise BadImageError(path, why)
-        return _decode(path, data, channels)
+                raise BadImageError(name, why)
+        return _decode(name, data, channels)
 
 
 def _decode(path: str | os.PathLike, data: bytearray, channels: int | None) -> torch.Tensor:

@@ -37,6 +37,8 @@ class PathLabelled:
     classes: Optional[list[str]]            # the class order, when the labels fix it
     record: dict = field(default_factory=dict)  # for model.json: the rule and what each code means
     unmatched: list[str] = field(default_factory=list)
+    found: int = 0                          # image files under the root, matched or not
+    problems: list[str] = field(default_factory=list)  # on_bad="collect": what training would stop at
 
 
 def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = None) -> PathLabelled:
@@ -44,6 +46,7 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
     class list) fixes each group's codes, so a separate validation folder codes like the training one."""
     from .pattern import scan_pattern
     scan = scan_pattern(root, spec.pattern, spec.label_maps, spec.bins, on_bad=spec.on_bad)
+    seen = {"found": scan.found, "problems": scan.problems}
     cols = scan.columns
     groups = cols.get("group")
     if spec.columns:  # one label per head
@@ -53,7 +56,7 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
                             f"{', '.join(sorted(cols))}); set task.heads.<name>.label to one of them.")
         return PathLabelled(scan.paths, list(zip(*(cols[c] for c in spec.columns))), groups, None,
                             {"class_order": {c: scan.class_order[c] for c in spec.columns if c in scan.class_order}},
-                            scan.unmatched)
+                            scan.unmatched, **seen)
     label = spec.label.strip()
     if _NAME.fullmatch(label):  # one group is the class
         if label not in cols:
@@ -61,7 +64,7 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
                             f"{', '.join(sorted(cols))}); name one of them or write a combine rule.")
         order = (classes_of or {}).get(label) or scan.class_order.get(label)
         return PathLabelled(scan.paths, list(cols[label]), groups, list(order) if order else None,
-                            {"label": label}, scan.unmatched)
+                            {"label": label}, scan.unmatched, **seen)
     from ..tasks.combine import parse_combine
     group_classes = {n: list((classes_of or {}).get(n) or scan.class_order.get(n) or sorted(set(cols[n])))
                      for n in cols if n != "group"}
@@ -77,4 +80,5 @@ def read_path_labels(root: str, spec: PathLabels, classes_of: Optional[dict] = N
     combined = [str(int(rule.apply({n: codes[n][i] for n in rule.names}))) for i in range(len(scan.paths))]
     record = {"label": label, "combine": rule.to_json(),
               "groups": {n: group_classes[n] for n in rule.names}}
-    return PathLabelled(scan.paths, combined, groups, [str(i) for i in range(rule.size)], record, scan.unmatched)
+    return PathLabelled(scan.paths, combined, groups, [str(i) for i in range(rule.size)], record, scan.unmatched,
+                        **seen)

@@ -36,6 +36,19 @@ class PatternScan:
     class_order: dict[str, list[str]]   # mapped and binned groups only: their classes in order
     unmatched: list[str] = field(default_factory=list)  # image paths relative to root the pattern does not match
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): broken links, link loops
+    found: int = 0                      # image files under root, matched or not
+    problems: list[str] = field(default_factory=list)  # on_bad="collect": each sentence training would stop at
+
+
+def unmatched_message(unmatched: Sequence[str], found: int, root, skipped: bool = False) -> str:
+    """Training's sentence for the images ``data.path_pattern`` does not match (an error, or with
+    ``skipped`` the warning of data.on_bad_image=skip); check-data quotes it as it stands."""
+    shown = ", ".join(f"'{p}'" for p in unmatched[:3])
+    head = f"{len(unmatched)} of {found} image file(s) under '{root}' do not match data.path_pattern"
+    if skipped:
+        return f"{head} and are skipped (data.on_bad_image=skip), e.g. {shown}."
+    fix = "fix the pattern" if len(unmatched) == found else "fix the pattern or set data.on_bad_image=skip"
+    return f"{head}, e.g. {shown}; {fix}."
 
 
 def scan_pattern(
@@ -51,10 +64,12 @@ def scan_pattern(
     ``label_maps[g]`` renames raw values of group g (its class order is the map's distinct targets in
     order); ``bins[g]`` turns group g's numbers into bin names (value v is in bin i when i boundaries
     are <= v; names from ``imgcls.metrics.bin_names``). Images the pattern does not match are an error with
-    ``on_bad="error"`` and listed in ``unmatched`` with ``on_bad="skip"``.
+    ``on_bad="error"`` and listed in ``unmatched`` with ``on_bad="skip"``. ``on_bad="collect"`` (check-data)
+    stops at nothing: unmatched files are listed, and a file whose value cannot be mapped or binned is
+    left out with training's sentence for it in ``problems``.
     """
-    if on_bad not in ("error", "skip"):
-        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    if on_bad not in ("error", "skip", "collect"):
+        raise ValueError(f"on_bad must be 'error', 'skip' or 'collect', got {on_bad!r}")
     regex = compile_pattern(pattern)
     label_maps = {g: {str(k): str(v) for k, v in m.items()} for g, m in (label_maps or {}).items()}
     bins = {g: list(b) for g, b in (bins or {}).items()}
@@ -69,17 +84,26 @@ def scan_pattern(
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under '{root}'; check data.root.")
     matches = [(rel, regex.fullmatch(rel)) for rel in found]
     unmatched = [rel for rel, m in matches if m is None]
-    if unmatched and (on_bad == "error" or len(unmatched) == len(found)):
-        shown = ", ".join(f"'{p}'" for p in unmatched[:3])
-        fix = "fix the pattern" if len(unmatched) == len(found) else "fix the pattern or set data.on_bad_image=skip"
-        raise UserError(f"{len(unmatched)} of {len(found)} image file(s) under '{root}' do not match "
-                        f"data.path_pattern, e.g. {shown}; {fix}.")
-    matched = [(rel, m) for rel, m in matches if m is not None]
+    if unmatched and on_bad != "collect" and (on_bad == "error" or len(unmatched) == len(found)):
+        raise UserError(unmatched_message(unmatched, len(found), root))
     binned = {g: (b, bin_names(b)) for g, b in bins.items()}
-    columns = {g: [_value(g, m.group(g) or "", rel, label_maps, binned) for rel, m in matched] for g in regex.groupindex}
+    kept, rows, problems = [], [], []
+    for rel, m in matches:
+        if m is None:
+            continue
+        try:
+            rows.append([_value(g, m.group(g) or "", rel, label_maps, binned) for g in regex.groupindex])
+        except UserError as e:
+            if on_bad != "collect":
+                raise
+            problems.append(str(e))
+            continue
+        kept.append(rel)
+    columns = {g: [row[j] for row in rows] for j, g in enumerate(regex.groupindex)}
     class_order = {g: list(dict.fromkeys(m.values())) for g, m in label_maps.items()}
     class_order.update({g: names for g, (_, names) in binned.items()})
-    return PatternScan([str(root / rel) for rel, _ in matched], columns, class_order, unmatched, listing.skipped)
+    return PatternScan([str(root / rel) for rel in kept], columns, class_order, unmatched, listing.skipped,
+                       len(found), problems)
 
 
 def compile_pattern(pattern: str) -> re.Pattern:

@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
-from ..data.decode import IMAGE_EXTENSIONS, BadImageError, convert_channels, load_image, pil_image_to_tensor
+from ..data.decode import (IMAGE_EXTENSIONS, BadImageError, convert_channels, decode_bytes, load_image,
+                           pil_image_to_tensor)
 from ..io import atomic_write_text, check_writable, csv_text
 from ..device import channels_last, place_model
 from ..models.modelinfo import ModelInfo, load_run_model
@@ -93,8 +94,11 @@ def _run_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 # ---------------------------------------------------------------- inputs -> uint8 images
 
-def _to_image(item: Any, channels: int) -> torch.Tensor:
-    """An in-memory PIL image or uint8 [C,H,W] tensor -> uint8 [channels,H,W], as its file would decode."""
+def _to_image(item: Any, channels: int, limits=None) -> torch.Tensor:
+    """An in-memory PIL image, uint8 [C,H,W] tensor or encoded file bytes -> uint8 [channels,H,W], as its
+    file would decode (bytes within ``limits``, like a file)."""
+    if isinstance(item, (bytes, bytearray)):
+        return decode_bytes(item, channels, limits)
     if isinstance(item, Image.Image):
         return pil_image_to_tensor(item, channels)
     if isinstance(item, torch.Tensor):
@@ -129,7 +133,7 @@ class _InferenceImages(Dataset):
             out = []
             is_path = isinstance(item, (str, os.PathLike))
             for transform, (channels, _, _), limits in zip(self.transforms, self.views, self.limits):
-                img = load_image(item, channels, limits) if is_path else _to_image(item, channels)
+                img = load_image(item, channels, limits) if is_path else _to_image(item, channels, limits)
                 out.append(transform(img))
             return i, out, None
         except BadImageError as e:
@@ -248,6 +252,25 @@ class Predictor:
                     n += 1
             total = p / n if total is None else total + p / n
         return (total / len(self.members)).cpu()
+
+    def preprocess(self, item: Any, limits=None) -> list[torch.Tensor]:
+        """One input (path, PIL image, uint8 tensor or encoded bytes) -> its uint8 eval image per view, as
+        predict_files prepares it; ``limits`` (ImageLimits) replaces the sizes the models accept.
+        An unreadable input raises BadImageError."""
+        infos = self.views if limits is None else [v.replace(min_side=limits.min_side, max_pixels=limits.max_pixels)
+                                                   for v in self.views]
+        _, views, reason = _InferenceImages([item], infos)[0]
+        if views is None:
+            raise BadImageError("<input>", reason)
+        return views
+
+    @torch.inference_mode()
+    def probabilities(self, views: list[torch.Tensor], tta: bool = False,
+                      scales: Optional[Sequence[float]] = None) -> torch.Tensor:
+        """uint8 batches [N,C,S,S], one per view (preprocess's outputs stacked) -> [N, K] on the CPU, as
+        predict_files computes them (members averaged, TTA views averaged)."""
+        flip, scales = self.tta_plan(tta, scales)
+        return self._probs(views, flip, scales)
 
     @torch.inference_mode()
     def predict_files(self, items: Sequence[Any], *, batch_size: int = 64, num_workers: Optional[int] = None,
