@@ -304,3 +304,56 @@ def test_audit_refuses_what_it_cannot_use(tmp_path):
         import imgcls.api
         imgcls.api.audit(None, from_cv=tmp_path)
     assert main(["audit", "--from-cv", str(tmp_path), "--folds", "3"]) != 0
+
+
+# ---------------------------------------------------------------- data.relabel / data.exclude
+
+def test_fixes_match_absolute_csv_relative_and_root_relative_paths(tmp_path):
+    from imgcls.data.fixes import apply_fixes, read_fixes
+    root = tmp_path / "data"
+    paths = [str(root / "a" / f"{i}.png") for i in range(4)]
+    (tmp_path / "fixes").mkdir()
+    (tmp_path / "fixes" / "relabel.csv").write_text(f"path,label\n{paths[0]},b\n../data/a/1.png,c\nnowhere.png,b\n")
+    (tmp_path / "fixes" / "exclude.csv").write_text("path\na/2.png\n")  # relative to the data root
+    fixes = read_fixes(str(tmp_path / "fixes" / "relabel.csv"), str(tmp_path / "fixes" / "exclude.csv"))
+    kept, labels, (groups,), matched = apply_fixes(fixes, [str(root)], paths, ["a"] * 4, [["g0", "g1", "g2", "g3"]])
+    assert kept == [paths[0], paths[1], paths[3]] and labels == ["b", "c", "a"] and groups == ["g0", "g1", "g3"]
+    assert matched == {("relabel", 0), ("relabel", 1), ("exclude", 0)}
+
+
+def test_fixes_refuse_a_csv_without_its_columns(tmp_path):
+    from imgcls.data.fixes import read_fixes
+    from imgcls.errors import UserError
+    (tmp_path / "r.csv").write_text("file,label\nx.png,a\n")
+    with pytest.raises(UserError, match="no column 'path'"):
+        read_fixes(str(tmp_path / "r.csv"), None)
+    with pytest.raises(UserError, match="does not exist"):
+        read_fixes(None, str(tmp_path / "missing.csv"))
+
+
+def test_relabel_and_exclude_round_trip_through_train_cv_and_check_data(tmp_path):
+    import hashlib
+    import json
+    import imgcls
+    from conftest import make_image_folder, small_config
+    from imgcls.data.checkdata import check_configured
+    root = make_image_folder(tmp_path / "images", per_class=8)
+    (tmp_path / "relabel.csv").write_text("path,label\ncat/cat_000.png,dog\ncat/cat_001.png,fox\nghost.png,cat\n")
+    (tmp_path / "exclude.csv").write_text("path\n" + "".join(f"{root}/dog/dog_{i:03d}.png\n" for i in range(3)))
+    fixes = {"data.relabel": str(tmp_path / "relabel.csv"), "data.exclude": str(tmp_path / "exclude.csv")}
+    cfg = small_config(root, tmp_path / "run", **fixes, **{"train.epochs": 1})
+    with pytest.warns(UserWarning, match=r"1 of 3 path\(s\) in data.relabel"):
+        run = imgcls.train(cfg, log=lambda *a: None)
+    split = rows(run.run_dir / "split" / "train.csv") + rows(run.run_dir / "split" / "val.csv")
+    by_name = {Path(r["path"]).name: r["label"] for r in split}
+    assert len(split) == 24 - 3 and not any(f"dog_{i:03d}.png" in by_name for i in range(3))
+    assert by_name["cat_000.png"] == "dog" and by_name["cat_001.png"] == "fox" and by_name["cat_002.png"] == "cat"
+    record = json.loads((run.run_dir / "data_fixes.json").read_text())
+    assert record["relabel"]["sha256"] == hashlib.sha256((tmp_path / "relabel.csv").read_bytes()).hexdigest()
+    assert record["exclude"]["rows"] == 3
+    assert sorted((root / "dog").iterdir()) and (root / "dog" / "dog_000.png").is_file()  # nothing moved
+    cv = imgcls.cross_validate(small_config(root, tmp_path / "cv", **fixes, **{"train.epochs": 1}), folds=2,
+                               only=[0], log=lambda *a: None)
+    assert len(rows(cv.cv_dir / "folds.csv")) == 21
+    listing = check_configured(small_config(root, tmp_path / "x", **fixes))
+    assert len(listing.entries) == 21

@@ -64,6 +64,9 @@ class DataConfig:
     fold: Optional[int] = None
     min_image_side: int = 8             # px; smaller images are bad images (here and in predict/evaluate)
     max_image_pixels: Optional[int] = 89_478_485  # width x height (PIL's default); none: no limit
+    # Fixes from imgcls audit, applied wherever the data are read (the image files are never touched):
+    relabel: Optional[str] = None       # CSV path,label: these images get this label
+    exclude: Optional[str] = None       # CSV path: these images are left out
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ class Sections:
 
 SECTION_TYPES = {f.name: f.default_factory for f in fields(Sections)}  # section -> its dataclass
 # keys holding a file or folder: a leading ~ is expanded when the value is read
-PATH_KEYS = {"data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv", "run.dir", "run.root",
+PATH_KEYS = {"data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv", "data.relabel", "data.exclude",
+             "run.dir", "run.root",
              "model.pretrained"}
 
 

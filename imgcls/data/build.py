@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 
 from ..errors import UserError
 from .pathlabels import PathLabels, read_path_labels
-from .pattern import unmatched_message
 from .sources import read_csv, resolve_classes, scan_folder
 from .splits import split_indices
 
@@ -90,6 +89,8 @@ class DataSources:
     path_labels: Optional[PathLabels] = None
     empty_labels: bool = False              # multi-label: an empty label cell is an image with no label
     head_columns: Optional[tuple[str, ...]] = None  # multi-head: each head's column (or path group)
+    relabel: Optional[str] = None           # data.relabel / data.exclude: imgcls.data.fixes
+    exclude: Optional[str] = None
 
     @classmethod
     def from_config(cls, cfg, root=None, csv=None, val_root=None, val_csv=None) -> "DataSources":
@@ -103,7 +104,7 @@ class DataSources:
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
                    tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel",
-                   heads)
+                   heads, d.relabel, d.exclude)
 
 
 _TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
@@ -130,13 +131,30 @@ def _labels_from_columns(others: dict, first: list[str], src: DataSources, csv_p
 
 
 def _read(src: DataSources, side: str):
+    """``_read_side`` with data.relabel / data.exclude applied; the fixes' entries it matched are in
+    others['__fixed__'] (warned about here unless a validation side may match the rest)."""
+    from .fixes import apply_fixes, read_fixes, warn_unmatched
+    paths, labels, groups, column, others = _read_side(src, side)
+    fixes = read_fixes(src.relabel, src.exclude)
+    if fixes is None:
+        return paths, labels, groups, column, {**others, "__fixed__": set()}
+    roots = [r for r in (src.root, src.val_root) if r] + [str(Path(c).parent) for c in (src.csv, src.val_csv) if c]
+    names = [k for k in others if not k.startswith("__")]
+    paths, labels, cols, matched = apply_fixes(fixes, roots, paths, labels, [groups] + [others[k] for k in names])
+    if side == "training" and not (src.val_root or src.val_csv):
+        warn_unmatched(fixes, matched)
+    return paths, labels, cols[0], column, {**others, **dict(zip(names, cols[1:])), "__fixed__": matched}
+
+
+def _read_side(src: DataSources, side: str):
     """(paths, labels, groups or None, the group column used, the CSV's other columns) of one side."""
     root, csv_path = (src.root, src.csv) if side == "training" else (src.val_root, src.val_csv)
     group_column = src.group_column if (side == "training" or csv_path or src.path_labels) else None
     if root and src.path_labels is not None:
         got = read_path_labels(root, src.path_labels)
         if got.unmatched:
-            warnings.warn(unmatched_message(got.unmatched, got.found, root, skipped=True), stacklevel=3)
+            warnings.warn(f"{len(got.unmatched)} image(s) under '{root}' do not match data.path_pattern and are "
+                          f"skipped, e.g. '{got.unmatched[0]}'.", stacklevel=3)
         groups = got.groups if group_column == "auto" else None
         return got.paths, got.labels, groups, ("group" if groups is not None else None), {"__labelled__": got}
     if csv_path:
@@ -187,9 +205,12 @@ def build_split(src: DataSources, val_fraction: float, seed: int, task=None,
     task = task or _multiclass()
     paths, labels, groups, column, others = _read(src, "training")
     labelled = others.pop("__labelled__", None)
+    fixed = others.pop("__fixed__")
     explicit = list(src.classes) if src.classes else (labelled.classes if labelled else None)
     if src.val_root or src.val_csv:
-        vpaths, vlabels, vgroups, vcolumn, _ = _read(src, "validation")
+        vpaths, vlabels, vgroups, vcolumn, vothers = _read(src, "validation")
+        from .fixes import read_fixes, warn_unmatched
+        warn_unmatched(read_fixes(src.relabel, src.exclude), fixed | vothers["__fixed__"])
         if task.name == "multiclass":
             _check_same_classes(set(labels), set(vlabels), explicit)
         names = task.classes_from(labels + vlabels, explicit)
@@ -272,8 +293,6 @@ class Listing:
     group_column: Optional[str]
     unmatched: list[str]             # files under the root that data.path_pattern did not match
     classes: Optional[list[str]]     # the class order the path labels fix (label_maps, bins, a combine rule)
-    found: int = 0                   # path labels: image files under the root, matched or not
-    problems: list[str] = field(default_factory=list)  # path labels read with on_bad="collect": training's errors
 
 
 def read_listing(src: DataSources, side: str = "training") -> Listing:
@@ -282,9 +301,8 @@ def read_listing(src: DataSources, side: str = "training") -> Listing:
         warnings.simplefilter("ignore")
         paths, labels, groups, column, others = _read(src, side)
     got = others.get("__labelled__")
-    if got is None:
-        return Listing(paths, labels, groups, column, [], None)
-    return Listing(paths, labels, groups, column, list(got.unmatched), got.classes, got.found, list(got.problems))
+    return Listing(paths, labels, groups, column, list(got.unmatched) if got is not None else [],
+                   got.classes if got is not None else None)
 
 
 def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:

@@ -294,7 +294,7 @@ def _resolve_batch(cfg: Config, start: Optional[dict], model, criterion, optimiz
 def absolute_data_paths(cfg: Config) -> Config:
     """Data paths as absolute paths, so config.yaml and split/*.csv mean the same files wherever the
     run folder is opened from (evaluate, predict, report, resume from another directory)."""
-    keys = ("data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv")
+    keys = ("data.root", "data.csv", "data.val_root", "data.val_csv", "data.folds_csv", "data.relabel", "data.exclude")
     changes = {}
     for key in keys:
         value = getattr(cfg.data, key.split(".")[1])
@@ -524,6 +524,9 @@ def write_run_files(folder: Path, cfg: Config, split: DataSplit, device: torch.d
     """What a new run folder holds before training: config, provenance, the split."""
     atomic_write_text(folder / "config.yaml", to_yaml(cfg))
     atomic_write_json(folder / "env.json", env_info(device, cfg.train.seed))
+    if cfg.data.relabel or cfg.data.exclude:  # which fixes this run's data had, by content
+        from ..data.fixes import fixes_record
+        atomic_write_json(folder / "data_fixes.json", fixes_record(cfg.data.relabel, cfg.data.exclude))
     (folder / "split").mkdir(exist_ok=True)
     write_split_csv(split.train, split, folder / "split" / "train.csv")
     write_split_csv(split.val, split, folder / "split" / "val.csv")
