@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from ..errors import UserError
 from .pathlabels import PathLabels, read_path_labels
+from .pattern import unmatched_message
 from .sources import read_csv, resolve_classes, scan_folder
 from .splits import split_indices
 
@@ -153,8 +154,7 @@ def _read_side(src: DataSources, side: str):
     if root and src.path_labels is not None:
         got = read_path_labels(root, src.path_labels)
         if got.unmatched:
-            warnings.warn(f"{len(got.unmatched)} image(s) under '{root}' do not match data.path_pattern and are "
-                          f"skipped, e.g. '{got.unmatched[0]}'.", stacklevel=3)
+            warnings.warn(unmatched_message(got.unmatched, got.found, root, skipped=True), stacklevel=3)
         groups = got.groups if group_column == "auto" else None
         return got.paths, got.labels, groups, ("group" if groups is not None else None), {"__labelled__": got}
     if csv_path:
@@ -293,6 +293,8 @@ class Listing:
     group_column: Optional[str]
     unmatched: list[str]             # files under the root that data.path_pattern did not match
     classes: Optional[list[str]]     # the class order the path labels fix (label_maps, bins, a combine rule)
+    found: int = 0                   # path labels: image files under the root, matched or not
+    problems: list[str] = field(default_factory=list)  # path labels read with on_bad="collect": training's errors
 
 
 def read_listing(src: DataSources, side: str = "training") -> Listing:
@@ -301,8 +303,9 @@ def read_listing(src: DataSources, side: str = "training") -> Listing:
         warnings.simplefilter("ignore")
         paths, labels, groups, column, others = _read(src, side)
     got = others.get("__labelled__")
-    return Listing(paths, labels, groups, column, list(got.unmatched) if got is not None else [],
-                   got.classes if got is not None else None)
+    if got is None:
+        return Listing(paths, labels, groups, column, [], None)
+    return Listing(paths, labels, groups, column, list(got.unmatched), got.classes, got.found, list(got.problems))
 
 
 def fold_indices(paths: Sequence[str], folds_csv: str, fold: int) -> tuple[list[int], list[int]]:
