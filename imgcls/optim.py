@@ -127,17 +127,19 @@ def create_optimizer(
     name: str,
     lr: float,
     weight_decay: float = 0.0,
+    groups: Optional[list[dict[str, Any]]] = None,
     **params: Any,
 ) -> torch.optim.Optimizer:
     """Create optimizer `name` over the model's trainable parameters (see `param_groups`).
 
     `lr` is the peak LR per optimizer step (not per micro-batch). `params` are the ones the entry
-    takes (sgd: momentum, nesterov; adam, adamw: betas); anything else is refused.
+    takes (sgd: momentum, nesterov; adam, adamw: betas); anything else is refused. `groups`: parameter
+    groups with their own lr and weight_decay instead (fine-tuning's layer decay or backbone lr).
     """
     info = optim_info(name)
     checked = check_optim_params(name, params)
     lr, weight_decay = check_lr(lr), check_weight_decay(weight_decay)
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay) if groups is None else groups
     if not any(g["params"] for g in groups):
         raise UserError("the model has no trainable parameters; unfreeze at least one layer.")
     return info.build(groups, lr, **checked)

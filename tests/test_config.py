@@ -72,7 +72,8 @@ def test_overrides_are_typed_and_frozen():
     ("train.lr=0.1", "unknown config key 'train.lr' (did you mean 'optim.lr'?)"),
     ("data.augment=strongest", "unknown augment preset 'strongest' (did you mean 'strong'?)"),
     ("data.val_fraction=1.5", "config key 'data.val_fraction' must be between 0 and 1"),
-    ("model.pretrained=true", "weights are never downloaded"),
+    ("model.revision=v1", "config key 'model.revision' (v1) pins hub weights, but model.pretrained is False; set model.pretrained=true"),
+    ("optim.layer_decay=1.5", "config key 'optim.layer_decay' must be in (0, 1]"),
     ("train.device=gpu", "config key 'train.device' must be auto, cpu, cuda, cuda:N or mps"),
     ("train.epochs", "override 'train.epochs' must look like key=value"),
 ])

@@ -45,8 +45,11 @@ def test_unknown_model_did_you_mean():
         create_model("resnet81", 3)
 
 
-def test_hub_weights_refused_without_network():
-    with pytest.raises(UserError, match="never downloaded"):
+def test_hub_weights_not_cached_offline_name_the_fix(tmp_path, monkeypatch):
+    """Hub weights are resolved through huggingface_hub's cache (tests/test_pretrained.py); uncached: one sentence."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="imgcls weights download resnet18"):
         create_model("resnet18", 3, pretrained=True)
 
 
@@ -101,7 +104,7 @@ def test_prefixed_weights_are_loaded_after_stripping_the_prefix(tmp_path, prefix
     torch.testing.assert_close(model.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
     torch.testing.assert_close(model.bn1.running_mean, src.bn1.running_mean)
     n_body = len([k for k in src.state_dict() if not k.startswith("fc.")])
-    assert lines == [f"loaded {n_body} tensors from {path}; head re-initialised for 4 classes"]
+    assert lines == [f"loaded {n_body} tensors from {path}; head fc re-initialised: 1000 -> 4 classes"]
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):

@@ -108,6 +108,7 @@ _MIN = {  # key -> smallest allowed value (inclusive); registry parameters are c
     "train.epochs": 1, "train.batch_size": 1, "train.accumulate": 1, "data.image_size": 8,
     "data.num_workers": 0, "data.mixup": 0.0, "data.cutmix": 0.0, "train.checkpoint_every_steps": 0,
     "train.patience": 1, "train.dist_timeout": 1.0, "data.min_image_side": 1, "data.max_image_pixels": 1, "data.crop_pct": 1e-9, "model.drop_rate": 0.0,
+    "finetune.freeze_epochs": 0,
 }
 
 
@@ -210,7 +211,7 @@ def _check_fields(cfg: Config) -> None:
                         "give a validation folder or CSV, or a fraction between 0 and 1.")
     if not 0.0 <= d.val_fraction < 1.0:
         raise UserError(f"config key 'data.val_fraction' must be between 0 and 1, got {d.val_fraction}.")
-    if d.crop_pct > 1.0:
+    if d.crop_pct is not None and d.crop_pct > 1.0:
         raise UserError(f"config key 'data.crop_pct' must be at most 1.0, got {d.crop_pct}.")
     if d.channels not in ("auto", 1, 3):
         raise UserError(f"config key 'data.channels' must be one of 'auto', 1, 3, got {d.channels!r}.")
@@ -242,9 +243,7 @@ def _check_fields(cfg: Config) -> None:
         raise unknown_name("loss.class_weights mode", cw, ["balanced", "none"])
     if isinstance(cw, list) and not (cw and all(w > 0 for w in cw)):
         raise UserError(f"config key 'loss.class_weights' must list positive numbers, one per class, got {cw}.")
-    if cfg.model.pretrained is True:
-        raise UserError("config key 'model.pretrained' is true, but weights are never downloaded; "
-                        "set it to the path of a local weights file (.safetensors, .pth or .bin).")
+    _check_finetune(cfg)
     check_lr(cfg.optim.lr)
     check_weight_decay(cfg.optim.weight_decay)
     if cfg.optim.clip_grad is not None and not cfg.optim.clip_grad > 0:
@@ -266,6 +265,26 @@ def _check_fields(cfg: Config) -> None:
         _check_lightning(cfg)
 
 
+def _check_finetune(cfg: Config) -> None:
+    """The pretrained-weights and fine-tuning keys (imgcls.models.hub, README "Fine-tuning")."""
+    m, o = cfg.model, cfg.optim
+    by_name = m.name.startswith(("hf-hub:", "local-dir:"))
+    if m.revision is not None and not (m.pretrained is True or m.name.startswith("hf-hub:")):
+        raise UserError(f"config key 'model.revision' ({m.revision}) pins hub weights, but model.pretrained is "
+                        f"{m.pretrained}; set model.pretrained=true or remove model.revision.")
+    if by_name and m.pretrained not in (True, False):
+        raise UserError(f"model.name '{m.name}' brings its own weights, and model.pretrained is a path too; set "
+                        "model.pretrained=true (or false for the architecture alone).")
+    if o.layer_decay is not None and (isinstance(o.layer_decay, bool) or not 0.0 < o.layer_decay <= 1.0):
+        raise UserError(f"config key 'optim.layer_decay' must be in (0, 1] (timm's default is 0.75), or null for "
+                        f"off, got {o.layer_decay!r}.")
+    if isinstance(o.backbone_lr_mult, bool) or not 0.0 < o.backbone_lr_mult <= 1.0:
+        raise UserError(f"config key 'optim.backbone_lr_mult' must be in (0, 1] (e.g. 0.1), got {o.backbone_lr_mult!r}.")
+    if o.layer_decay is not None and o.backbone_lr_mult != 1.0:
+        raise UserError("config keys 'optim.layer_decay' and 'optim.backbone_lr_mult' both set the backbone's "
+                        "learning rates; use one of them.")
+
+
 # options imgcls's own loop has and the Lightning engine does not (README, "Lightning")
 LIGHTNING_UNSUPPORTED = {
     "train.checkpoint_every_steps": (0, "Lightning's engine checkpoints at the end of each epoch"),
@@ -279,6 +298,10 @@ def _check_lightning(cfg: Config) -> None:
     t = cfg.train
     if t.batch_size == "auto":
         raise UserError("train.batch_size=auto is not supported with train.engine=lightning; set a number, e.g. 64.")
+    if cfg.finetune.freeze_epochs or cfg.optim.layer_decay is not None or cfg.optim.backbone_lr_mult != 1.0 \
+            or cfg.model.freeze_bn:
+        raise UserError("finetune.freeze_epochs, optim.layer_decay, optim.backbone_lr_mult and model.freeze_bn are "
+                        "not supported with train.engine=lightning yet; remove them or use train.engine=explicit.")
     for key, (off, why) in LIGHTNING_UNSUPPORTED.items():
         if key == "train.batch_size":
             continue

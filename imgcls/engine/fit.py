@@ -60,6 +60,10 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> FitResult:
         with StopFlag() as stop:
             while run.progress.position.epoch < fit_config.epochs:
                 t0 = time.perf_counter()
+                if run.freezer is not None:  # finetune.freeze_epochs: the head alone until the unfreeze epoch
+                    change = run.freezer.start_epoch(run.progress.position.epoch)
+                    if change:
+                        log(change)
                 _train(run, stop)
                 row, improved = _validate_and_record(run, t0, writer)
                 run.progress.position.next_epoch()

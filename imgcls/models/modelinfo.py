@@ -52,6 +52,9 @@ class ModelInfo:
     min_side: int = 8                  # accepted image sizes, as training accepted them (ImageLimits)
     max_pixels: Optional[int] = 89_478_485
     extra: dict = field(default_factory=dict, compare=False)  # task-specific record (e.g. thresholds)
+    # pretrained weights' source (imgcls.models.hub.WeightsSource.record): name, repo, revision (commit),
+    # file, sha256 and their pretrained_cfg preprocessing; empty for a run from random initialisation
+    weights: dict = field(default_factory=dict, compare=False)
 
     # ---- derived
     @property
@@ -120,6 +123,7 @@ class ModelInfo:
             "monitor": {"name": self.monitor, "value": self.monitor_value},
             "train_counts": list(self.train_counts), "imgcls": self.imgcls,
             "image_limits": {"min_side": self.min_side, "max_pixels": self.max_pixels},
+            **({"weights": self.weights} if self.weights else {}),  # absent from scratch: model.json as before
         }
 
     def write(self, path: Path) -> None:
@@ -158,7 +162,8 @@ class ModelInfo:
             task=task["type"], epoch=d["epoch"], monitor=str(monitor.get("name") or ""),
             monitor_value=monitor.get("value"), train_counts=tuple(int(c) for c in d["train_counts"]),
             imgcls=str(d.get("imgcls", "")), min_side=int(limits.get("min_side", 8)),
-            max_pixels=limits.get("max_pixels", 89_478_485), extra={k: v for k, v in task.items() if k != "type"})
+            max_pixels=limits.get("max_pixels", 89_478_485), extra={k: v for k, v in task.items() if k != "type"},
+            weights=d["weights"] if isinstance(d.get("weights"), dict) else {})
 
     @classmethod
     def read(cls, path: Path) -> "ModelInfo":

@@ -60,11 +60,16 @@ def load_pretrained_file(model: nn.Module, path: Path, name: str, log=None) -> N
     state = _strip_prefix(_read_state(path, name), set(expected))
     is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
     head_reset = False
+    notes = []
     if first_w in state and first_w in expected and state[first_w].shape != expected[first_w].shape \
             and state[first_w].shape[0] == expected[first_w].shape[0]:
+        notes.append(f"first conv {first} adapted: {state[first_w].shape[1]} -> {expected[first_w].shape[1]} "
+                     "input channel(s)")
         state[first_w] = adapt_input_conv(expected[first_w].shape[1], state[first_w])
+    old_classes = None
     for k in [k for k in state if is_head(k)]:
         if k not in expected or state[k].shape != expected[k].shape:
+            old_classes = state[k].shape[0] if k.endswith(".weight") else old_classes
             del state[k]
             head_reset = True
     missing = [k for k in expected if k not in state and not is_head(k)]
@@ -79,6 +84,8 @@ def load_pretrained_file(model: nn.Module, path: Path, name: str, log=None) -> N
     model.load_state_dict(state, strict=False)
     if log is not None:
         n_head = getattr(model, "num_classes", None)
-        log(f"loaded {len(state)} tensors from {path}" +
-            (f"; head re-initialised for {n_head} classes" if head_reset else ""))
+        if head_reset:
+            notes.append(f"head {'/'.join(heads)} re-initialised: "
+                         f"{old_classes if old_classes is not None else 'no'} -> {n_head} classes")
+        log(f"loaded {len(state)} tensors from {path}" + "".join(f"; {n}" for n in notes))
 

@@ -1,0 +1,208 @@
+"""Pretrained weights by name (imgcls.models.hub) and the fine-tuning recipes (imgcls.engine.finetune).
+
+Nothing is downloaded: a fixture builds a Hugging Face cache in huggingface_hub's own layout (blobs, refs/main,
+snapshots/<commit>/ with symlinks) from weights made here, HF_HUB_CACHE points at it, HF_ENDPOINT at a closed
+local port, and socket connections fail the test."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import facts, make_image_folder, small_config
+from imgcls.errors import UserError
+from imgcls.models import create_model
+from imgcls.models.hub import resolve_weights
+
+ARCH, TAG = "test_resnet", "r160_in1k"
+NAME = f"{ARCH}.{TAG}"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MEAN, STD = [0.25, 0.35, 0.45], [0.2, 0.3, 0.4]  # not imgcls's defaults, so their use shows
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return port
+
+
+def publish(cache: Path, repo: str, files: dict[str, bytes], commit: str = COMMIT, ref: str = "main") -> Path:
+    """huggingface_hub's cache layout: blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/..., refs/<ref>."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
+    return snap
+
+
+def _weights_bytes(model: torch.nn.Module, tmp: Path) -> bytes:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    return tmp.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def source_model():
+    torch.manual_seed(1)
+    return timm.create_model(ARCH, num_classes=1000)
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory, source_model) -> Path:
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    data = _weights_bytes(source_model, cache.parent / "w.safetensors")
+    config = {"architecture": ARCH, "num_classes": 1000,
+              "pretrained_cfg": {"tag": TAG, "mean": MEAN, "std": STD, "crop_pct": 0.875, "interpolation": "bicubic",
+                                 "first_conv": "conv1.0", "classifier": "fc", "license": "apache-2.0"}}
+    files = {"model.safetensors": data, "config.json": json.dumps(config).encode()}
+    publish(cache, f"timm/{NAME}", files)
+    publish(cache, "acme/tiny", files, commit="f" * 40, ref="main")
+    return cache
+
+
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    """The cache above, the hub at a closed port, and any connection attempt a failure."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(self, *a, **k):
+        pytest.fail(f"a network connection was attempted: {a}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return hub_cache
+
+
+def _body(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def _assert_same_body(model, source):
+    want = _body(source)
+    got = _body(model)
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+# ---------------------------------------------------------------- resolution
+
+def test_timm_name_with_tag_from_the_cache(offline_hub, source_model):
+    lines = []
+    model = create_model(NAME, num_classes=4, pretrained=True, log=lines.append)
+    _assert_same_body(model, source_model)
+    assert model.fc.out_features == 4
+    assert len(lines) == 1 and "head fc re-initialised: 1000 -> 4 classes" in lines[0]
+    src = resolve_weights(NAME, True)
+    assert (src.kind, src.repo, src.revision, src.architecture) == ("hub", f"timm/{NAME}", COMMIT, ARCH)
+    assert src.sha256 == hashlib.sha256(Path(src.file).read_bytes()).hexdigest()
+
+
+def test_hf_hub_name_with_pinned_revision(offline_hub, source_model):
+    model = create_model("hf-hub:acme/tiny@" + "f" * 40, num_classes=3, pretrained=True)
+    _assert_same_body(model, source_model)
+    src = resolve_weights("hf-hub:acme/tiny", True, revision="f" * 40)
+    assert src.revision == "f" * 40 and src.preprocessing["mean"] == MEAN
+    with pytest.raises(UserError, match=facts("model 'hf-hub:acme/tiny' is not in the Hugging Face cache; "
+                                              "imgcls weights download hf-hub:acme/tiny")):
+        resolve_weights("hf-hub:acme/tiny@" + "e" * 40, True)
+
+
+def test_local_dir_folder_and_file(offline_hub, source_model, tmp_path):
+    snap = offline_hub / f"models--timm--{NAME}" / "snapshots" / COMMIT
+    for model in (create_model(f"local-dir:{snap}", 5, pretrained=True),
+                  create_model(ARCH, 5, pretrained=str(snap)),
+                  create_model(ARCH, 5, pretrained=snap / "model.safetensors")):
+        _assert_same_body(model, source_model)
+    assert resolve_weights(ARCH, str(snap)).kind == "folder"
+    # the grayscale first conv: timm's rule (the RGB filters summed), said in the log
+    lines = []
+    gray = create_model(ARCH, 5, in_chans=1, pretrained=str(snap), log=lines.append)
+    torch.testing.assert_close(gray.conv1[0].weight, source_model.conv1[0].weight.sum(1, keepdim=True))
+    assert "first conv conv1.0 adapted: 3 -> 1 input channel(s)" in lines[0]
+
+
+def test_strict_loading_names_wrong_keys(offline_hub, tmp_path, source_model):
+    state = dict(source_model.state_dict())
+    state["extra.weight"] = torch.zeros(2)
+    del state["layer1.0.conv1.weight"]
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(UserError, match=r"1 missing, 1 unexpected .*'layer1.0.conv1.weight'.*'extra.weight'"):
+        create_model(ARCH, 4, pretrained=path)
+
+
+def test_uncached_name_offline_fails_at_once_with_the_fix(offline_hub, tmp_path, tiny_folder):
+    from imgcls import train
+    run_dir = tmp_path / "run"
+    cfg = small_config(tiny_folder, run_dir, **{"model.name": "resnet18.a1_in1k", "model.pretrained": True})
+    with pytest.raises(UserError) as e:
+        train(cfg, log=lambda *a: None)
+    msg = str(e.value)
+    assert "resnet18.a1_in1k" in msg and "imgcls weights download resnet18.a1_in1k" in msg and "\n" not in msg
+    assert not run_dir.exists()
+
+
+def test_unreachable_hub_uses_the_cache_after_a_refused_connection(hub_cache, monkeypatch, source_model):
+    """Not offline: huggingface_hub asks the hub (a closed port refuses at once) and falls back to the cache."""
+    import time
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.perf_counter()
+    src = resolve_weights(NAME, True)
+    assert src.revision == COMMIT and time.perf_counter() - t0 < 5
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache.parent / "empty"))
+    with pytest.raises(UserError, match="hub cannot be reached.*imgcls weights download"):
+        resolve_weights(NAME, True)
+
+
+# ---------------------------------------------------------------- the run records its weights
+
+@pytest.fixture(scope="module")
+def rgb_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("rgb") / "images", per_class=8)
+
+
+def _cfg(folder, run_dir, **kw):
+    return small_config(folder, run_dir, **{"model.name": NAME, "model.pretrained": True, "train.epochs": 1,
+                                            "train.batch_size": 8, **kw})
+
+
+@pytest.mark.slow
+def test_run_records_weights_and_uses_their_preprocessing(offline_hub, rgb_folder, tmp_path):
+    from imgcls import train
+    lines = []
+    result = train(_cfg(rgb_folder, tmp_path / "run"), log=lines.append)
+    info = json.loads((result.run_dir / "model.json").read_text())
+    w = info["weights"]
+    assert (w["repo"], w["revision"], w["architecture"]) == (f"timm/{NAME}", COMMIT, ARCH)
+    assert w["sha256"] == hashlib.sha256(Path(w["file"]).read_bytes()).hexdigest()
+    assert info["mean"] == MEAN and info["std"] == STD and info["crop_pct"] == 0.875
+    assert any("preprocessing from the weights' pretrained_cfg" in line for line in lines)
+    assert f"revision: {COMMIT}" in (result.run_dir / "config.yaml").read_text()
+    # an explicit setting wins, with a note
+    lines = []
+    result = train(_cfg(rgb_folder, tmp_path / "run2", **{"data.mean": [0.5] * 3}), log=lines.append)
+    assert json.loads((result.run_dir / "model.json").read_text())["mean"] == [0.5] * 3
+    assert any(line.startswith("note: data.mean") for line in lines)
+
+
+def test_scratch_run_has_no_weights_record(small_run):
+    info = json.loads((small_run.run_dir / "model.json").read_text())
+    assert "weights" not in info and info["crop_pct"] == 1.0
