@@ -132,3 +132,49 @@ def test_two_processes_share_one_study_without_losing_or_repeating_a_trial(tiny_
     assert len(folders) == len(set(folders)) and all(Path(f, "metrics.csv").is_file() for f in folders)
     pids = {t.user_attrs["pid"] for t in finished}
     assert len(pids) == 2  # both processes ran trials
+
+
+# ---------------------------------------------------------------- issue 26, item 8: each distribution against its key's type
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train.batch_size: {int: [8, 32], step: 0.5}", "step must be a positive whole number"),
+    ("train.batch_size: {int: [8, 32], step: 0}", "step must be a positive whole number"),
+    ("train.batch_size: {int: [8, 32], step: -8}", "step must be a positive whole number"),
+    ("train.batch_size: {int: [8, 30], step: 8}", r"a multiple of step 8.*\[8, 24\] or \[8, 32\]"),
+    ("train.batch_size: {uniform: [8, 32]}", r"integer.*\{int: \[8, 32\]\}"),
+    ("train.batch_size: {log_uniform: [8, 32]}", r"integer.*\{int: \[8, 32\]\}"),
+    ("train.epochs: {uniform: [1, 3]}", "integer"),
+    ("sched.warmup_epochs: {int: [0.5, 2]}", "whole numbers"),
+    ("optim.lr: {uniform: [1e-4, 1e-2], step: 2}", "step applies only to {int"),
+    ("optim.nesterov: {int: [0, 1]}", "nesterov"),
+    ("data.augment: {uniform: [0, 1]}", "choice"),
+])
+def test_each_distribution_is_checked_against_its_keys_type(tiny_folder, tmp_path, text, message):
+    from imgcls.integrations.tune import read_space
+    base = load_config(None, _base(tiny_folder, tmp_path / "x"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "\n")
+    with pytest.raises(UserError, match=message):
+        read_space(bad, base)
+
+
+def test_an_int_range_on_a_float_key_and_a_stepped_int_range_are_accepted(tiny_folder, tmp_path):
+    from imgcls.integrations.tune import read_space
+    base = load_config(None, _base(tiny_folder, tmp_path / "x"))
+    good = tmp_path / "good.yaml"
+    good.write_text("sched.warmup_epochs: {int: [0, 2]}\ntrain.batch_size: {int: [8, 32], step: 8}\n"
+                    "optim.lr: {uniform: [0.001, 0.01]}\n")
+    dims = {d.key: d for d in read_space(good, base)}
+    assert dims["sched.warmup_epochs"].values == (0, 2) and dims["train.batch_size"].step == 8
+    assert dims["optim.lr"].step is None
+
+
+@pytest.mark.parametrize("timeout", ["-5", "0", "nan"])
+def test_a_non_positive_timeout_is_refused_before_anything_is_written(tiny_folder, space, tmp_path, capsys, timeout):
+    tune_dir = tmp_path / "t"
+    assert main(["tune", *_base(tiny_folder, tune_dir), "--space", str(space), "--trials", "2",
+                 "--timeout", timeout]) == 2
+    err = capsys.readouterr().err
+    assert f"--timeout must be a number of seconds above 0, got {timeout}" in err and len(err.splitlines()) == 1
+    assert not tune_dir.exists()

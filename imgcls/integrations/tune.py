@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import socket
 import warnings
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import Config, all_keys, registries, to_yaml, unknown_key_error, yaml_load
+from ..config import SECTION_TYPES, Config, all_keys, registries, to_yaml, unknown_key_error, yaml_load
 from ..errors import UserError
 from ..io import atomic_write_text, csv_text
 
@@ -87,6 +88,40 @@ def _typed(base: Config, key: str, value):
     return getattr(getattr(base.replace(**{key: value}), section), name)
 
 
+def _number_type(key: str):
+    """int or float when ``key`` holds a number (besides words such as auto), else None."""
+    import types
+    import typing
+    from typing import Union
+    section, name = key.split(".", 1)
+    tp = typing.get_type_hints(SECTION_TYPES[section])[name]
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    return float if float in args else int if int in args else None
+
+
+def _check_kind(key: str, kind: str, values: list, step, path: Path) -> Optional[int]:
+    """The distribution against the key's type, before any trial: a sampled value must be one the key takes.
+    Returns the int step (or None)."""
+    number = _number_type(key)
+    if kind != "choice" and number is None:
+        raise UserError(f"'{key}' in '{path}' takes no range of numbers; search it with {{choice: [a, b, ...]}}.")
+    if kind in ("uniform", "log_uniform") and number is int:
+        raise UserError(f"'{key}' in '{path}' is an integer key, and {kind} samples fractions such as 21.17; use "
+                        f"{{int: [{', '.join(map(str, values))}]}} (with step: s if you like).")
+    if step is None:
+        return None
+    if kind != "int":
+        raise UserError(f"'{key}: {kind}' in '{path}' has a step, but step applies only to {{int: [lo, hi], step: s}}; "
+                        "remove it.")
+    try:
+        whole = float(_yaml_value(step))
+    except (TypeError, ValueError):
+        whole = math.nan
+    if isinstance(step, bool) or not (math.isfinite(whole) and whole.is_integer() and whole >= 1):
+        raise UserError(f"'{key}: int' in '{path}': step must be a positive whole number, got {step}.")
+    return int(whole)
+
+
 def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
     if key not in all_keys():
         raise unknown_key_error(key)
@@ -98,6 +133,7 @@ def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
     if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
         raise UserError(f"'{key}: {kind}' in '{path}' needs " + ("a list of choices." if kind == "choice" else
                                                                  "[low, high]."))
+    step = _check_kind(key, kind, values, spec.get("step"), path)
     probe = base
     section = key.split(".", 1)[0]
     depends = None
@@ -106,7 +142,9 @@ def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
         users = [n for n in names if key.split(".", 1)[1] in params_of(n)]
         if users:
             depends = f"{section}.name"
-            probe = base.replace(**{depends: users[0]})  # check the values with an entry that takes the key
+            with warnings.catch_warnings():  # the probe's own notes (the base's other entry's keys) are not news
+                warnings.simplefilter("ignore")
+                probe = base.replace(**{depends: users[0]})  # check the values with an entry that takes the key
     typed = tuple(_typed(probe, key, v) for v in values)
     if kind != "choice":
         lo, hi = typed
@@ -115,9 +153,15 @@ def _dimension(key: str, spec, base: Config, path: Path) -> Dimension:
         if kind == "log_uniform" and lo <= 0:
             raise UserError(f"'{key}: log_uniform' in '{path}' needs a low bound above 0, got {lo}.")
         if kind == "int":
+            if not (float(lo).is_integer() and float(hi).is_integer()):
+                raise UserError(f"'{key}: int: [{lo}, {hi}]' in '{path}' needs whole numbers; use {{uniform: "
+                                f"[{lo}, {hi}]}} for fractions.")
             typed = (int(lo), int(hi))
-    step = spec.get("step")
-    return Dimension(key, kind, typed, int(_yaml_value(step)) if step is not None else None, depends)
+            if step and (typed[1] - typed[0]) % step:
+                below = typed[0] + (typed[1] - typed[0]) // step * step
+                raise UserError(f"'{key}: int: [{typed[0]}, {typed[1]}]' in '{path}': high - low must be a multiple "
+                                f"of step {step}; use [{typed[0]}, {below}] or [{typed[0]}, {below + step}].")
+    return Dimension(key, kind, typed, step, depends)
 
 
 def _yaml_value(v):
@@ -192,6 +236,11 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
     from ..engine.dist import DistContext
     from ..tasks import get_task
     from .tracking import RunTracking
+    if isinstance(options.trials, bool) or not isinstance(options.trials, int) or options.trials < 1:
+        raise UserError(f"--trials must be 1 or more, got {options.trials}.")
+    if options.timeout is not None and not options.timeout > 0:  # also NaN: a timeout of 0 s runs no trial
+        raise UserError(f"--timeout must be a number of seconds above 0, got {options.timeout:g}; leave it out "
+                        "for no time limit.")
     base = absolute_data_paths(base)
     dims = read_space(options.space, base)
     task = get_task(base.task.type).from_config(base)
