@@ -206,3 +206,94 @@ def test_run_records_weights_and_uses_their_preprocessing(offline_hub, rgb_folde
 def test_scratch_run_has_no_weights_record(small_run):
     info = json.loads((small_run.run_dir / "model.json").read_text())
     assert "weights" not in info and info["crop_pct"] == 1.0
+
+
+# ---------------------------------------------------------------- fine-tuning recipes
+
+def _built(cfg):
+    from imgcls.engine.build import build_run
+    return build_run(cfg, log=lambda *a: None)
+
+
+def _fit(run, on_epoch=None):
+    from imgcls.engine.fit import fit
+    try:
+        return fit(run, on_epoch)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _is_head(key: str) -> bool:
+    return key.startswith("fc.")
+
+
+@pytest.mark.slow
+def test_freeze_epochs_keep_backbone_and_batchnorm_bit_identical(offline_hub, rgb_folder, tmp_path, source_model):
+    run = _built(_cfg(rgb_folder, tmp_path / "run", **{"finetune.freeze_epochs": 1, "train.epochs": 2}))
+    start = {k: v.clone() for k, v in run.model.state_dict().items()}
+    after = {}
+
+    def snapshot(epoch, row):
+        after[epoch] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        return False
+    _fit(run, snapshot)
+    frozen, unfrozen = after[1], after[2]
+    body = [k for k in start if not _is_head(k)]
+    assert any("running_mean" in k for k in body)
+    for k in body:  # weights, BatchNorm running statistics and their counters: untouched while frozen
+        assert torch.equal(frozen[k], start[k]), k
+        assert torch.equal(start[k], source_model.state_dict()[k]), k
+    assert not torch.equal(frozen["fc.weight"], start["fc.weight"])  # the head trained
+    assert not torch.equal(unfrozen["layer1.0.conv1.weight"], frozen["layer1.0.conv1.weight"])  # then the rest
+    assert not torch.equal(unfrozen["bn1.running_mean"], frozen["bn1.running_mean"])
+
+
+@pytest.mark.slow
+def test_resume_across_the_unfreeze_boundary_is_exact(offline_hub, rgb_folder, tmp_path):
+    from imgcls import resume
+    keys = {"finetune.freeze_epochs": 1, "train.epochs": 3, "optim.layer_decay": 0.75}
+    _fit(_built(_cfg(rgb_folder, tmp_path / "a", **keys)))
+    _fit(_built(_cfg(rgb_folder, tmp_path / "b", **keys)), lambda epoch, row: epoch == 1)  # stops at the boundary
+    resume(tmp_path / "b", log=lambda *a: None, report=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
+
+
+@pytest.mark.slow
+def test_layer_decay_gives_timms_per_group_learning_rates(offline_hub, rgb_folder, tmp_path):
+    from timm.optim import param_groups_layer_decay
+    run = _built(_cfg(rgb_folder, tmp_path / "run", **{"optim.layer_decay": 0.65, "optim.lr": 0.01}))
+    if run.lock is not None:
+        run.lock.release()
+    want = param_groups_layer_decay(run.model, 0.05, layer_decay=0.65)
+    want = sorted((round(0.01 * g["lr_scale"], 12), g["weight_decay"], sorted(id(p) for p in g["params"]))
+                  for g in want)
+    got = sorted((round(lr, 12), g["weight_decay"], sorted(id(p) for p in g["params"]))
+                 for lr, g in zip(run.scheduler.base_lrs, run.optimizer.param_groups))
+    assert got == want
+    assert len({lr for lr, _, _ in got}) > 3 and max(lr for lr, _, _ in got) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_backbone_lr_mult_and_freeze_bn(offline_hub, rgb_folder, tmp_path, source_model):
+    run = _built(_cfg(rgb_folder, tmp_path / "run", **{"optim.backbone_lr_mult": 0.1, "optim.lr": 0.01,
+                                                         "model.freeze_bn": True}))
+    head = {id(p) for p in run.model.fc.parameters()}
+    bn = {id(p) for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    for g in run.optimizer.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert not ids & bn  # frozen BatchNorm: its affine parameters are not trained
+        if ids:
+            assert g["lr"] == pytest.approx(0.01 if ids <= head else 0.001) and (ids <= head or not ids & head)
+    _fit(run)
+    state, src = run.model.state_dict(), source_model.state_dict()
+    for name, m in run.model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for k, v in m.state_dict().items():
+                assert torch.equal(v, src[f"{name}.{k}"]), f"{name}.{k}"
+    assert not torch.equal(state["layer1.0.conv1.weight"], src["layer1.0.conv1.weight"])

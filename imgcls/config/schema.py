@@ -37,9 +37,10 @@ class DataConfig:
     group_column: Optional[str] = "auto"  # auto: a column named 'group'; none/null: no grouping; or a name
     classes: Optional[list[str]] = None  # explicit class order = integer codes
     image_size: int = 224               # side of the square the model sees (px)
-    crop_pct: float = 1.0               # eval: resize to image_size / crop_pct, then centre crop
+    # eval: resize to image_size / crop_pct, then centre crop; null: 1.0, or the pretrained weights' own
+    crop_pct: Optional[float] = None
     channels: Union[int, str] = "auto"  # auto: 1 if the data is grayscale, else 3
-    mean: Optional[list[float]] = None  # per channel, 0-1 pixel scale; default ImageNet / 0.5
+    mean: Optional[list[float]] = None  # per channel, 0-1 pixel scale; default the weights' own, else ImageNet / 0.5
     std: Optional[list[float]] = None
     augment: str = "default"            # a preset name: imgcls list augment
     mixup: float = 0.0                  # MixUp alpha (0 = off)
@@ -71,9 +72,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"              # imgcls list models: any timm name, or small_cnn (tiny images)
-    pretrained: Union[bool, str] = False  # false, or a path to a local weights file
+    # imgcls list models: any timm name (with a pretrained tag: resnet50.a1_in1k), small_cnn (tiny images),
+    # hf-hub:ORG/REPO[@REVISION] or local-dir:PATH (imgcls.models.hub)
+    name: str = "resnet18"
+    pretrained: Union[bool, str] = False  # true: the name's weights; false; a weights file; a timm folder
     drop_rate: float = 0.0
+    revision: Optional[str] = None      # hub weights: branch, tag or commit; a run records (and resumes) the commit
+    freeze_bn: bool = False             # BatchNorm in eval mode with frozen affine parameters (timm's freeze_batch_norm_2d)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    freeze_epochs: int = 0              # train only the head (backbone weights and BN statistics frozen) for N epochs
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,8 @@ class OptimConfig:
     nesterov: bool = True                # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     clip_grad: Optional[float] = None    # max global grad norm; null = off
+    layer_decay: Optional[float] = None  # lr x layer_decay^(depth from the head), timm's layer grouping; e.g. 0.75
+    backbone_lr_mult: float = 1.0        # the backbone's lr as a fraction of the head's (e.g. 0.1)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ class Sections:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)

@@ -6,6 +6,7 @@ that knows what last.pt holds. Tests replace a Run's parts (criterion, validate 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -31,9 +32,11 @@ from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_fil
 from ..losses import class_weights_from_counts, create_loss
 from ..models.modelinfo import ModelInfo
 from ..models import create_model
+from ..models.hub import WeightsSource, resolve_weights
 from ..optim import create_optimizer, create_scheduler, scheduler_takes
 from ..tasks import Task, get_task
 from .dist import DistContext, device_for
+from .finetune import Freezer, finetune_param_groups
 from .loop import EpochState, StepConfig, fit_micro_batch
 from .rundir import RunLock, create_run_dir, env_info, truncate_metrics
 
@@ -105,6 +108,7 @@ class Run:
     compiled: Optional[nn.Module] = None  # train.compile: torch.compile(model), sharing its parameters
     dist: DistContext = field(default_factory=DistContext)  # torchrun's processes; the world of 1 otherwise
     ddp: Optional[nn.Module] = None  # DistributedDataParallel(model) when dist is active
+    freezer: Optional[Freezer] = None  # finetune.freeze_epochs / model.freeze_bn; None when neither is set
 
     @property
     def train_model(self) -> nn.Module:
@@ -231,18 +235,50 @@ def _detect_channels(paths: list[str], setting) -> int:
     return 1 if all(image_channels(p) == 1 for p in paths[::step][:64]) else 3
 
 
-def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str) -> ModelInfo:
+def _preprocessing(d, channels: int, weights: WeightsSource, log) -> dict:
+    """mean, std, crop_pct: the config's where set, else the pretrained weights' own (the normalisation the
+    backbone was trained with), else imgcls's defaults; each choice that involves the weights is logged."""
+    mean, std = default_mean_std(channels)
+    theirs = weights.preprocessing if weights.kind != "none" else {}
+    for key in ("mean", "std"):  # a grayscale run: the mean of the RGB values (as the first conv sums them)
+        if key in theirs and len(theirs[key]) != channels:
+            theirs[key] = [sum(theirs[key]) / len(theirs[key])] * channels
+    out, taken = {}, []
+    for key, given, default in (("mean", d.mean, mean), ("std", d.std, std), ("crop_pct", d.crop_pct, 1.0)):
+        if given is not None:
+            out[key] = given
+            if key in theirs and list(np_round(theirs[key])) != list(np_round(given)):
+                log(f"note: data.{key}={given} differs from the weights' {theirs[key]} (the setting wins)")
+        elif key in theirs:
+            out[key], taken = theirs[key], taken + [f"{key}={np_round(theirs[key])}"]
+        else:
+            out[key] = default
+    if taken:
+        log(f"preprocessing from the weights' pretrained_cfg (data.* not set): {', '.join(taken)}"
+            + (f"; their interpolation '{theirs['interpolation']}' is recorded, imgcls resizes with antialiased "
+               "bilinear" if theirs.get("interpolation") not in (None, "bilinear") else ""))
+    return out
+
+
+def np_round(v):
+    """Values as a log shows them (4 decimals)."""
+    return [round(float(x), 4) for x in v] if isinstance(v, (list, tuple)) else round(float(v), 4)
+
+
+def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str, weights: WeightsSource,
+                log=print) -> ModelInfo:
     d = cfg.data
     channels = _detect_channels(split.train.paths, d.channels)
-    mean, std = default_mean_std(channels)
-    mean, std = list(d.mean or mean), list(d.std or std)
+    pre = _preprocessing(d, channels, weights, log)
+    mean, std = list(pre["mean"]), list(pre["std"])
     if len(mean) != channels or len(std) != channels:
         raise UserError(f"data.mean and data.std need {channels} value(s) for {channels}-channel images.")
-    return ModelInfo(architecture=cfg.model.name, classes=tuple(split.classes), channels=channels,
-                     image_size=d.image_size, crop_pct=d.crop_pct, mean=tuple(mean), std=tuple(std),
+    return ModelInfo(architecture=weights.architecture, classes=tuple(split.classes), channels=channels,
+                     image_size=d.image_size, crop_pct=float(pre["crop_pct"]), mean=tuple(mean), std=tuple(std),
                      augment=d.augment, allows_flip=get_preset(d.augment).allows_flip, task=task.name,
                      monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__,
-                     min_side=d.min_image_side, max_pixels=d.max_image_pixels, extra=dict(split.label_record))
+                     min_side=d.min_image_side, max_pixels=d.max_image_pixels, extra=dict(split.label_record),
+                     weights=weights.record() if weights.kind != "none" else {})
 
 
 def _check_before_folder(cfg: Config, model: nn.Module, split: DataSplit, monitor: str) -> None:
@@ -319,19 +355,37 @@ class Prepared:
     split: DataSplit
     info: ModelInfo
     monitor: str
+    weights: WeightsSource       # resolved before any image was read
 
     def create_model(self, log=print) -> nn.Module:
         """The configured architecture with this data's head and channels (seeded: the same initial
         weights for the same train.seed, whichever engine asks)."""
-        c = self.cfg
-        return create_model(c.model.name, self.info.num_outputs, self.info.channels, c.model.pretrained,
-                            c.model.drop_rate, image_size=self.info.image_size, log=log)
+        c, w = self.cfg, self.weights
+        return create_model(w.architecture, self.info.num_outputs, self.info.channels,
+                            Path(w.file) if w.file else False, c.model.drop_rate, image_size=self.info.image_size,
+                            log=log)
+
+
+def pin_weights(cfg: Config, log: Callable[[str], None] = print) -> tuple[Config, WeightsSource]:
+    """Resolve the config's pretrained weights (cache, hub, folder or file) and pin a hub snapshot's commit
+    in model.revision, so config.yaml, --resume, cv folds and tune trials load that same revision."""
+    weights = resolve_weights(cfg.model.name, cfg.model.pretrained, cfg.model.revision)
+    if weights.kind == "none":
+        return cfg, weights
+    if weights.kind == "file":  # a bare file says nothing of how its images were normalised
+        weights = dataclasses.replace(weights, pretrained_cfg={})
+    log(f"weights: {weights.repo or weights.file}" + (f" @ {weights.revision}" if weights.revision else "")
+        + f" (sha256 {weights.sha256[:12]})")
+    if weights.kind == "hub" and cfg.model.revision != weights.revision:
+        cfg = cfg.replace(**{"model.name": cfg.model.name.split("@")[0], "model.revision": weights.revision})
+    return cfg, weights
 
 
 def prepare(cfg: Config, log: Callable[[str], None] = print, *, absolute: bool = True) -> Prepared:
     """Read the data of ``cfg`` (the split, the task's targets) and seed every generator."""
     if absolute:
         cfg = absolute_data_paths(cfg)
+    cfg, weights = pin_weights(cfg, log)  # before any image is read: a missing weight fails at once
     task = get_task(cfg.task.type).from_config(cfg)
     monitor = task.resolve_monitor(cfg.train.monitor)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
@@ -340,7 +394,7 @@ def prepare(cfg: Config, log: Callable[[str], None] = print, *, absolute: bool =
     split.label_record = {**split.label_record, **task.fit(split.train.labels, split.classes)}
     task = task.configure({**task.record(split.classes), **split.label_record})
     split.task = task
-    return Prepared(cfg, task, split, _model_info(cfg, task, split, monitor), monitor)
+    return Prepared(cfg, task, split, _model_info(cfg, task, split, monitor, weights, log), monitor, weights)
 
 
 def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[dict] = None,
@@ -366,7 +420,10 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     model, nhwc = place_model(model, device), channels_last(device)
     _check_before_folder(cfg, model, split, monitor)
     criterion = make_criterion(cfg, task, split, device)
-    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_kwargs(cfg))
+    freezer = _freezer(cfg, model, dist)
+    o = cfg.optim
+    groups = finetune_param_groups(model, o.lr, o.weight_decay, o.layer_decay, o.backbone_lr_mult)
+    optimizer = create_optimizer(model, o.name, o.lr, o.weight_decay, groups=groups, **optim_kwargs(cfg))
     batch_size, accumulate = dist.broadcast_object(  # every process with rank 0's probe
         _resolve_batch(cfg, start, model, criterion, optimizer, device, info, log))
     _check_global_batch(start, dist.world, batch_size, accumulate)
@@ -395,11 +452,24 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
               eval_prep=info.batch_prep(device, channels_last=nhwc), metrics=task.create_metrics(split.classes),
               fit_config=FitConfig(t.epochs, monitor, direction, t.patience, t.checkpoint_every_steps,
                              _show_progress(t.progress) and dist.is_main),
-              resumed=start is not None, log=log, ema=ema_model(model, t.ema), dist=dist, ddp=_ddp(model, dist, device))
+              resumed=start is not None, log=log, ema=ema_model(model, t.ema), dist=dist, ddp=_ddp(model, dist, device),
+              freezer=freezer)
     if t.compile:
         run.compiled = _compile(run.ddp if run.ddp is not None else model, info, device, log)
     _open_folder(run, start)
     return run
+
+
+def _freezer(cfg: Config, model: nn.Module, dist: DistContext) -> Optional[Freezer]:
+    """model.freeze_bn holds BatchNorm from here on (before the optimizer, which then leaves its affine
+    parameters out); finetune.freeze_epochs is applied by fit at each epoch's start."""
+    n, freeze_bn = cfg.finetune.freeze_epochs, cfg.model.freeze_bn
+    if not (n or freeze_bn):
+        return None
+    if n and dist.active:
+        raise UserError("finetune.freeze_epochs is not supported under --nproc yet (DDP fixes the trainable "
+                        "parameters when it starts); train on one process or set finetune.freeze_epochs=0.")
+    return Freezer(model, n, freeze_bn)
 
 
 def silent_log(message: str) -> None:

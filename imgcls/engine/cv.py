@@ -73,12 +73,13 @@ def create_cv_folder(cfg: Config, folds: int, log: Callable[[str], None]):
     folds.csv, config.yaml (data paths absolute) and cv.json; returns (cv_dir, its lock, the config)."""
     from ..data.build import DataSources, read_samples
     from ..data.folds import make_folds, write_folds_csv
-    from .build import absolute_data_paths
+    from .build import absolute_data_paths, pin_weights
     from .rundir import RunLock, create_run_dir
     from ..tasks import get_task
 
     check_cv_config(cfg, folds)
     cfg = absolute_data_paths(cfg)
+    cfg, _ = pin_weights(cfg, log)  # one hub revision for every fold (and resume_cv), recorded in config.yaml
     task = get_task(cfg.task.type).from_config(cfg)
     samples, classes, column = read_samples(DataSources.from_config(cfg, cfg.data.root, cfg.data.csv), task)
     fold_of = make_folds(folds, cfg.train.seed, groups=samples.groups, **task.fold_targets(samples.labels))
