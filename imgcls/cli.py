@@ -185,15 +185,13 @@ class _WarningsPrinted:
 
         self._catcher = warnings.catch_warnings()  # restores showwarning on exit
         self._catcher.__enter__()
+        original = warnings.showwarning
+
         def show(message, category, filename, lineno, file=None, line=None):
-            parts = Path(filename).parts
-            if "imgcls" in parts:
+            if "imgcls" in Path(filename).parts:
                 print(f"warning: {message}", file=sys.stderr)
-            else:  # a library's: its first line whole, and whose it is, without its source line
-                home = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")),
-                            Path(filename).stem)
-                text = next((s.strip() for s in str(message).splitlines() if s.strip()), "")
-                print(f"warning: {text} ({category.__name__} from {home})", file=sys.stderr)
+            else:
+                original(message, category, filename, lineno, file, line)
 
         warnings.showwarning = show
 
@@ -364,31 +362,15 @@ def _add_report(sub) -> None:
     r = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png")
     r.add_argument("run_dir", help="a run folder written by 'imgcls train'")
     r.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM overlays (no model is built)")
-    r.add_argument("--force", action="store_true", help="rewrite report.html even where the validation images are "
-                   "gone (by default the existing report, with its pictures, is kept)")
     r.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
 
-    before = _identity(Path(a.run_dir) / "report.html")
     with _WarningsPrinted():
-        out = write_report(a.run_dir, gradcam=not a.no_gradcam, force=a.force)
-    if before is not None and _identity(out) == before:  # an atomic write always makes a new file
-        print(f"kept the existing {out}: nothing was written (the warning above says why); pass --force to "
-              "rewrite it")
-    else:
-        print(f"wrote {out}")
+        print(f"wrote {write_report(a.run_dir, gradcam=not a.no_gradcam)}")
     return 0
-
-
-def _identity(path: Path) -> Optional[tuple[int, int]]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
 
 
 def _add_compare(sub) -> None:
@@ -429,6 +411,38 @@ def _cmd_cache(a: argparse.Namespace) -> int:
         shape = "x".join(map(str, e["shape"] or [])) or "?"
         print(f"{e['key']}  {e['kind']:<5}  {e['images'] or '?':>7} images  {shape:<18}  "
               f"{e['bytes'] / 2**20:8.1f} MB  {e['created']}  {e['state']}")
+    return 0
+
+
+def _add_weights(sub) -> None:
+    w = sub.add_parser("weights", help="pretrained weights: fill the Hugging Face cache, write a portable folder, "
+                                       "list what is cached (works offline from the cache)")
+    w.add_argument("action", choices=["download", "list"])
+    w.add_argument("name", nargs="?", help="download: a timm name (resnet50.a1_in1k) or hf-hub:ORG/REPO[@REV]")
+    w.add_argument("--revision", help="download: a branch, tag or commit of the hub repo")
+    w.add_argument("--out", help="download: also write DIR (model.safetensors + config.json) for "
+                                 "model.pretrained=DIR or model.name=local-dir:DIR")
+    w.set_defaults(func=_cmd_weights)
+
+
+def _cmd_weights(a: argparse.Namespace) -> int:
+    from .models.hub import download_weights, hub_settings, list_cached_weights
+    if a.action == "list":
+        if a.name or a.revision or a.out:
+            raise UserError("'imgcls weights list' takes no name or options; 'imgcls weights download NAME' fetches one.")
+        rows = list_cached_weights()
+        print(f"{hub_settings(probe=False).cache_dir}: {len(rows)} cached revision(s)")
+        for r in rows:
+            print(f"{r['repo']}  {r['revision'][:12]}  {','.join(r['refs']) or '-':<8}  {r['bytes'] / 2**20:8.1f} MB  "
+                  f"{', '.join(r['weights']) or '(no weights file)'}")
+        return 0
+    if not a.name:
+        raise UserError("'imgcls weights download' needs a NAME, e.g. imgcls weights download resnet50.a1_in1k.")
+    source, out = download_weights(a.name, a.revision, a.out)
+    print(f"{a.name}: {source.repo} @ {source.revision} ({Path(source.file).stat().st_size / 2**20:.1f} MB, "
+          f"sha256 {source.sha256[:12]}) in {source.file}")
+    if out is not None:
+        print(f"wrote {out}: use model.pretrained={out} (or model.name=local-dir:{out})")
     return 0
 
 
@@ -491,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo_data)
 
     for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache,
-                _add_serve, _add_audit):
+                _add_serve, _add_audit, _add_weights):
         add(sub)
     return p
 
@@ -536,7 +550,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .io import FILE_SYSTEM_ERRNOS, describe_os_error
         if e.errno not in FILE_SYSTEM_ERRNOS:
             raise
-        print(f"error: {describe_os_error(e)}{_resume_hint(args, e)}", file=sys.stderr)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         _record(e)
         return 2
     except (TrainingInterrupted, ReportInterrupted, FoldStopped) as e:
@@ -551,14 +565,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug, or a lost process: the traceback stands; torchrun's launcher gets the error
         _record(e)
         raise
-
-
-def _resume_hint(args: argparse.Namespace, e: OSError) -> str:
-    """After a write error in a run folder that holds last.pt (atomic writes keep the previous one whole)."""
-    if args.command != "train" or not e.filename:
-        return ""
-    run = next((d for d in Path(e.filename).parents[:3] if (d / "last.pt").is_file()), None)
-    return f" The run folder keeps its last good state: resume it with 'imgcls train --resume {run}'." if run else ""
 
 
 def _record(e: BaseException) -> None:
