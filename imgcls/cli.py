@@ -185,13 +185,15 @@ class _WarningsPrinted:
 
         self._catcher = warnings.catch_warnings()  # restores showwarning on exit
         self._catcher.__enter__()
-        original = warnings.showwarning
-
         def show(message, category, filename, lineno, file=None, line=None):
-            if "imgcls" in Path(filename).parts:
+            parts = Path(filename).parts
+            if "imgcls" in parts:
                 print(f"warning: {message}", file=sys.stderr)
-            else:
-                original(message, category, filename, lineno, file, line)
+            else:  # a library's: its first line whole, and whose it is, without its source line
+                home = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "dist-packages")),
+                            Path(filename).stem)
+                text = next((s.strip() for s in str(message).splitlines() if s.strip()), "")
+                print(f"warning: {text} ({category.__name__} from {home})", file=sys.stderr)
 
         warnings.showwarning = show
 
@@ -362,15 +364,31 @@ def _add_report(sub) -> None:
     r = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png")
     r.add_argument("run_dir", help="a run folder written by 'imgcls train'")
     r.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM overlays (no model is built)")
+    r.add_argument("--force", action="store_true", help="rewrite report.html even where the validation images are "
+                   "gone (by default the existing report, with its pictures, is kept)")
     r.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
 
+    before = _identity(Path(a.run_dir) / "report.html")
     with _WarningsPrinted():
-        print(f"wrote {write_report(a.run_dir, gradcam=not a.no_gradcam)}")
+        out = write_report(a.run_dir, gradcam=not a.no_gradcam, force=a.force)
+    if before is not None and _identity(out) == before:  # an atomic write always makes a new file
+        print(f"kept the existing {out}: nothing was written (the warning above says why); pass --force to "
+              "rewrite it")
+    else:
+        print(f"wrote {out}")
     return 0
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _add_compare(sub) -> None:
@@ -550,7 +568,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .io import FILE_SYSTEM_ERRNOS, describe_os_error
         if e.errno not in FILE_SYSTEM_ERRNOS:
             raise
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {describe_os_error(e)}{_resume_hint(args, e)}", file=sys.stderr)
         _record(e)
         return 2
     except (TrainingInterrupted, ReportInterrupted, FoldStopped) as e:
@@ -565,6 +583,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug, or a lost process: the traceback stands; torchrun's launcher gets the error
         _record(e)
         raise
+
+
+def _resume_hint(args: argparse.Namespace, e: OSError) -> str:
+    """After a write error in a run folder that holds last.pt (atomic writes keep the previous one whole)."""
+    if args.command != "train" or not e.filename:
+        return ""
+    run = next((d for d in Path(e.filename).parents[:3] if (d / "last.pt").is_file()), None)
+    return f" The run folder keeps its last good state: resume it with 'imgcls train --resume {run}'." if run else ""
 
 
 def _record(e: BaseException) -> None:

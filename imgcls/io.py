@@ -54,9 +54,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         _hook(f"rename:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # write() names no file: say which one it was
+            e.filename = str(path)
         raise
     _fsync_dir(path.parent)
 
@@ -84,6 +86,32 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+def read_csv_rows(path: str | os.PathLike, what: str = "CSV file") -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV a user gives (training data, predict inputs, folds): the one reader every
+    command uses. UTF-8 with or without a byte-order mark, or UTF-16 with one; ``,``, ``;`` or tab separated
+    (found from the header line); header cells stripped. Anything else is one sentence naming the file."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist; check the path.")
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")  # spreadsheet programs often start the file with a BOM
+        except UnicodeDecodeError as e:
+            # Not guessed as cp1252: a wrong guess would silently turn file names and labels into others.
+            raise UserError(f"{what} '{path}' is not UTF-8 (byte {e.start} is not valid UTF-8; it looks like "
+                            "cp1252/Latin-1 from a spreadsheet program); save it as UTF-8 CSV.") from None
+    first = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=first.count) if first else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [cell.strip() for cell in next(reader, [])]
+    return header, list(reader)
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -116,8 +144,8 @@ def check_writable(folder: Path, what: str, fix: str) -> None:
     os.unlink(tmp)
 
 
-FILE_SYSTEM_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
-                      errno.ENOTDIR, errno.EEXIST}
+FILE_SYSTEM_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                      errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
 
 
 def describe_os_error(e: OSError) -> str:
@@ -128,6 +156,11 @@ def describe_os_error(e: OSError) -> str:
         fix = "make it writable or choose another output location"
     elif e.errno == errno.ENOSPC:
         fix = "free some disk space and run the command again"
+    elif e.errno == errno.EDQUOT:
+        fix = "free some space within your disk quota (or ask for a larger one) and run the command again"
+    elif e.errno == errno.EFBIG:
+        fix = ("the file system or the file-size limit refuses a file this large: raise the limit (ulimit -f) or "
+               "write to another file system, and run the command again")
     elif e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
         fix = "choose a path that is not taken by a file or folder of the other kind"
     else:

@@ -40,7 +40,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     folder = make_image_folder(root / "images", per_class=8)
     out = {"multiclass": (imgcls.train(small_config(folder, root / "mc", **FAST), log=lambda *a: None).run_dir,
-                          folder)}
+                          folder),
+           "multiclass, seed 1": (imgcls.train(small_config(folder, root / "mc1", **FAST, **{"train.seed": 1}),
+                                               log=lambda *a: None).run_dir, folder)}
     heads = {"colour": {"classes": ["r", "g", "b"]}, "stripes": {"classes": ["plain", "striped"]},
              "age": {"type": "regression"}}
     makers = {"multilabel": (make_multilabel, {"task.type": "multilabel"}),
@@ -148,6 +150,24 @@ def test_answers_equal_imgcls_predict_rows(task, runs, tmp_path):
     assert meta["task"] == task and meta["image_size"] == 16
     assert meta["models"][0]["weights_sha256"] == __import__("hashlib").sha256(
         (run / "best.safetensors").read_bytes()).hexdigest()
+
+
+def test_several_runs_are_served_as_predict_ensembles_them(runs, tmp_path):
+    (run, images), (other, _) = runs["multiclass"], runs["multiclass, seed 1"]
+    files = sorted(images.rglob("*.png"))[:6]
+    out = tmp_path / "ens.csv"
+    assert main(["predict", str(run), *map(str, files), "--ensemble", str(other), "--out", str(out)]) == 0
+    expected = csv_rows(out)
+    alone = create_app(run)
+    with running(create_app(run, ensemble=[other])) as base:
+        answers = httpx.post(base + "/predict", files=[("file", (p.name, p.read_bytes())) for p in files]).json()
+        meta = httpx.get(base + "/metadata").json()
+    for p, answer in zip(files, answers["predictions"]):
+        assert_same_as_row(answer, expected[p.name])
+    assert [m["run"] for m in meta["models"]] == [run.name, other.name]
+    with running(alone) as base:  # the ensemble's numbers are not one member's
+        single = httpx.post(base + "/predict", files=[("file", (p.name, p.read_bytes())) for p in files]).json()
+    assert single != answers
 
 
 def test_raw_json_and_multipart_bodies_give_one_answer_and_top_k_is_honoured(server, runs):
@@ -423,3 +443,39 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(runs, monkeypatch):
     startup = [line for line in err.splitlines() if line.startswith("imgcls serve:")]
     assert len(startup) == 1 and f"127.0.0.1:{port}" in startup[0] and "cpu" in startup[0]
     assert "tok" not in err.replace("token required", "")  # the token is never printed
+
+
+# ---------------------------------------------------------------- the page in a browser
+
+def test_the_page_shows_the_top_class_of_a_picked_image(server, runs, tmp_path):
+    from test_report_browser import CHROMIUM_ARGS, CHROMIUM_PATHS, _unavailable  # private: the shared browser guard
+    import shutil
+    path = next((p for p in CHROMIUM_PATHS if os.access(p, os.X_OK)), None) or shutil.which("chromium")
+    if path is None:
+        _unavailable("no system Chromium at /usr/bin/chromium (install it with: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = sorted(runs["multiclass"][1].rglob("*.png"))[0]
+    top = httpx.post(server + "/predict", content=image.read_bytes(),
+                     headers={"content-type": "image/png"}).json()["predictions"][0]["pred"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "blob:", "data:"))
+                    else None)
+            page.goto(server + "/")
+            page.set_input_files("#pick", str(image))
+            page.wait_for_selector(".row.top", timeout=20_000)
+            assert page.inner_text(".row.top .name") == top
+            # drop the same file on the drop zone, as a person dragging it from a file manager
+            page.evaluate('''([b64, name]) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0)), dt = new DataTransfer();
+                dt.items.add(new File([bytes], name, {type: 'image/png'}));
+                document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+            }''', [base64.b64encode(image.read_bytes()).decode(), image.name])
+            page.wait_for_function("document.querySelectorAll('.row.top').length == 2", timeout=20_000)
+            assert page.locator(".row.top .name").all_inner_texts() == [top, top]
+            assert not outside  # no request leaves the server
+        finally:
+            browser.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
+from ..io import write_csv
 from .pathlabels import PathLabels, read_path_labels
 from .pattern import unmatched_message
 from .sources import read_csv, resolve_classes, scan_folder
@@ -360,8 +361,6 @@ def check_same_split(split: DataSplit, folder: Path) -> None:
 
 def write_split_csv(side: Side, split: DataSplit, path: Path) -> None:
     """split/<side>.csv: path, the label as written in the data (joined labels, the number), group."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "group"])
-        for i, (p, y) in enumerate(zip(side.paths, side.labels)):
-            w.writerow([p, split.label_text(y), "" if side.groups is None else side.groups[i]])
+    rows = [[p, split.label_text(y), "" if side.groups is None else side.groups[i]]
+            for i, (p, y) in enumerate(zip(side.paths, side.labels))]
+    write_csv(path, ["path", "label", "group"], rows)  # atomically: no torn split file to resume against

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from .sources import open_csv_rows
+from ..io import read_csv_rows
 
 
 def _key(path: str | os.PathLike) -> str:
@@ -45,7 +45,7 @@ class Fixes:
 def _read_column(csv_path: str, columns: Sequence[str], key: str) -> list[list[str]]:
     if not Path(csv_path).is_file():
         raise UserError(f"{key} '{csv_path}' does not exist; pass the CSV imgcls audit wrote (or remove {key}).")
-    header, rows = open_csv_rows(csv_path)
+    header, rows = read_csv_rows(csv_path)
     missing = [c for c in columns if c not in header]
     if missing:
         raise UserError(f"{key} '{csv_path}' has no column '{missing[0]}'; it needs the columns "

@@ -12,7 +12,6 @@ The folds file is a CSV ``path,fold[,group]`` that ``imgcls cv`` writes and ``da
 """
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from imgcls.errors import UserError
-from imgcls.io import write_csv
+from imgcls.io import read_csv_rows, write_csv
 
 QUANTILE_BINS = 5  # regression targets without bins: this many quantile bins, fewer on small data
 
@@ -151,13 +150,11 @@ def read_folds_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"folds file '{path}' does not exist; make it with 'imgcls cv' or fix data.folds_csv.")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    header = [cell.strip() for cell in rows[0]] if rows else []
+    header, rows = read_csv_rows(path, "folds file")
     if header[:2] != ["path", "fold"]:
         raise UserError(f"folds file '{path}' must start with the header 'path,fold'; make it with 'imgcls cv'.")
     paths, folds = [], []
-    for line_no, row in enumerate(rows[1:], start=2):
+    for line_no, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
         fold = row[1].strip() if len(row) > 1 else ""

@@ -5,8 +5,6 @@ class order, which is what maps a label to the model's output index.
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from pathlib import Path
 
 from imgcls.data.decode import IMAGE_EXTENSIONS
 from imgcls.errors import UserError
+from imgcls.io import read_csv_rows
 
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test"}
 
@@ -127,28 +126,6 @@ def images_under(folder: Path, out: FolderListing) -> list[str]:
     return sorted(found)
 
 
-def open_csv_rows(csv_path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a CSV: UTF-8 with or without a byte-order mark, or UTF-16 with one;
-    ``,``, ``;`` or tab separated (found from the header line). Anything else is one sentence."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UserError(f"CSV file '{csv_path}' does not exist; check the path.")
-    raw = csv_path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = raw.decode("utf-16")
-    else:
-        try:
-            text = raw.decode("utf-8-sig")  # spreadsheet programs often start the file with a BOM
-        except UnicodeDecodeError as e:
-            raise UserError(f"CSV file '{csv_path}' is not UTF-8 (byte {e.start} is not valid UTF-8; it looks like "
-                            "cp1252/Latin-1 from a spreadsheet program); save it as UTF-8 CSV.") from None
-    first = text.split("\n", 1)[0]
-    delimiter = max((",", ";", "\t"), key=first.count) if first else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [cell.strip() for cell in next(reader, [])]
-    return header, list(reader)
-
-
 def read_csv(
     csv_path: str | os.PathLike,
     path_column: str = "path",
@@ -165,7 +142,7 @@ def read_csv(
     together); absolute paths are kept. Cells are read as strings with surrounding spaces removed.
     """
     csv_path = Path(csv_path)
-    header, rows = open_csv_rows(csv_path)
+    header, rows = read_csv_rows(csv_path)
     if not header:
         raise UserError(f"CSV file '{csv_path}' is empty; it needs a header row such as 'path,label'.")
     wanted = {"data.path_column": path_column, "data.label_column": label_column}

@@ -27,7 +27,7 @@ from ..data.pipeline import build_pipeline
 from ..data.prep import BatchPrep, make_mix
 from ..data.transforms import default_mean_std, get_preset
 from ..device import channels_last, place_model, resolve_device, rng_state, seed_everything, set_rng_state
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
 from ..losses import class_weights_from_counts, create_loss
 from ..models.modelinfo import ModelInfo
@@ -531,7 +531,7 @@ def _compile(model: nn.Module, info: ModelInfo, device: torch.device, log) -> Op
             compiled.train(was)(x)
         return compiled
     except Exception as e:  # noqa: BLE001 -- any compiler failure means: train eagerly
-        log(f"warning: train.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+        log(f"warning: train.compile failed ({type(e).__name__}: {first_sentence(e)}); "
             "training in eager mode.")
         return None
 

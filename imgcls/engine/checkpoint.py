@@ -12,13 +12,16 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 from ..io import atomic_write_bytes
 
 
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (some, e.g. from an empty file, have none)."""
-    return (str(e).splitlines() or [type(e).__name__])[0][:120]
+def load_error_reason(e: BaseException) -> str:
+    """Why torch.load refused a file, quoted whole: for bytes that are no pickle, what its weights-only
+    unpickler found ('Unsupported operand 103'), not the first sentence of torch's advice; otherwise the
+    message's first sentence (some, e.g. from an empty file, have none: then the error's type)."""
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    return found.group(1).strip().rstrip(".") if found else first_sentence(e)
 
 
 def save_last(path: Path, state: dict) -> None:
@@ -40,9 +43,9 @@ def load_last(path: Path) -> dict:
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))
         if found is None:  # not a refused object: the bytes themselves are not a checkpoint
             raise UserError(f"'{path}' is damaged and cannot be read (not a checkpoint file: "
-                            f"{_first_line(e)}); restore it from a backup or start a new run.")
+                            f"{load_error_reason(e)}); restore it from a backup or start a new run.")
         raise UserError(f"'{path}' holds objects other than tensors and plain values and was not loaded "
                         f"(unsafe pickle refused: {found.group(0)}); use a last.pt written by imgcls.")
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"'{path}' is damaged and cannot be read ({_first_line(e)}); "
+        raise UserError(f"'{path}' is damaged and cannot be read ({load_error_reason(e)}); "
                         "restore it from a backup or start a new run.")

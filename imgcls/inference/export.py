@@ -23,7 +23,7 @@ from torch import nn
 from ..io import atomic_write_json
 from ..models.modelinfo import ModelInfo
 from ..io import check_writable
-from ..errors import UserError, unknown_name
+from ..errors import UserError, first_sentence, unknown_name
 from .predictor import load_member
 
 TOLERANCE = 1e-4     # max absolute difference of logits allowed between export and PyTorch
@@ -189,7 +189,7 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
                 if isinstance(e, UserError):
                     raise
                 raise UserError(f"model '{info.architecture}' could not be exported to {format} "
-                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); try another "
+                                f"({type(e).__name__}: {first_sentence(e)}); try another "
                                 "--format.") from None
             expected = model(batch)
             got = run_exported(batch)

@@ -7,7 +7,6 @@ the device, the model in ``eval()`` under ``torch.inference_mode()``, softmax in
 """
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 # The decoder's own PIL/channel conversions, so an in-memory image gets exactly the pixels its file would.
 from ..data.decode import (IMAGE_EXTENSIONS, BadImageError, convert_channels, decode_bytes, load_image,
                            pil_image_to_tensor)
-from ..io import atomic_write_text, check_writable, csv_text
+from ..io import atomic_write_text, check_writable, csv_text, read_csv_rows
 from ..device import channels_last, place_model
 from ..models.modelinfo import ModelInfo, load_run_model
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 
 from ..tasks import TOP_K  # one top-k for metrics and predictions
 
@@ -246,7 +245,7 @@ class Predictor:
                         if s == 1.0:
                             raise
                         raise UserError(f"model '{m.info.architecture}' does not accept {size}x{size} inputs "
-                                        f"(--tta-scales {s}): {str(e).splitlines()[0][:120]}; use scales it "
+                                        f"(--tta-scales {s}): {first_sentence(e)}; use scales it "
                                         "supports or drop --tta-scales.") from None
                     p = p + m.info.task_type.decode_outputs(logits)
                     n += 1
@@ -342,23 +341,21 @@ def _images_in(folder: Path) -> list[str]:
 
 
 def _read_input_csv(path: Path, path_column: str) -> InputTable:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [c.strip() for c in next(reader, [])]
-        if path_column not in header:
-            raise UserError(f"CSV file '{path}' has no column '{path_column}' (columns: {', '.join(header) or 'none'}); "
-                            "pass --path-column with one of them.")
-        col = header.index(path_column)
-        table = InputTable([], [], header, [])
-        for row in reader:
-            if not any(c.strip() for c in row):
-                continue
-            row = (row + [""] * len(header))[:len(header)]
-            cell = row[col].strip()
-            # An empty cell stays a row (reported as unreadable) so a submission keeps every input row.
-            table.paths.append(str(path.parent / cell) if cell else "")
-            table.given.append(cell)
-            table.rows.append(row)
+    header, rows = read_csv_rows(path)  # the reader training uses: BOM, UTF-16, ; or tab, one sentence if not UTF-8
+    if path_column not in header:
+        raise UserError(f"CSV file '{path}' has no column '{path_column}' (columns: {', '.join(header) or 'none'}); "
+                        "pass --path-column with one of them.")
+    col = header.index(path_column)
+    table = InputTable([], [], header, [])
+    for row in rows:
+        if not any(c.strip() for c in row):
+            continue
+        row = (row + [""] * len(header))[:len(header)]
+        cell = row[col].strip()
+        # An empty cell stays a row (reported as unreadable) so a submission keeps every input row.
+        table.paths.append(str(path.parent / cell) if cell else "")
+        table.given.append(cell)
+        table.rows.append(row)
     if not table.paths:
         raise UserError(f"CSV file '{path}' has a header but no rows; add one row per image.")
     return table

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..io import atomic_write_text
 from ..models.modelinfo import ModelInfo
 
 FOLDER = "timm"
@@ -72,7 +73,7 @@ def write_timm_folder(run_dir: str | os.PathLike, out: Optional[str | os.PathLik
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _link_or_copy(Path(run_dir) / "best.safetensors", tmp / "model.safetensors")
+    _link_or_copy(Path(run_dir) / "best.safetensors", tmp / "model.safetensors", inside=_is_inside(folder, run_dir))
     size = info.image_size
     save_config_for_hf(member.model, str(tmp / "config.json"), model_config={
         "label_names": list(info.classes),
@@ -83,19 +84,28 @@ def write_timm_folder(run_dir: str | os.PathLike, out: Optional[str | os.PathLik
     config = json.loads((tmp / "config.json").read_text())
     for key in _NOT_THESE_WEIGHTS:  # about the architecture's published weights, not these
         config["pretrained_cfg"].pop(key, None)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / "README.md").write_text(_model_card(info))
+    atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(tmp / "README.md", _model_card(info))
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links refused
-        shutil.copyfile(src, dst)
+def _is_inside(folder: Path, run_dir: str | os.PathLike) -> bool:
+    return Path(os.path.abspath(folder)).is_relative_to(os.path.abspath(run_dir))
+
+
+def _link_or_copy(src: Path, dst: Path, *, inside: bool) -> None:
+    """A hard link saves the space only inside the run folder, which travels (and is edited) as one; anywhere
+    else the export is a file of its own, so editing it can never change the run's best.safetensors."""
+    if inside:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links refused
+            pass
+    shutil.copyfile(src, dst)
 
 
 def _model_card(info: ModelInfo) -> str:

@@ -323,11 +323,13 @@ class _RunFolder(L.Callback):
 def load_checkpoint(path: Path) -> dict:
     """A Lightning engine's last.ckpt: tensors and plain values only (``weights_only=True``, as last.pt)."""
     import pickle
+
+    from ..engine.checkpoint import load_error_reason
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"'{path}' is damaged or holds objects other than tensors and plain values and was not "
-                        f"loaded ({(str(e).splitlines() or [type(e).__name__])[0][:120]}); restore it or start a "
+                        f"loaded ({load_error_reason(e)}); restore it or start a "
                         "new run.") from None
 
 

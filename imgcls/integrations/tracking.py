@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from .. import __version__
 from ..config import Config
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 from ..io import atomic_write_json
 
 RUN_FILE = "mlflow.json"   # in the run (or cv) folder: the tracking URI, experiment and MLflow run id
@@ -81,7 +81,7 @@ class Tracker:
             found = client.get_experiment_by_name(t.experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(t.experiment)
         except Exception as e:  # noqa: BLE001 -- any failure to reach the server means the same to the user
-            why = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            why = first_sentence(e)
             if t.required:
                 raise UserError(f"the MLflow tracker at '{uri}' cannot be reached ({why}); start it, fix track.mlflow, "
                                 "or set track.required=false to train without tracking.") from None
@@ -146,7 +146,7 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 -- the tracker must never cost the training
             if not self.down:
                 self.down = True
-                why = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                why = first_sentence(e)
                 self.say(f"warning: the MLflow tracker at '{self.uri}' stopped answering ({why}); training goes on, "
                          "and the run folder has everything.")
             return False

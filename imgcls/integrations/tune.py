@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..config import SECTION_TYPES, Config, all_keys, registries, to_yaml, unknown_key_error, yaml_load
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 from ..io import atomic_write_text, csv_text
 
 try:
@@ -211,12 +211,15 @@ def _storage(tune_dir: Path, url: Optional[str]):
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
     for attempt in range(4):  # processes started together race to create the schema: the losers retry
         try:
-            return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
-                              engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
+            with warnings.catch_warnings():  # Optuna's notes on the API chosen here: nothing a user can act on
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=3),
+                                  engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None)
         except Exception as e:  # noqa: BLE001 -- a bad URL or a missing driver: one sentence
             if attempt == 3 or isinstance(e, (ImportError, ValueError)):
-                raise UserError(f"cannot open the study storage '{url}' ({(str(e).splitlines() or [''])[0][:160]}); "
+                raise UserError(f"cannot open the study storage '{url}' ({first_sentence(e)}); "
                                 "see the README's 'Hyperparameter search' for the supported URLs and their "
                                 "drivers.") from None
             time.sleep(0.5 + random.random())

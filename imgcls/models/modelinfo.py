@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..data.prep import BatchPrep
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 from ..io import atomic_write_json
 from ..tasks import Task, get_task
 
@@ -201,10 +201,6 @@ class ModelInfo:
                         f"'{Path(where).parent / 'model.json'}' (first mismatch: '{first}'); re-copy the run folder.")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:120]
-
-
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     """best.safetensors: the model's tensors, no pickle, written atomically."""
     from safetensors.torch import save as st_save
@@ -222,7 +218,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return st_load(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as e:
-        raise UserError(f"weights file '{path}' is truncated or malformed ({_first_line(e)}); "
+        raise UserError(f"weights file '{path}' is truncated or malformed ({first_sentence(e)}); "
                         "re-copy it or retrain.")
 
 

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 
 
 PREFIXES = ("module.", "backbone.", "model.", "encoder.", "net.", "_orig_mod.")  # what training scripts wrap with
@@ -23,7 +23,7 @@ def _read_state(path: Path, name: str) -> dict:
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:  # torch/safetensors raise many kinds for a file that is not weights
-        raise UserError(f"model.pretrained file '{path}' cannot be read as weights ({str(e).splitlines()[0][:160]}); "
+        raise UserError(f"model.pretrained file '{path}' cannot be read as weights ({first_sentence(e)}); "
                         "pass a .safetensors, .pth or .bin state dict.") from None
     for key in ("state_dict", "model", "model_state_dict"):  # a training checkpoint around the weights
         if isinstance(state.get(key), dict):

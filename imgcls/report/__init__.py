@@ -27,12 +27,14 @@ __all__ = ["write_report", "compare_runs", "format_comparison", "write_compare",
            "Finding", "all_findings", "RunData", "load_run", "page"]
 
 
-def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
+def write_report(run_dir: str | Path, *, gradcam: bool = True, force: bool = False) -> Path:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png from the run folder's files.
 
     Returns the path of report.html. Raises UserError when ``run_dir`` is not a run folder with at
     least one finished epoch. ``gradcam=False`` skips the Grad-CAM overlays of a multiclass run (no
     model is built). A cv folder (``imgcls cv``) gets CV_DIR/report.html instead, from ``cvreport``.
+    A multiclass run whose validation images are gone keeps its existing report (a warning says so) unless
+    ``force``: a rebuilt one would show no pictures.
     """
     from ..runfolder import is_cv_dir
 
@@ -40,7 +42,7 @@ def write_report(run_dir: str | Path, *, gradcam: bool = True) -> Path:
         return write_cv_report(run_dir)
     run = load_run(run_dir)
     if run.task == "multiclass":
-        return write_class_report(run, gradcam=gradcam)
+        return write_class_report(run, gradcam=gradcam, force=force)
     if run.task == "multihead":
         return write_multihead_report(run)
     return write_task_report(run)

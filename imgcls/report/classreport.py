@@ -192,21 +192,22 @@ def _evaluations(run: RunData) -> str:
 
 # ------------------------------------------------------------------ the report
 
-def write_class_report(run: RunData, *, gradcam: bool = True) -> Path:
+def write_class_report(run: RunData, *, gradcam: bool = True, force: bool = False) -> Path:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/plots/*.png of a multiclass run; returns the
-    path of report.html. ``gradcam=False`` skips the Grad-CAM overlays (no model is built)."""
+    path of report.html. ``gradcam=False`` skips the Grad-CAM overlays (no model is built). Where the
+    validation images are gone, an existing report is kept (with a warning) unless ``force``."""
     from ..io import check_writable
 
     check_writable(run.run_dir, "run folder", "copy the run folder somewhere writable and report on the copy")
     old = run.run_dir / "report.html"
     gone = run.predictions is not None and run.predictions.paths and not any(
         run.resolve_image(p) for p in run.predictions.paths[:50])
-    if gone and old.is_file():
+    if gone and old.is_file() and not force:
         # The run was moved away from its images: a rebuilt report would replace every picture with
         # "not found", so the one written where the images were is worth more.
         warnings.warn(f"the validation images are not found here (e.g. '{run.predictions.paths[0]}'), so the "
-                      f"existing {old} is kept; rebuild it where the images are, or delete it to write one "
-                      "without pictures.", stacklevel=3)
+                      f"existing {old} is kept; rebuild it where the images are, or pass --force (force=True) to write "
+                      "one without pictures.", stacklevel=3)
         return old
     with matplotlib.rc_context(plots.font_rc()):  # class names in any script, where a font has the glyphs
         save = Plots(run.run_dir / "plots")

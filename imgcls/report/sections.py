@@ -18,6 +18,7 @@ from .findings import Finding, lr_ending_high, overfitting, still_improving
 from .html import duration, esc, img, num, page, png_uri, section, table
 from .rundata import RunData
 from ..errors import UserError
+from ..io import atomic_write_bytes
 
 
 class Plots:
@@ -29,7 +30,7 @@ class Plots:
 
     def __call__(self, name: str, fig) -> str:
         data = plots.png_bytes(fig)
-        (self.folder / f"{name}.png").write_bytes(data)
+        atomic_write_bytes(self.folder / f"{name}.png", data)  # a full disk leaves the old picture whole
         return png_uri(data)
 
 
