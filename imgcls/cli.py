@@ -432,6 +432,38 @@ def _cmd_cache(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_weights(sub) -> None:
+    w = sub.add_parser("weights", help="pretrained weights: fill the Hugging Face cache, write a portable folder, "
+                                       "list what is cached (works offline from the cache)")
+    w.add_argument("action", choices=["download", "list"])
+    w.add_argument("name", nargs="?", help="download: a timm name (resnet50.a1_in1k) or hf-hub:ORG/REPO[@REV]")
+    w.add_argument("--revision", help="download: a branch, tag or commit of the hub repo")
+    w.add_argument("--out", help="download: also write DIR (model.safetensors + config.json) for "
+                                 "model.pretrained=DIR or model.name=local-dir:DIR")
+    w.set_defaults(func=_cmd_weights)
+
+
+def _cmd_weights(a: argparse.Namespace) -> int:
+    from .models.hub import download_weights, hub_settings, list_cached_weights
+    if a.action == "list":
+        if a.name or a.revision or a.out:
+            raise UserError("'imgcls weights list' takes no name or options; 'imgcls weights download NAME' fetches one.")
+        rows = list_cached_weights()
+        print(f"{hub_settings(probe=False).cache_dir}: {len(rows)} cached revision(s)")
+        for r in rows:
+            print(f"{r['repo']}  {r['revision'][:12]}  {','.join(r['refs']) or '-':<8}  {r['bytes'] / 2**20:8.1f} MB  "
+                  f"{', '.join(r['weights']) or '(no weights file)'}")
+        return 0
+    if not a.name:
+        raise UserError("'imgcls weights download' needs a NAME, e.g. imgcls weights download resnet50.a1_in1k.")
+    source, out = download_weights(a.name, a.revision, a.out)
+    print(f"{a.name}: {source.repo} @ {source.revision} ({Path(source.file).stat().st_size / 2**20:.1f} MB, "
+          f"sha256 {source.sha256[:12]}) in {source.file}")
+    if out is not None:
+        print(f"wrote {out}: use model.pretrained={out} (or model.name=local-dir:{out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and export image classifiers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -491,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo_data)
 
     for add in (_add_predict, _add_evaluate, _add_export, _add_check_data, _add_report, _add_compare, _add_cache,
-                _add_serve, _add_audit):
+                _add_serve, _add_audit, _add_weights):
         add(sub)
     return p
 

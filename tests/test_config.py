@@ -31,7 +31,8 @@ def test_required_keys_exist():
                    "run.name": "demo"}),
     ("imbalanced.yaml", {"data.root": "data/mnist-imb/train", "loss.name": "focal", "loss.gamma": 2.0,
                          "data.sampler": "balanced", "optim.weight_decay": 0.01}),
-    ("finetune.yaml", {"model.pretrained": "weights/resnet18.safetensors", "data.crop_pct": 0.875,
+    ("finetune.yaml", {"model.name": "convnext_tiny.fb_in22k", "model.pretrained": True, "data.crop_pct": None,
+                       "finetune.freeze_epochs": 1, "optim.layer_decay": 0.75,
                        "loss.class_weights": "balanced", "optim.clip_grad": 1.0, "sched.warmup_epochs": 1.0,
                        "train.accumulate": 2, "train.precision": "bf16", "train.patience": 5}),
 ])

@@ -297,3 +297,39 @@ def test_backbone_lr_mult_and_freeze_bn(offline_hub, rgb_folder, tmp_path, sourc
             for k, v in m.state_dict().items():
                 assert torch.equal(v, src[f"{name}.{k}"]), f"{name}.{k}"
     assert not torch.equal(state["layer1.0.conv1.weight"], src["layer1.0.conv1.weight"])
+
+
+# ---------------------------------------------------------------- imgcls weights download | list
+
+def test_weights_download_out_writes_a_folder_plain_timm_opens(offline_hub, tmp_path, capsys, source_model):
+    from imgcls.cli import main
+    out = tmp_path / "w"
+    assert main(["weights", "download", NAME, "--out", str(out)]) == 0
+    assert COMMIT in capsys.readouterr().out
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)  # timm alone, no imgcls
+    for k, v in source_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["source"]["revision"] == COMMIT and cfg["pretrained_cfg"]["license"] == "apache-2.0"
+    _assert_same_body(create_model(ARCH, 3, pretrained=str(out)), source_model)  # and model.pretrained=DIR
+    capsys.readouterr()
+    assert main(["weights", "download", NAME, "--out", str(out)]) != 0  # nothing is overwritten
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_weights_list_from_the_cache_offline(offline_hub, capsys):
+    from imgcls.cli import main
+    assert main(["weights", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 cached revision(s)" in lines[0]
+    assert any(line.startswith(f"timm/{NAME}  {COMMIT[:12]}  main") and "model.safetensors" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_cv_with_a_pretrained_name_uses_one_revision_in_every_fold(offline_hub, rgb_folder, tmp_path):
+    from imgcls import cross_validate
+    cfg = _cfg(rgb_folder, tmp_path / "cv").replace(**{"data.val_fraction": 0.2})
+    cross_validate(cfg, folds=2, log=lambda *a: None, report=False)
+    revs = {json.loads(p.read_text())["weights"]["revision"] for p in (tmp_path / "cv").glob("fold-*/model.json")}
+    assert revs == {COMMIT}
+    assert f"revision: {COMMIT}" in (tmp_path / "cv" / "config.yaml").read_text()

@@ -262,3 +262,53 @@ def _source(arch: str, kind: str, name: str, path: Path, cfg: dict, repo: str = 
                         "(.safetensors, .pth or .bin) or a folder with config.json and model.safetensors.")
     return WeightsSource(arch, kind, name, repo, snapshot_revision(path) if kind == "hub" else "",
                          str(path), sha256(path), dict(cfg))
+
+
+# ---------------------------------------------------------------- imgcls weights download | list
+
+def download_weights(name: str, revision: Optional[str] = None, out: Optional[Union[str, Path]] = None
+                     ) -> tuple[WeightsSource, Optional[Path]]:
+    """Fill the Hugging Face cache with ``name``'s weights (from the cache alone when offline); with ``out``,
+    also write a portable folder (model.safetensors + config.json with the pretrained_cfg, licence and
+    source) that timm opens as ``local-dir:OUT`` and ``model.pretrained=OUT`` accepts. Never overwrites."""
+    if name.startswith("local-dir:"):
+        raise UserError(f"'{name}' is a local folder already; copy it, or pass a timm or hf-hub: name.")
+    source = resolve_weights(name, True, revision)
+    if out is None:
+        return source, None
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out '{out}' already exists and is not empty; pass a new folder (nothing is overwritten).")
+    from ..io import atomic_write_bytes, atomic_write_json
+    from safetensors.torch import save
+    state = timm.models.load_state_dict(source.file)  # a .bin snapshot becomes safetensors
+    pretrained_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in source.pretrained_cfg.items()
+                      if k not in ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source")}
+    pretrained_cfg["source"] = {"name": name, "repo": source.repo, "revision": source.revision,
+                                "sha256": source.sha256}
+    config = {"architecture": source.architecture, "num_classes": pretrained_cfg.get("num_classes", 1000),
+              "pretrained_cfg": pretrained_cfg}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+    atomic_write_json(out / "config.json", config)
+    return source, out
+
+
+def list_cached_weights() -> list[dict]:
+    """The model repos in the Hugging Face cache, one row per cached revision (no network call)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+    settings = hub_settings(probe=False)
+    try:
+        info = scan_cache_dir(settings.cache_dir)
+    except CacheNotFound:
+        return []
+    rows = []
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
+            files = sorted(f.file_name for f in rev.files)
+            rows.append({"repo": repo.repo_id, "revision": rev.commit_hash, "refs": sorted(rev.refs),
+                         "bytes": rev.size_on_disk, "weights": [f for f in files if f in WEIGHT_FILES]})
+    return rows
