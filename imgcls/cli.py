@@ -245,6 +245,8 @@ def _add_serve(sub) -> None:
                    help="how long a batch waits for more images after its first (default 5 ms)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or mps")
     p.add_argument("--tta", action="store_true", help="also average over horizontal flips, as predict --tta")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="torch, or onnx: the run's model.onnx (from imgcls export) through onnxruntime on the CPU")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest image (width x height); default: the model's limit, as predict uses")
@@ -260,7 +262,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
     options = ServeOptions(max_batch_size=a.max_batch_size, batch_timeout_ms=a.batch_timeout_ms, tta=a.tta,
                            max_body_mb=a.max_body_mb, max_pixels=a.max_pixels, timeout_s=a.timeout_s,
-                           max_queue=a.max_queue, top_k=a.top_k)
+                           max_queue=a.max_queue, top_k=a.top_k, backend=a.backend)
     with _WarningsPrinted():
         return serve(a.model, options, a.host, a.port, a.device)
 

@@ -479,3 +479,44 @@ def test_the_page_shows_the_top_class_of_a_picked_image(server, runs, tmp_path):
             assert not outside  # no request leaves the server
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- --backend onnx
+
+@pytest.mark.slow  # the ONNX export (torch.onnx's dynamo exporter) takes 10-30 s here
+def test_onnx_backend_serves_the_export_with_predicts_numbers(runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(runs["multiclass"][0], run)
+    files = sorted(runs["multiclass"][1].rglob("*.png"))[:8]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), *map(str, files), "--out", str(out)]) == 0
+    expected = csv_rows(out)
+    with pytest.raises(imgcls.UserError, match="imgcls export"):
+        create_app(run, ServeOptions(backend="onnx"))  # no model.onnx yet: the sentence says how to make it
+    assert main(["export", str(run)]) == 0
+    app = create_app(run, ServeOptions(backend="onnx"))
+    service, calls = app.app.state.service, []
+
+    class Spy:  # counts the forwards onnxruntime runs
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, *args):
+            calls.append(args)
+            return self.inner.run(*args)
+
+        def get_inputs(self):
+            return self.inner.get_inputs()
+    service.session = Spy(service.session)
+    with running(app) as base:
+        warmed = len(calls)
+        answers = httpx.post(base + "/predict", files=[("file", (p.name, p.read_bytes())) for p in files]).json()
+        assert httpx.get(base + "/metadata").json()["backend"] == "onnx"
+    for p, answer in zip(files, answers["predictions"]):
+        assert_same_as_row(answer, expected[p.name])
+    assert len(calls) > warmed  # the answers came from onnxruntime, not the torch model
+    with pytest.raises(imgcls.UserError, match="--tta"):
+        create_app(run, ServeOptions(backend="onnx", tta=True))

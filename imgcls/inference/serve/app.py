@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from ...data.decode import BadImageError, ImageLimits
 from ..predictor import Predictor, prediction_cells, prediction_header
 from .batcher import MicroBatcher, QueueFull
+from .onnx import onnx_probabilities, onnx_session
 from .options import TOKEN_ENV, ServeOptions
 from .page import PAGE
 
@@ -236,8 +237,11 @@ class Service:
         self.batcher = MicroBatcher(self.forward, options.max_batch_size, options.batch_timeout_ms / 1000,
                                     options.max_queue, self.metrics.batch.observe)
         predictor.tta_plan(options.tta)  # a model that forbids flips refuses --tta now, not per request
+        self.session = onnx_session(predictor, options.tta) if options.backend == "onnx" else None
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        if self.session is not None:
+            return onnx_probabilities(self.session, self.predictor, views)
         return self.predictor.probabilities(views, tta=self.options.tta)
 
     def decode(self, name: str, data: bytes) -> list[torch.Tensor]:
@@ -291,7 +295,7 @@ class Service:
             "crop_pct": info.crop_pct, "mean": list(info.mean), "std": list(info.std),
             "models": [{"run": m.run_dir.name, "path": str(m.run_dir), "architecture": m.info.architecture,
                         "weights_sha256": sha256(m.run_dir / "best.safetensors")} for m in p.members],
-            "imgcls": __version__, "device": str(p.device), "tta": o.tta,
+            "imgcls": __version__, "device": str(p.device), "backend": o.backend, "tta": o.tta,
             "batching": {"max_batch_size": o.max_batch_size, "batch_timeout_ms": o.batch_timeout_ms,
                          "max_queue": o.max_queue},
             "limits": {"max_body_mb": o.max_body_mb, "max_pixels": self.limits.max_pixels,

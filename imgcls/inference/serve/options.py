@@ -7,6 +7,7 @@ from typing import Optional
 from ...errors import UserError
 from ...tasks import TOP_K
 
+BACKENDS = ("torch", "onnx")
 TOKEN_ENV = "IMGCLS_SERVE_TOKEN"  # when set, every endpoint but /health and /ready wants 'Bearer <token>'
 
 
@@ -22,6 +23,7 @@ class ServeOptions:
     top_k: int = TOP_K                  # default class names in top_k (the request's ?top_k= overrides it)
     decode_threads: int = 4             # threads decoding and resizing uploads before they are batched
     token: Optional[str] = None         # None: read IMGCLS_SERVE_TOKEN when the app is made
+    backend: str = "torch"              # torch, or onnx: the run's model.onnx through onnxruntime (CPU)
 
     @property
     def max_body_bytes(self) -> int:
@@ -29,6 +31,8 @@ class ServeOptions:
 
     def check(self) -> None:
         """One sentence per bad value, naming the flag."""
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}.")
         whole = {"--max-batch-size": self.max_batch_size, "--max-queue": self.max_queue, "--top-k": self.top_k,
                  "--decode-threads": self.decode_threads}
         for flag, v in whole.items():
