@@ -106,7 +106,7 @@ class DataSources:
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
                    tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel",
-                   heads, d.relabel, d.exclude)
+                   heads, relabel=d.relabel, exclude=d.exclude)
 
 
 _TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
