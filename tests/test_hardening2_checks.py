@@ -103,3 +103,74 @@ def test_with_skip_the_unmatched_are_a_note_and_the_label_map_still_a_problem(of
     assert rc == 1 and lines[0].startswith("checked 42 image file(s)")
     assert any(line.startswith("note: 2 of 45 image file(s)") and "are skipped" in line for line in lines), out
     assert sum("'mask6'" in line for line in lines) == 1 and lines[-1] == "1 problem(s) found"
+
+
+# ---------------------------------------------------------------- item 9: hints that name the right key
+
+def _csv(tmp_path: Path, header: str, rows: list[str]) -> Path:
+    """A CSV of 16 px images: ``rows`` are the cells after the path."""
+    import numpy as np
+    from PIL import Image
+    (tmp_path / "img").mkdir(exist_ok=True)
+    lines = [header]
+    for i, cells in enumerate(rows):
+        Image.fromarray(np.full((16, 16, 3), 10 * i, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,{cells}")
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_regression_target_missing_from_the_csv_names_task_target(tmp_path, capsys):
+    csv_path = _csv(tmp_path, "path,age", [str(20 + i) for i in range(8)])
+    rc, _, err = run_cli(capsys, "train", REPO / "configs" / "regression.yaml", f"data.csv={csv_path}",
+                         "task.target=height", *T, f"run.dir={tmp_path / 'run'}")
+    assert rc == 2 and "'height'" in err and "set task.target to one of them" in err, err
+    assert "data.label_column" not in err
+
+
+def test_a_missing_head_column_names_the_head_key(tmp_path, capsys):
+    csv_path = _csv(tmp_path, "path,a,b", [f"{i % 2},{i % 3}" for i in range(8)])
+    rc, _, err = run_cli(capsys, "train", f"data.csv={csv_path}", "task.type=multihead",
+                         "task.heads.x.label=nosuch", "task.heads.b.type=multiclass", *T,
+                         f"run.dir={tmp_path / 'run'}")
+    assert rc == 2 and "'nosuch'" in err and "task.heads.<name>.label" in err and "data.label_column" not in err, err
+
+
+def test_combine_over_a_regression_head_says_so(course):
+    with pytest.raises(UserError) as e:
+        load_config(COURSE, [f"data.root={course}", "task.heads.age.type=regression", "task.heads.age.loss=mse",
+                             "task.heads.age.smoothing=null", "task.heads.age.classes=null",
+                             "task.combine=gender * 2 + age"])
+    msg = str(e.value)
+    assert "'age'" in msg and "regression head" in msg and "task.combine" in msg and "unknown head" not in msg, msg
+
+
+def test_a_head_loss_its_type_cannot_use_names_the_head_loss_key(course):
+    with pytest.raises(UserError) as e:
+        load_config(COURSE, [f"data.root={course}", "task.heads.mask.type=regression",
+                             "task.heads.mask.classes=null"])
+    msg = str(e.value)
+    assert "task.heads.mask.loss" in msg and "'cross_entropy'" in msg and "mse" in msg, msg
+
+
+def test_a_non_finite_regression_target_names_the_file(tmp_path, capsys):
+    csv_path = _csv(tmp_path, "path,age", ["20", "30", "nan", "40", "50", "60", "25", "35"])
+    rc, _, err = run_cli(capsys, "train", REPO / "configs" / "regression.yaml", f"data.csv={csv_path}", *T,
+                         f"run.dir={tmp_path / 'run'}")
+    assert rc == 2 and "'nan'" in err and "img/2.png" in err and str(csv_path) in err, err
+
+
+def test_a_course_runs_data_line_counts_the_18_combined_classes(course, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "train", COURSE, f"data.root={course}", *T, "train.epochs=1",
+                           f"run.dir={tmp_path / 'run'}")
+    line = next(l for l in (out + err).splitlines() if l.startswith("data: "))
+    assert rc == 0 and "18 combined classes" in line and " 8 classes" not in line, line
+
+
+def test_check_data_names_the_non_finite_target_in_trains_words(tmp_path, capsys):
+    csv_path = _csv(tmp_path, "path,age", ["20", "30", "nan", "40", "50", "60", "25", "35"])
+    rc, _, err = run_cli(capsys, "train", REPO / "configs" / "regression.yaml", f"data.csv={csv_path}", *T,
+                         f"run.dir={tmp_path / 'run'}")
+    rc2, out, _ = run_cli(capsys, "check-data", csv_path, "--config", REPO / "configs" / "regression.yaml")
+    assert rc == 2 and rc2 == 1 and err.strip()[len("error: "):] in out.splitlines(), (err, out)

@@ -5,7 +5,7 @@ import csv
 import difflib
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -91,6 +91,7 @@ class DataSources:
     path_labels: Optional[PathLabels] = None
     empty_labels: bool = False              # multi-label: an empty label cell is an image with no label
     head_columns: Optional[tuple[str, ...]] = None  # multi-head: each head's column (or path group)
+    target_key: bool = False                # label_column is a regression's task.target (named in errors)
     relabel: Optional[str] = None           # data.relabel / data.exclude: imgcls.data.fixes
     exclude: Optional[str] = None
 
@@ -102,11 +103,13 @@ class DataSources:
         heads = tuple(str((spec or {}).get("label") or name) for name, spec in (t.heads or {}).items()) or None
         path_labels = None if d.path_pattern is None else PathLabels(d.path_pattern, label, d.label_maps, d.bins,
                                                                       d.on_bad_image, heads)
-        return cls(root, csv, val_root, val_csv, d.path_column,
+        src = cls(root, csv, val_root, val_csv, d.path_column,
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
                    tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel",
-                   heads, relabel=d.relabel, exclude=d.exclude)
+                   heads, d.relabel, d.exclude)
+        target = t.type == "regression" and bool(t.target) and d.path_pattern is None
+        return replace(src, target_key=target)
 
 
 _TRUE_CELLS, _FALSE_CELLS = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
@@ -163,7 +166,7 @@ def _read_side(src: DataSources, side: str):
         label_column = (src.label_columns[0] if src.label_columns else
                         src.head_columns[0] if src.head_columns else src.label_column)
         paths, labels, groups, others = read_csv(csv_path, src.path_column, label_column, explicit, with_columns=True,
-                                                 empty_labels=src.empty_labels)
+                                                 empty_labels=src.empty_labels, label_key=label_key(src))
         column = explicit
         if group_column == "auto":  # one read of the file: the 'group' column is among the others
             column = resolve_group_column(list(others), "auto")
@@ -215,8 +218,8 @@ def build_split(src: DataSources, val_fraction: float, seed: int, task=None,
         if task.name == "multiclass":
             _check_same_classes(set(labels), set(vlabels), explicit)
         names = task.classes_from(labels + vlabels, explicit)
-        train = Side(paths, task.encode(labels, names), groups)
-        val = Side(vpaths, task.encode(vlabels, names), vgroups)
+        train = Side(paths, encode(task, labels, names, paths, src.csv or src.root), groups)
+        val = Side(vpaths, encode(task, vlabels, names, vpaths, src.val_csv or src.val_root), vgroups)
         grouping = f"validation from {'data.val_csv' if src.val_csv else 'data.val_root'}"
         if groups is not None and vgroups is not None:
             shared = set(groups) & set(vgroups)
@@ -226,7 +229,7 @@ def build_split(src: DataSources, val_fraction: float, seed: int, task=None,
                               "on.", stacklevel=2)
     else:
         names = task.classes_from(labels, explicit)
-        full = Side(paths, task.encode(labels, names), groups)
+        full = Side(paths, encode(task, labels, names, paths, src.csv or src.root), groups)
         try:
             tr, va = (fold_indices(paths, *fold) if fold else _split_sides(task, full, val_fraction, seed, names))
         except UserError as e:
@@ -249,6 +252,24 @@ def build_split(src: DataSources, val_fraction: float, seed: int, task=None,
                         "class folders (or label values).")
     return DataSplit(train, val, names, grouping=grouping, label_record=labelled.record if labelled else {},
                      task=task)
+
+
+def encode(task, labels: list, names, paths: Sequence[str], source) -> list:
+    """``task.encode`` of one side; a label it cannot encode is named with its image and its source."""
+    from ..tasks.base import LabelError
+    try:
+        return task.encode(labels, names)
+    except LabelError as e:
+        raise UserError(f"{e.what} for '{paths[e.index]}' in '{source}'; {e.fix}.") from None
+
+
+def label_key(src: DataSources) -> str:
+    """The config key that names the CSV's label column, for a message that asks to change it."""
+    if src.label_columns:
+        return "data.label_columns"
+    if src.head_columns:
+        return "task.heads.<name>.label"
+    return "task.target" if src.target_key else "data.label_column"
 
 
 def _multiclass():
@@ -274,7 +295,7 @@ def read_samples(src: DataSources, task=None) -> tuple[Side, list[str], Optional
     paths, labels, groups, column, others = _read(src, "training")
     labelled = others.pop("__labelled__", None)
     names = task.classes_from(labels, list(src.classes) if src.classes else (labelled.classes if labelled else None))
-    return Side(paths, task.encode(labels, names), groups), names, column
+    return Side(paths, encode(task, labels, names, paths, src.csv or src.root), groups), names, column
 
 
 def read_labelled(src: DataSources) -> tuple[list[str], list]:

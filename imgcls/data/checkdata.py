@@ -81,7 +81,6 @@ def check_data(path: str | os.PathLike, min_size: int = 8, val: Optional[str | o
         _collect(Path(val), "val", report)
     _check_files(report, ImageLimits(min_size, max_pixels))
     _check_set(report, separate_val=len({e.side for e in report.entries}) > 1)
-    _check_near(report)
     return report
 
 
@@ -145,7 +144,6 @@ def check_configured(cfg, path: Optional[str | os.PathLike] = None, val: Optiona
             _check_split(report, cfg, src)
     _check_set(report, separate_val="val" in listed, classes=False)  # the split itself checked the classes
     _check_groups(report, listed)
-    _check_near(report)
     return report
 
 
@@ -183,14 +181,15 @@ def _label_text(task, value) -> str:
 
 def _check_labels(report: DataCheck, cfg, task, src, listed: dict) -> None:
     """The labels as the task encodes them: what they are, and the ones training would refuse."""
+    from .build import encode
     train = listed["train"]
     labels, groups, column = train.labels, train.groups, train.group_column
     explicit = list(src.classes) if src.classes else train.classes  # or the classes a combine rule fixes
     try:
         names = task.classes_from(labels, explicit)
-        task.encode(labels, names)
+        encode(task, labels, names, train.paths, src.csv or src.root)  # training's own call, and its words
         if "val" in listed:
-            task.encode(listed["val"].labels, names)
+            encode(task, listed["val"].labels, names, listed["val"].paths, src.val_csv or src.val_root)
     except UserError as e:
         report.set_problems.append(str(e))
         report.what = f"for a {cfg.task.type} task"
@@ -404,29 +403,6 @@ def _check_set(report: DataCheck, separate_val: bool, classes: bool = True) -> N
                 report.set_problems.append(
                     f"class '{c}' has {train_counts[c]} usable image(s), too few to split into training and "
                     "validation; add images or provide a separate validation set.")
-
-
-def _check_near(report: DataCheck) -> None:
-    """pHash near-duplicates (imagehash, the 'audit' extra), as notes: a re-encoded or resized copy has other
-    bytes than its original, so the exact checks above miss it. Never a problem: two different photos can
-    hash alike, so a person looks at the pairs (imgcls audit writes them all to duplicates.csv)."""
-    from .dedup import PHASH_MAX_DISTANCE, Image, find_duplicates
-    bad = {p for p, _ in report.file_problems}
-    good = [e for e in report.entries if e.path not in bad]
-    try:
-        import imagehash  # noqa: F401
-    except ImportError:
-        report.notes.append("near-duplicates were not searched: pip install 'imgcls[audit]' (imagehash) for them")
-        return
-    pairs = [p for p in find_duplicates([Image(e.path, e.label, e.side) for e in good]) if p.method == "phash"]
-    if not pairs:
-        return
-    leaks = [p for p in pairs if p.across_splits]
-    differ = [p for p in pairs if p.labels_differ]
-    first = pairs[0]
-    report.notes.append(f"{len(pairs)} near-duplicate pair(s) (pHash within {PHASH_MAX_DISTANCE} bits of 64), "
-                        f"{len(leaks)} across training and validation, {len(differ)} with different labels, "
-                        f"e.g. '{first.a.path}' ~ '{first.b.path}'; imgcls audit lists them all")
 
 
 @functools.lru_cache(maxsize=None)  # the set checks and the group checks hash the same files

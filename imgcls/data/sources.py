@@ -133,10 +133,12 @@ def read_csv(
     group_column: str | None = None,
     with_columns: bool = False,
     empty_labels: bool = False,
+    label_key: str = "data.label_column",
 ):
     """Read (paths, labels, groups) from a CSV with a header row; groups is None without `group_column`.
     With ``with_columns`` a fourth value maps every other column's name to its cells. ``empty_labels``
-    accepts an empty label cell (multi-label: an image with no label).
+    accepts an empty label cell (multi-label: an image with no label). ``label_key`` is the config key
+    that chose ``label_column`` (task.target, a head's label...), named when the column is missing.
 
     Relative paths are taken relative to the CSV's own folder (so the CSV and its images can move
     together); absolute paths are kept. Cells are read as strings with surrounding spaces removed.
@@ -152,7 +154,7 @@ def read_csv(
         if column not in header:
             raise UserError(
                 f"CSV file '{csv_path}' has no column '{column}' (columns: {', '.join(header)}); "
-                f"set {key} to one of them."
+                f"set {label_key if key == 'data.label_column' else key} to one of them."
             )
     index = {key: header.index(column) for key, column in wanted.items()}
     other = [i for i in range(len(header)) if i not in index.values()]

@@ -48,7 +48,8 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> FitResult:
     """Train ``run`` from where its progress stands to ``run.fit_config.epochs``; returns the best epoch."""
     fit_config, log = run.fit_config, run.log
     log(f"run folder: {run.run_dir}")
-    log(f"data: {len(run.split.train)} train / {len(run.split.val)} val images, {len(run.split.classes)} classes, "
+    log(f"data: {len(run.split.train)} train / {len(run.split.val)} val images, "
+        f"{run.task.classes_text(run.split.classes)}, "
         f"{run.info.channels} channel(s); split {run.split.grouping}; model {run.info.architecture} "
         f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters) on {run.device}")
     writer = (tensorboard_writer(run.run_dir, purge_step=run.progress.position.epoch + 1 if run.resumed else None)

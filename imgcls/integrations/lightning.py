@@ -376,7 +376,7 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
     if on_start is not None and dist.is_main:  # the folder exists: tracking opens its run
         on_start(run_dir)
     log(f"engine: lightning {L.__version__}; data: {len(prepared.split.train)} train / {len(prepared.split.val)} val "
-        f"images, {len(prepared.split.classes)} classes; model {prepared.info.architecture}")
+        f"images, {prepared.task.classes_text(prepared.split.classes)}; model {prepared.info.architecture}")
     ckpt = run_dir / LAST_CKPT
     start = None
     if resuming and ckpt.is_file():

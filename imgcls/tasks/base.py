@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import unknown_name
+from ..errors import UserError, unknown_name
 from ..metrics import TOP_K  # one k for the metrics' top-k accuracy and the CSVs' top_k column
 
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_\-./ ]+$")
@@ -169,6 +169,18 @@ class Task:
     def resolve_monitor(self, name: str) -> str:
         return self.default_monitor if name == "auto" else self.check_monitor(name)
 
+    def classes_text(self, classes: Sequence[str]) -> str:
+        """What the model tells apart, for the training log's ``data:`` line ("10 classes")."""
+        return f"{len(classes)} classes"
+
+
+class LabelError(UserError):
+    """A label ``Task.encode`` cannot encode: ``what`` is wrong with it and how to ``fix`` it, at position
+    ``index`` of the labels (the data reader, which knows the files, names the image)."""
+
+    def __init__(self, what: str, fix: str, index: int):
+        super().__init__(f"{what}; {fix}.")
+        self.what, self.fix, self.index = what, fix, index
 
 
 def float_columns(header: Sequence[str], rows: Sequence[Sequence[str]], names: Sequence[str]) -> Tensor:

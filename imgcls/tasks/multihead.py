@@ -87,7 +87,10 @@ def parse_heads(heads: dict, combine: Optional[str]) -> tuple[list[Head], Option
         kind = str(spec.get("type", "multiclass"))
         if kind not in _KINDS:
             raise unknown_name(f"{key}.type", kind, list(_KINDS))
-        loss = _KINDS[kind].resolve_loss(str(spec.get("loss", "auto")))
+        loss = str(spec.get("loss", "auto"))
+        if loss != "auto" and loss not in _KINDS[kind].losses:
+            raise unknown_name(f"{key}.loss for a {kind} head", loss, _KINDS[kind].losses)
+        loss = _KINDS[kind].resolve_loss(loss)
         params = {p: spec[p] for p in ("gamma", "alpha", "smoothing", "delta") if p in spec}
         taken = loss_info(loss).params
         extra = [p for p in params if p not in taken]
@@ -110,6 +113,12 @@ def parse_heads(heads: dict, combine: Optional[str]) -> tuple[list[Head], Option
     rule = None
     if combine:
         from .combine import parse_combine
+        used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(combine)))
+        numeric = [h.name for h in out if h.type == "regression" and h.name in used]
+        if numeric:
+            raise UserError(f"task.combine uses '{numeric[0]}', a regression head: a combine rule combines the class "
+                            f"codes of multiclass heads; remove it from task.combine or make it a multiclass head "
+                            f"(task.heads.{numeric[0]}.type=multiclass with its classes).")
         sizes = {h.name: (len(h.classes) if h.classes else None) for h in out if h.type == "multiclass"}
         rule = parse_combine(str(combine), sizes, key="task.combine")
     return out, rule
@@ -152,6 +161,13 @@ class MultiheadTask(Task):
                  for h in record["heads"]]
         rule = CombineRule.from_json(record["combine"]) if record.get("combine") else None
         return MultiheadTask(heads, rule)
+
+    def classes_text(self, classes: Sequence[str]) -> str:
+        """'18 combined classes (mask 3 x gender 2 x age 3)', or each head's size without a combine rule."""
+        sizes = ", ".join(f"{h.name} {h.size if h.type == 'multiclass' else 'regression'}" for h in self.heads)
+        if self.rule is None:
+            return f"{len(self.heads)} heads ({sizes})"
+        return f"{self.rule.size} combined classes ({sizes}; task.combine {self.rule.expr})"
 
     def record(self, classes: Sequence[str]) -> dict:
         return {"type": self.name, "heads": [h.to_json() for h in self.heads],
@@ -221,13 +237,17 @@ class MultiheadTask(Task):
         return [o for h in self.heads for o in h.outputs()]
 
     def encode(self, labels: Sequence, classes: Sequence[str]) -> list[tuple]:
+        from .base import LabelError
         codes = [{c: i for i, c in enumerate(h.classes)} if h.type == "multiclass" else None for h in self.heads]
         out = []
-        for row in labels:
+        for i, row in enumerate(labels):
             values = []
             for h, code, raw in zip(self.heads, codes, row):
                 if code is None:
-                    values.extend(RegressionTask().encode([raw], ["value"]))
+                    try:
+                        values.extend(RegressionTask().encode([raw], ["value"]))
+                    except LabelError as e:
+                        raise LabelError(f"head '{h.name}': {e.what}", f"fix its label '{h.label}'", i) from None
                 else:
                     values.append(code[raw])
             out.append(tuple(values))

@@ -132,6 +132,9 @@ class MultilabelTask(Task):
     def calibrate(self, details: dict) -> dict:
         return {"thresholds": [row["threshold"] for row in details["per_label"]], "separator": self.separator}
 
+    def classes_text(self, classes: Sequence[str]) -> str:
+        return f"{len(classes)} labels"
+
     def record(self, classes: Sequence[str]) -> dict:
         return {"type": self.name, "separator": self.separator,
                 **({"thresholds": self.thresholds} if self.thresholds is not None else {})}

@@ -62,16 +62,16 @@ class RegressionTask(Task):
 
     def encode(self, labels: Sequence[str], classes: Sequence[str]) -> list[float]:
         import math
-        from ..errors import UserError
+        from .base import LabelError
         out = []
-        for label in labels:
+        for i, label in enumerate(labels):
             try:
                 v = float(str(label).strip())
             except ValueError:
                 v = math.nan
             if not math.isfinite(v):
-                raise UserError(f"regression target '{label}' is not a finite number; fix the label column "
-                                "(task.target names another column).")
+                raise LabelError(f"regression target '{label}' is not a finite number",
+                                 "fix the value, or point task.target at another column", i)
             out.append(v)
         return out
 
@@ -109,6 +109,9 @@ class RegressionTask(Task):
 
     def epoch_warnings(self, scalars: dict, details: dict) -> list[str]:
         return []
+
+    def classes_text(self, classes: Sequence[str]) -> str:
+        return "a regression target"
 
     def record(self, classes: Sequence[str]) -> dict:
         return {"type": self.name, "mean": self.mean, "std": self.std, "bins": self.bins}
