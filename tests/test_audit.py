@@ -357,3 +357,21 @@ def test_relabel_and_exclude_round_trip_through_train_cv_and_check_data(tmp_path
     assert len(rows(cv.cv_dir / "folds.csv")) == 21
     listing = check_configured(small_config(root, tmp_path / "x", **fixes))
     assert len(listing.entries) == 21
+
+
+def test_check_data_notes_re_encoded_copies_across_train_and_val(tmp_path):
+    pytest.importorskip("imagehash")
+    from imgcls.data.checkdata import check_data
+    rng = np.random.default_rng(4)
+    for side in ("train", "val"):
+        for k, c in enumerate(("a", "b")):
+            (tmp_path / side / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(synthetic_image(k, rng)).save(tmp_path / side / c / f"{side}_{c}{i}.png")
+    reencode(tmp_path / "train" / "a" / "train_a0.png", tmp_path / "val" / "b" / "copy.jpg")
+    report = check_data(tmp_path)
+    notes = [n for n in report.notes if "near-duplicate" in n]
+    assert len(notes) == 1 and "1 near-duplicate pair(s)" in notes[0] and "1 across training and validation" in notes[0]
+    assert "1 with different labels" in notes[0] and "copy.jpg" in notes[0]
+    (tmp_path / "val" / "b" / "copy.jpg").unlink()
+    assert not [n for n in check_data(tmp_path).notes if "near-duplicate" in n]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("optuna")
 
@@ -178,3 +179,81 @@ def test_a_non_positive_timeout_is_refused_before_anything_is_written(tiny_folde
     err = capsys.readouterr().err
     assert f"--timeout must be a number of seconds above 0, got {timeout}" in err and len(err.splitlines()) == 1
     assert not tune_dir.exists()
+
+
+# ---------------------------------------------------------------- issue 26, item 1: a re-run continues only the same search
+
+_T = ["model.name=small_cnn", "data.image_size=16", "train.progress=false", "data.num_workers=0", "run.report=false",
+      "train.batch_size=16"]
+
+
+def _tune(data: Path, tune_dir: Path, space: Path, *extra: str) -> int:
+    return main(["tune", f"data.root={data}", *_T, f"run.dir={tune_dir}", "--space", str(space), "--pruner", "none",
+                 *extra])
+
+
+@pytest.mark.slow
+def test_a_rerun_with_another_base_config_or_space_is_refused_and_only_trials_or_timeout_may_change(
+        tiny_folder, tmp_path, capsys):
+    space, other = tmp_path / "space.yaml", tmp_path / "other.yaml"
+    space.write_text("optim.lr: {log_uniform: [1e-3, 1e-2]}\n")
+    other.write_text("optim.lr: {log_uniform: [1e-3, 3e-2]}\nmodel.drop_rate: {uniform: [0.0, 0.3]}\n")
+    tune_dir, db = tmp_path / "tk", f"sqlite:///{tmp_path / 'study.db'}"
+    shared = ["--storage", db, "--study", "s"]
+    assert _tune(tiny_folder, tune_dir, space, "train.epochs=1", "--trials", "1", *shared) == 0
+    capsys.readouterr()
+
+    def refused(*args) -> str:
+        assert _tune(tiny_folder, *args) == 2
+        err = capsys.readouterr().err
+        assert len(_rows(tune_dir / "trials.csv")) == 1 and not (tune_dir / "trial-1").exists()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    err = refused(tune_dir, space, "train.epochs=2", "--trials", "2", *shared)
+    assert "another base config" in err and "train.epochs (1 there, 2 now)" in err and "optim" not in err
+    err = refused(tune_dir, other, "train.epochs=1", "--trials", "2", *shared)
+    assert "another search space" in err and "optim.lr" in err and "model.drop_rate" in err and "epochs" not in err
+    err = refused(tune_dir, space, "train.epochs=1", "--trials", "2", "--storage", db, "--study", "s2")
+    assert "--study (s there, s2 now)" in err
+    # another tune folder on the same shared study: the study's own record refuses another base config
+    assert _tune(tiny_folder, tmp_path / "elsewhere", space, "train.epochs=2", "--trials", "2", *shared) == 2
+    err = capsys.readouterr().err
+    assert "study 's'" in err and "train.epochs (1 there, 2 now)" in err and not (tmp_path / "elsewhere").exists()
+    # the same search with more trials and a timeout continues
+    assert _tune(tiny_folder, tune_dir, space, "train.epochs=1", "--trials", "2", "--timeout", "600", *shared) == 0
+    trials = _rows(tune_dir / "trials.csv")
+    assert [t["state"] for t in trials] == ["complete", "complete"]
+    best = max(trials, key=lambda t: float(t["value"]))
+    mine = load_config(tune_dir / "best.yaml").to_dict()
+    own = load_config(Path(best["run_dir"]) / "config.yaml").to_dict()
+    assert mine["run"]["dir"] is None and own["run"]["dir"] == best["run_dir"]
+    for d in (mine, own):
+        del d["run"]["dir"]
+    assert mine == own  # the best trial's own resolved config, less its run.dir
+
+
+def test_best_yaml_is_the_best_trials_own_config_whatever_base_is_passed(tiny_folder, tmp_path):
+    """A study made before the record existed (or resumed with another base): best.yaml still comes from the
+    best trial's own config, not from the base of the run that writes the results."""
+    import optuna
+
+    from imgcls.integrations.tune import JOURNAL, _storage, read_space, write_results
+    tune_dir = tmp_path / "old"
+    tune_dir.mkdir()
+    base = load_config(None, [f"data.root={tiny_folder}", *_T, "train.epochs=2", f"run.dir={tune_dir}"])
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {log_uniform: [1e-3, 1e-2]}\n")
+    dims = read_space(space, base)
+    study = optuna.create_study(study_name="old", storage=_storage(tune_dir, None), direction="maximize")
+    trial_dir = tune_dir / "trial-0"
+    trial_dir.mkdir()
+    (trial_dir / "config.yaml").write_text(
+        yaml.safe_dump(base.replace(**{"optim.lr": 0.005, "run.dir": str(trial_dir)}).to_dict()))
+    study.add_trial(optuna.trial.create_trial(
+        params={"optim.lr": 0.005}, distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        value=0.9, user_attrs={"run_dir": str(trial_dir)}))
+    write_results(study, tune_dir, base.replace(**{"train.epochs": 3}), dims, lambda *a: None)
+    best = load_config(tune_dir / "best.yaml")
+    assert best.train.epochs == 2 and best.optim.lr == 0.005 and best.run.dir is None
+    assert (tune_dir / JOURNAL).is_file()

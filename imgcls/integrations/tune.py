@@ -250,14 +250,9 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
     monitor = task.resolve_monitor(base.train.monitor)
     direction = "minimize" if task.direction(monitor) == "min" else "maximize"
     tune_dir = _tune_dir(base)
-    tune_dir.mkdir(parents=True, exist_ok=True)  # the one folder imgcls reuses: the same command continues
     name = options.study or tune_dir.name
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # imgcls's lines say what each trial did
-    study = optuna.create_study(study_name=name, storage=_storage(tune_dir, options.storage), direction=direction,
-                                sampler=optuna.samplers.TPESampler(seed=base.train.seed),
-                                pruner=make_pruner(options.pruner), load_if_exists=True)
-    atomic_write_text(tune_dir / STUDY_FILE, json.dumps({"study": name, "storage": options.storage,
-                                                         "monitor": monitor, "direction": direction}) + "\n")
+    study = _open_study(tune_dir, name, options, search_record(base, dims),
+                        {"monitor": monitor, "direction": direction, "seed": base.train.seed})
     if options.storage is None:
         _retry_orphans(study, log)
     tracking = RunTracking(base, DistContext(), log)  # track.mlflow: one parent run, a child run per trial
@@ -273,6 +268,7 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
         run_dir = tune_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = base.replace(**changes, **{"run.dir": str(run_dir), "run.report": False})
+        trial.set_user_attr("config", cfg.replace(**{"run.dir": None}).to_dict())  # best.yaml where the folder is not
 
         reported = [0]
 
@@ -302,6 +298,71 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
                            callbacks=[MaxTrialsCallback(options.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
     write_results(study, tune_dir, base, dims, log)
     tracking.finish("FINISHED")
+    return study
+
+
+# What a tune folder (and its study) was searched with; a re-run may change only --trials, --timeout, --pruner.
+# Keys that cannot change a trial's result are left out: the folders' names, reports, progress bars, tracking.
+_NOT_RECORDED = ("run.", "track.", "train.progress")
+
+
+def search_record(base: Config, dims: list[Dimension]) -> dict:
+    """{"base": {dotted key: value}, "space": {key: {kind, values, step}}}: what makes two searches the same."""
+    flat = {f"{s}.{k}": v for s, values in base.to_dict().items() for k, v in values.items()}
+    return {"base": {k: v for k, v in flat.items() if not k.startswith(_NOT_RECORDED)},
+            "space": {d.key: {"kind": d.kind, "values": list(d.values), "step": d.step} for d in dims}}
+
+
+_MISSING = object()
+
+
+def _differences(there: dict, now: dict) -> list[str]:
+    """'key (old there, new now)' for each key whose value differs, or that only one side has."""
+    def shown(v):  # a space entry as its YAML is written: {int: [8, 32], step: 8}
+        if isinstance(v, dict) and "kind" in v:
+            return f"{{{v['kind']}: {v['values']}" + (f", step: {v['step']}" if v.get("step") else "") + "}"
+        return "not searched" if v is _MISSING else str(v)
+    keys = list(there) + [k for k in now if k not in there]
+    return [f"{k} ({shown(there.get(k, _MISSING))} there, {shown(now.get(k, _MISSING))} now)"
+            for k in keys if there.get(k, _MISSING) != now.get(k, _MISSING)]
+
+
+def _check_record(where: str, there: dict, now: dict, fix: str) -> None:
+    """Refuse to continue a search with another base config, space, study or storage, naming what differs."""
+    for part, noun in (("settings", "other settings"), ("base", "another base config"),
+                       ("space", "another search space")):
+        if part in there and there[part] != now[part]:
+            raise UserError(f"{where} was searched with {noun}: {'; '.join(_differences(there[part], now[part]))}. "
+                            f"A re-run may change only --trials, --timeout and --pruner; {fix}")
+
+
+def _open_study(tune_dir: Path, name: str, options: TuneOptions, record: dict, info: dict):
+    """The study of ``tune_dir``, created or continued; a continuation must be the same search (same base
+    config, space, study and storage), checked against the folder's tune.json and the study's own record."""
+    record = {**record, "settings": {"--study": name, "--storage": options.storage}}
+    recorded, there = tune_dir / STUDY_FILE, {}
+    if recorded.is_file():
+        try:
+            there = json.loads(recorded.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read '{recorded}' ({e}); restore it or give a new run.dir.") from None
+        _check_record(str(tune_dir), there, record, f"run it with the settings in {recorded} or give a new run.dir.")
+    if options.storage is None:
+        tune_dir.mkdir(parents=True, exist_ok=True)  # the one folder imgcls reuses: the same command continues
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # imgcls's lines say what each trial did
+    study = optuna.create_study(study_name=name, storage=_storage(tune_dir, options.storage),
+                                direction=info["direction"], sampler=optuna.samplers.TPESampler(seed=info["seed"]),
+                                pruner=make_pruner(options.pruner), load_if_exists=True)
+    shared = {k: record[k] for k in ("base", "space")}
+    if "imgcls" in study.user_attrs:  # a shared study: every machine's folder searches the same
+        _check_record(f"study '{name}' in {options.storage or tune_dir / JOURNAL}", study.user_attrs["imgcls"], shared,
+                      "use the study's settings or another --study.")
+    else:
+        study.set_user_attr("imgcls", shared)
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    if "base" not in there:  # a new folder, or one tuned before the record was kept: record it now
+        atomic_write_text(recorded, json.dumps({"study": name, "storage": options.storage, "monitor": info["monitor"],
+                                                "direction": info["direction"], **record}, indent=1) + "\n")
     return study
 
 
@@ -340,13 +401,28 @@ def write_results(study, tune_dir: Path, base: Config, dims: list[Dimension], lo
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
-        cfg = base.replace(**best.params, **{"run.dir": None})
+        cfg = best_config(best, base)
         atomic_write_text(tune_dir / "best.yaml", f"# best trial {best.number} of study '{study.study_name}': "
                           f"{best.value!r}\n" + to_yaml(cfg))
         log(f"tune: best trial {best.number}: {best.value:.4f} with {best.params}; config in {tune_dir / 'best.yaml'}")
     pruned = sum(t.state == TrialState.PRUNED for t in study.get_trials(deepcopy=False))
     atomic_write_text(tune_dir / "tune.html", _page(study, keys, len(complete), pruned))
     log(f"tune: {len(complete)} complete, {pruned} pruned; {tune_dir / 'trials.csv'}, {tune_dir / 'tune.html'}")
+
+
+def best_config(best, base: Config) -> Config:
+    """The best trial's own resolved config (its folder's config.yaml, else the one recorded when it started),
+    without its run.dir; a study older than both records falls back to ``base`` with the trial's parameters."""
+    from ..config import load_config
+    own = Path(best.user_attrs.get("run_dir", "")) / "config.yaml"
+    if best.user_attrs.get("run_dir") and own.is_file():
+        cfg = load_config(own)
+    elif "config" in best.user_attrs:
+        from ..config import from_dict
+        cfg = from_dict(best.user_attrs["config"])
+    else:
+        cfg = base.replace(**best.params)
+    return cfg.replace(**{"run.dir": None, "run.report": base.run.report})  # trials skip reports; best.yaml need not
 
 
 def _figure_html(draw) -> str:
