@@ -290,3 +290,16 @@ def test_report_says_it_kept_the_existing_report_and_how_to_force(one_epoch, tmp
     rc, out, _ = run_cli(capsys, "report", run, "--no-gradcam", "--force")
     assert rc == 0 and f"wrote {run / 'report.html'}" in out
     assert b"not found</div>" in (run / "report.html").read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript"])
+def test_a_write_error_in_export_is_one_line_and_leaves_no_file(one_epoch, tmp_path, monkeypatch, capsys, fmt):
+    # torch's own file writer aborts the process on a full disk (no Python exception): the export is
+    # serialised in memory and written by imgcls's atomic writer, so the error is the usual one line.
+    out = tmp_path / f"model.{fmt}"
+    fail_writing(monkeypatch, f"*.{fmt}", errno.EFBIG)
+    rc, _, err = run_cli(capsys, "export", one_epoch, "--format", fmt, "--out", out)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # beside torch's own warnings
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert f"cannot use '{out}' (File too large)" in errors[0], err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import warnings
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..io import atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json
 from ..models.modelinfo import ModelInfo
 from ..io import check_writable
 from ..errors import UserError, first_sentence, unknown_name
@@ -115,7 +116,9 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: Mode
 
 def _export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: ModelInfo) -> Callable:
     program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
-    torch.export.save(program, str(path), extra_files={"imgcls.json": json.dumps(metadata(meta))})
+    buf = io.BytesIO()  # in memory first: torch's own file writer aborts the process on a full disk
+    torch.export.save(program, buf, extra_files={"imgcls.json": json.dumps(metadata(meta))})
+    atomic_write_bytes(path, buf.getvalue())
     loaded = torch.export.load(str(path)).module()
     return lambda x: loaded(x)
 
@@ -126,7 +129,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, met
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own deprecation notes, once per traced method
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path), _extra_files={"imgcls.json": json.dumps(metadata(meta))})
+        buf = io.BytesIO()  # as in _export_pt2
+        torch.jit.save(traced, buf, _extra_files={"imgcls.json": json.dumps(metadata(meta))})
+        atomic_write_bytes(path, buf.getvalue())
         loaded = torch.jit.load(str(path))
     return lambda x: loaded(x)
 
@@ -198,6 +203,10 @@ def export(model_dir: str | os.PathLike, format: str = "onnx", out: Optional[str
             raise UserError(f"the {format} export differs from PyTorch by {diff:.3g} (max abs logit) on "
                             f"{source}, over the {tolerance:g} allowed; no file was written.")
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, str(tmp)):  # the user knows the file by the name they asked for
+            e.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import timm
 
-from ..errors import UserError
+from ..errors import UserError, first_sentence
 
 HUB_TIMEOUT = 5.0  # seconds: the one connection probe, then huggingface_hub's wait for each file's metadata
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repos hold, preferred first
@@ -122,7 +122,7 @@ def hub_file(repo: str, filename: str, revision: Optional[str], name: str, setti
         raise UserError(f"model '{name}': {type(e).__name__.replace('Error', '')} for '{repo}'"
                         f"{'@' + revision if revision else ''}; check the name and model.revision.") from None
     except OSError as e:  # a refused connection, a read timeout, a full disk
-        raise UserError(f"model '{name}': '{filename}' of '{repo}' could not be fetched ({str(e)[:120]}); "
+        raise UserError(f"model '{name}': '{filename}' of '{repo}' could not be fetched ({first_sentence(e)}); "
                         f"{how_to_get(name)}.") from None
 
 
