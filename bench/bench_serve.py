@@ -9,8 +9,9 @@ with random weights in a run folder as training writes it) it measures
   * the batch-size distribution from /metrics, and the server's overhead per request at concurrency 1
     (p50 latency minus one forward of a batch of one, measured in this process);
   * resident memory of the server (VmRSS) after 100 and after 10,000 requests (the demo model).
-`ab` (apache2-utils) is not used: it cannot be installed without the network here; the generator is bounded
-(a fixed request count and concurrency) and talks to 127.0.0.1 only.
+The load generator is this script's own rather than `ab` (apache2-utils), so it needs nothing beyond the serve
+extra and reports per-request latencies; it is bounded (a fixed request count and concurrency) and talks to
+127.0.0.1 only.
 Writes (or replaces) its section of BENCHMARKS.md unless --no-write.
 
     python bench/bench_serve.py [--requests 600] [--rss-requests 10000] [--no-resnet] [--no-write]
