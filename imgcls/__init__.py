@@ -15,6 +15,7 @@ _EXPORTS = {
     "create_model": "models", "list_models": "models",
     "create_optimizer": "optim", "create_scheduler": "optim", "list_optimizers": "optim",
     "list_schedulers": "optim", "train": "api", "resume": "api", "cross_validate": "api", "resume_cv": "api",
+    "audit": "api",
     "ModelInfo": "models.modelinfo",
     "list_tasks": "tasks", "get_task": "tasks",
     "load": "inference.predictor", "write_report": "report",

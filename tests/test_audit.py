@@ -375,3 +375,46 @@ def test_check_data_notes_re_encoded_copies_across_train_and_val(tmp_path):
     assert "1 with different labels" in notes[0] and "copy.jpg" in notes[0]
     (tmp_path / "val" / "b" / "copy.jpg").unlink()
     assert not [n for n in check_data(tmp_path).notes if "near-duplicate" in n]
+
+
+@pytest.mark.slow
+def test_audit_page_in_chromium(audited):
+    """audit.html in Debian's Chromium (as test_report_browser): no request leaves the file, every section has
+    height, every nav link has a target, and every image (thumbnails, the heatmap) decodes."""
+    from test_report_browser import CHROMIUM_ARGS, CHROMIUM_PATHS, _unavailable  # private: the browser setup
+    import os
+    path = next((p for p in CHROMIUM_PATHS if os.access(p, os.X_OK)), None) or shutil.which("chromium")
+    if path is None:
+        _unavailable("no system Chromium at /usr/bin/chromium (install it with: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url = (audited / "audit.html").resolve().as_uri()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        requests, problems = [], []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(url, wait_until="load")
+        ids = page.eval_on_selector_all("section[id]", "els => els.map(e => e.id)")
+        heights = page.eval_on_selector_all("section[id]", "els => els.map(e => e.getBoundingClientRect().height)")
+        links = page.eval_on_selector_all("nav a", "els => els.map(e => e.getAttribute('href'))")
+        images = page.eval_on_selector_all("img", "els => els.map(e => ({w: e.naturalWidth, done: e.complete}))")
+        browser.close()
+    assert problems == [] and [u for u in requests if u != url and not u.startswith("data:")] == []
+    assert ids == ["summary", "issues", "duplicates", "joint"] and all(h > 40 for h in heights)
+    assert [link[1:] for link in links] == ids
+    assert len(images) >= 10 and all(im["done"] and im["w"] > 0 for im in images)
+
+
+def test_multilabel_and_regression_rows_from_out_of_fold_csv_rows():
+    """The CSV side of the audit for the other task types, on the hand cases above: the columns
+    imgcls cv writes (multilabel: path,label,pred,prob_<c>...,fold; regression: path,label,value,fold)."""
+    from imgcls.report.auditdata import multilabel_issues, regression_issues
+    header = ["path", "label", "pred", "prob_cat", "prob_dog", "fold"]
+    given = ["cat", "cat", "cat", "dog", "dog", "dog"]
+    probs = [[.9, .1], [.8, .2], [.1, .1], [.1, .9], [.2, .8], [.1, .9]]  # image 2: 'cat' looks absent
+    rows_ = [[f"im{i}.png", g, "", str(p[0]), str(p[1]), str(i % 2)] for i, (g, p) in enumerate(zip(given, probs))]
+    assert multilabel_issues(header, rows_, ["cat", "dog"]) == [["im2.png", "cat", "", 0.1, "0"]]
+    header = ["path", "label", "value", "fold"]
+    rows_ = [[f"im{i}.png", str(y), "0", "0"] for i, y in enumerate([1, 2, 3, 4, 100])]
+    assert regression_issues(header, rows_) == [["im4.png", "100", "0", round(-97 / 1.4826, 4), "0"]]
