@@ -408,7 +408,8 @@ def test_cli_refuses_bad_options_in_one_sentence(runs, capsys):
 
 
 @pytest.mark.slow  # a fresh process imports torch and the web stack: 10-30 s on a loaded 2-core machine
-def test_sigterm_finishes_requests_in_flight_and_exits_0(runs, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_finishes_requests_in_flight_and_exits_0(sig, runs, monkeypatch):
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -431,7 +432,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(runs, monkeypatch):
         while time.monotonic() < end and metric(httpx.get(base + "/metrics", headers={"authorization": "Bearer tok"})
                                                 .text, "imgcls_serve_in_flight") < 4:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         for t in threads:
             t.join(30)
         assert proc.wait(30) == 0
