@@ -174,3 +174,82 @@ def test_check_data_names_the_non_finite_target_in_trains_words(tmp_path, capsys
                          f"run.dir={tmp_path / 'run'}")
     rc2, out, _ = run_cli(capsys, "check-data", csv_path, "--config", REPO / "configs" / "regression.yaml")
     assert rc == 2 and rc2 == 1 and err.strip()[len("error: "):] in out.splitlines(), (err, out)
+
+
+# ---------------------------------------------------------------- item 4: compare every task type and cv folders
+
+@pytest.fixture(scope="module")
+def compared(course, tmp_path_factory):
+    """Two 1-epoch course (multi-head) runs that differ in optim.lr, one 2-fold cv of the course config,
+    and a multiclass run on class folders: every kind compare meets."""
+    from conftest import make_image_folder
+    base = tmp_path_factory.mktemp("compare")
+    out = {}
+    for name, lr in (("mh-a", "0.01"), ("mh-b", "0.003")):
+        assert main(["train", str(COURSE), f"data.root={course}", *T, "train.epochs=1", f"optim.lr={lr}",
+                     f"run.dir={base / name}"]) == 0
+        out[name] = base / name
+    assert main(["cv", str(COURSE), f"data.root={course}", *T, "train.epochs=1", f"run.dir={base / 'cv'}",
+                 "--folds", "2"]) == 0
+    out["cv"] = base / "cv"
+    folder = make_image_folder(base / "mc-data", per_class=6)
+    assert main(["train", f"data.root={folder}", *T, "train.epochs=1", f"run.dir={base / 'mc'}"]) == 0
+    out["mc"] = base / "mc"
+    return out
+
+
+def _row(printed: str, name: str) -> list[str]:
+    return next(line for line in printed.splitlines() if line.strip().startswith(name + " ")).split()[1:]
+
+
+def test_compare_two_multihead_runs_shows_their_own_metrics(compared, tmp_path, capsys):
+    import json
+    from imgcls.report import compare_runs
+    a, b = compared["mh-a"], compared["mh-b"]
+    rc, printed, err = run_cli(capsys, "compare", a, b, "--out", tmp_path / "c.html")
+    assert rc == 0, err
+    assert _row(printed, "optim.lr") == ["0.01", "0.003"]
+    for metric in ("val/combined/f1_macro", "val/mask/acc", "val/age/f1_macro"):
+        want = [f"{json.loads((r / 'val_metrics.json').read_text())[metric]:.4f}" for r in (a, b)]
+        assert _row(printed, metric) == want, metric
+    assert "damaged" not in printed + err
+    c = compare_runs([a, b])
+    assert c.directions["val/combined/f1_macro"] == "max" and c.directions["val/loss"] == "min"
+    html = (tmp_path / "c.html").read_text()
+    assert 'data-metric="val/gender/acc"' in html and 'src="data:image/png;base64,' in html
+
+
+def test_compare_a_cv_folder_shows_fold_means_and_stds(compared, tmp_path, capsys):
+    import json
+    import numpy as np
+    cv = compared["cv"]
+    rc, printed, err = run_cli(capsys, "compare", compared["mh-a"], cv, "--out", tmp_path / "c.html")
+    assert rc == 0, err
+    assert "cv (cv, 2 folds)" in printed
+    values = [json.loads((cv / f"fold-{k}" / "val_metrics.json").read_text())["val/combined/f1_macro"]
+              for k in range(2)]
+    row = _row(printed, "val/combined/f1_macro")
+    assert row[1:] == [f"{np.mean(values):.4f}", "±", f"{np.std(values):.4f}"], row
+    assert "data.fold" not in printed  # the folds differ in it, the cv does not
+
+
+def test_compare_refuses_runs_of_different_task_types_with_a_reason(compared, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "compare", compared["mc"], compared["mh-a"], "--out", tmp_path / "c.html")
+    line = err.strip()
+    assert rc == 2 and line.startswith("error: compare puts runs of one task type side by side"), err
+    assert "multiclass" in line and "multihead" in line and "damaged" not in line
+    assert not (tmp_path / "c.html").exists()
+
+
+def test_compare_of_regression_runs_has_the_regression_metrics(tmp_path, capsys):
+    from test_report_tasks import regression_run
+    from sklearn.metrics import mean_absolute_error
+    a, b = regression_run(tmp_path / "a"), regression_run(tmp_path / "b", bias=5.0, seed=1)
+    rc, printed, err = run_cli(capsys, "compare", a, b, "--out", tmp_path / "c.html")
+    assert rc == 0, err
+    import csv
+    for run, shown in zip((a, b), _row(printed, "val/mae")):
+        rows = list(csv.DictReader(open(run / "val_predictions.csv")))
+        mae = mean_absolute_error([float(r["label"]) for r in rows], [float(r["value"]) for r in rows])
+        assert abs(float(shown) - mae) < 1e-3
+    assert "val/acc" not in printed

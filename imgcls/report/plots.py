@@ -237,8 +237,8 @@ def reliability(bins: dict) -> Figure:
     return fig
 
 
-def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: str) -> Figure:
-    """Each run's curves overlaid: loss (validation solid, train dashed), monitor, accuracy, LR."""
+def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: str, third: str = "val/acc") -> Figure:
+    """Each run's curves overlaid: loss (validation solid, train dashed), monitor, ``third`` (accuracy), LR."""
     fig = Figure(figsize=(12, 6.6), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     for n, (name, cols) in enumerate(runs):
@@ -247,9 +247,9 @@ def compare_curves(runs: Sequence[tuple[str, dict[str, np.ndarray]]], monitor: s
         axes[0].plot(ep, cols["val/loss"], color=color, label=f"{name} (val)")
         axes[0].plot(ep, cols["train/loss"], color=color, ls="--", lw=1, label=f"{name} (train)")
         axes[1].plot(ep, cols.get(monitor, np.full(len(ep), np.nan)), color=color, label=name)
-        axes[2].plot(ep, cols["val/acc"], color=color, label=name)
+        axes[2].plot(ep, cols.get(third, np.full(len(ep), np.nan)), color=color, label=name)
         axes[3].plot(ep, cols["lr"], color=color, label=name)
-    _epoch_axes(axes, ("loss (validation solid, train dashed)", monitor, "val/acc", "learning rate"))
+    _epoch_axes(axes, ("loss (validation solid, train dashed)", monitor, third, "learning rate"))
     return fig
 
 
