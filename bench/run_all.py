@@ -17,6 +17,7 @@ RUNS = (
     ("bench_memory.py", ["--repeats", "2", "--write"]),
     ("bench_vs_timm.py", ["--seeds", "0", "1", "2", "--write"]),
     ("bench_ddp.py", ["--repeats", "3", "--write"]),
+    ("bench_finetune.py", ["--seeds", "2", "--epochs", "8", "--pretrain-epochs", "2"]),
 )
 
 for script, args in RUNS:

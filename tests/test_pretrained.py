@@ -198,9 +198,12 @@ def test_run_records_weights_and_uses_their_preprocessing(offline_hub, rgb_folde
     assert f"revision: {COMMIT}" in (result.run_dir / "config.yaml").read_text()
     # an explicit setting wins, with a note
     lines = []
-    result = train(_cfg(rgb_folder, tmp_path / "run2", **{"data.mean": [0.5] * 3}), log=lines.append)
-    assert json.loads((result.run_dir / "model.json").read_text())["mean"] == [0.5] * 3
+    result = train(_cfg(rgb_folder, tmp_path / "run2", **{"data.mean": [0.5] * 3, "data.crop_pct": 1.0}),
+                   log=lines.append)
+    info = json.loads((result.run_dir / "model.json").read_text())
+    assert info["mean"] == [0.5] * 3 and info["crop_pct"] == 1.0 and info["std"] == STD
     assert any(line.startswith("note: data.mean") for line in lines)
+    assert any(line.startswith("note: data.crop_pct=1.0 differs from the weights' 0.875") for line in lines)
 
 
 def test_scratch_run_has_no_weights_record(small_run):

@@ -247,7 +247,7 @@ def _preprocessing(d, channels: int, weights: WeightsSource, log) -> dict:
     for key, given, default in (("mean", d.mean, mean), ("std", d.std, std), ("crop_pct", d.crop_pct, 1.0)):
         if given is not None:
             out[key] = given
-            if key in theirs and list(np_round(theirs[key])) != list(np_round(given)):
+            if key in theirs and np_round(theirs[key]) != np_round(given):
                 log(f"note: data.{key}={given} differs from the weights' {theirs[key]} (the setting wins)")
         elif key in theirs:
             out[key], taken = theirs[key], taken + [f"{key}={np_round(theirs[key])}"]
