@@ -107,7 +107,7 @@ class DataSources:
                    t.target if (t.type == "regression" and t.target and d.path_pattern is None) else d.label_column,
                    tuple(d.label_columns) if d.label_columns else None, d.label_separator, d.group_column,
                    tuple(str(c) for c in d.classes) if d.classes else None, path_labels, t.type == "multilabel",
-                   heads, d.relabel, d.exclude)
+                   heads, relabel=d.relabel, exclude=d.exclude)
         target = t.type == "regression" and bool(t.target) and d.path_pattern is None
         return replace(src, target_key=target)
 

@@ -81,6 +81,7 @@ def check_data(path: str | os.PathLike, min_size: int = 8, val: Optional[str | o
         _collect(Path(val), "val", report)
     _check_files(report, ImageLimits(min_size, max_pixels))
     _check_set(report, separate_val=len({e.side for e in report.entries}) > 1)
+    _check_near(report)
     return report
 
 
@@ -144,6 +145,7 @@ def check_configured(cfg, path: Optional[str | os.PathLike] = None, val: Optiona
             _check_split(report, cfg, src)
     _check_set(report, separate_val="val" in listed, classes=False)  # the split itself checked the classes
     _check_groups(report, listed)
+    _check_near(report)
     return report
 
 
@@ -403,6 +405,29 @@ def _check_set(report: DataCheck, separate_val: bool, classes: bool = True) -> N
                 report.set_problems.append(
                     f"class '{c}' has {train_counts[c]} usable image(s), too few to split into training and "
                     "validation; add images or provide a separate validation set.")
+
+
+def _check_near(report: DataCheck) -> None:
+    """pHash near-duplicates (imagehash, the 'audit' extra), as notes: a re-encoded or resized copy has other
+    bytes than its original, so the exact checks above miss it. Never a problem: two different photos can
+    hash alike, so a person looks at the pairs (imgcls audit writes them all to duplicates.csv)."""
+    from .dedup import PHASH_MAX_DISTANCE, Image, find_duplicates
+    bad = {p for p, _ in report.file_problems}
+    good = [e for e in report.entries if e.path not in bad]
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        report.notes.append("near-duplicates were not searched: pip install 'imgcls[audit]' (imagehash) for them")
+        return
+    pairs = [p for p in find_duplicates([Image(e.path, e.label, e.side) for e in good]) if p.method == "phash"]
+    if not pairs:
+        return
+    leaks = [p for p in pairs if p.across_splits]
+    differ = [p for p in pairs if p.labels_differ]
+    first = pairs[0]
+    report.notes.append(f"{len(pairs)} near-duplicate pair(s) (pHash within {PHASH_MAX_DISTANCE} bits of 64), "
+                        f"{len(leaks)} across training and validation, {len(differ)} with different labels, "
+                        f"e.g. '{first.a.path}' ~ '{first.b.path}'; imgcls audit lists them all")
 
 
 @functools.lru_cache(maxsize=None)  # the set checks and the group checks hash the same files
