@@ -89,7 +89,9 @@ def parse_heads(heads: dict, combine: Optional[str]) -> tuple[list[Head], Option
             raise unknown_name(f"{key}.type", kind, list(_KINDS))
         loss = str(spec.get("loss", "auto"))
         if loss != "auto" and loss not in _KINDS[kind].losses:
-            raise unknown_name(f"{key}.loss for a {kind} head", loss, _KINDS[kind].losses)
+            valid = [n for n in _KINDS[kind].losses if n != "auto"]
+            raise UserError(f"{key}.loss is '{loss}', which a {kind} head cannot use; set {key}.loss to one of "
+                            f"{', '.join(valid)}, or auto ({_KINDS[kind].default_loss}).")
         loss = _KINDS[kind].resolve_loss(loss)
         params = {p: spec[p] for p in ("gamma", "alpha", "smoothing", "delta") if p in spec}
         taken = loss_info(loss).params
