@@ -126,8 +126,11 @@ def main() -> None:
         f"(`model.name=hf-hub:{REPO} model.pretrained=true`, HF_HUB_OFFLINE=1) on **10 images per class of digits "
         f"5-9** (50 images), validated on all {n_val} demo validation images of 5-9; {args.epochs} epochs, batch 16, "
         f"AdamW lr 0.003 cosine, the weights' mean/std (data.mean/std unset). Mean ± std over {args.seeds} seeds, "
-        f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), shared with other jobs, "
-        "so seconds are indicative.",
+        f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), shared with other jobs "
+        f"(load average {os.getloadavg()[0]:.0f} at the end): seconds swing with that load, the accuracies rank the "
+        "recipes. Both tasks have 5 classes, so the pretrained head is loaded too (timm's rule re-initialises it only "
+        "when the class count differs); the backbone is what transfers. Command: `python bench/bench_finetune.py "
+        f"--seeds {args.seeds} --epochs {args.epochs} --pretrain-epochs {args.pretrain_epochs}`.",
         "",
         "| recipe | best val/acc | training seconds |",
         "|---|---|---|",
