@@ -336,3 +336,19 @@ def test_cv_with_a_pretrained_name_uses_one_revision_in_every_fold(offline_hub, 
     revs = {json.loads(p.read_text())["weights"]["revision"] for p in (tmp_path / "cv").glob("fold-*/model.json")}
     assert revs == {COMMIT}
     assert f"revision: {COMMIT}" in (tmp_path / "cv" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_tune_trials_load_the_pinned_revision(offline_hub, rgb_folder, tmp_path):
+    from imgcls.cli import main
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {choice: [0.01, 0.001]}\n")
+    tune_dir = tmp_path / "tune"
+    assert main(["tune", f"data.root={rgb_folder}", "data.image_size=16", "data.augment=light", f"model.name={NAME}",
+                 "model.pretrained=true", "train.epochs=1", "train.batch_size=8", "train.progress=false",
+                 "data.num_workers=0", f"run.dir={tune_dir}", "--space", str(space), "--trials", "2",
+                 "--pruner", "none"]) == 0
+    records = [json.loads(p.read_text())["weights"] for p in tune_dir.rglob("model.json")]
+    assert len(records) >= 2 and {r["revision"] for r in records} == {COMMIT}
+    configs = list(tune_dir.rglob("config.yaml"))
+    assert configs and all(f"revision: {COMMIT}" in c.read_text() for c in configs)

@@ -235,7 +235,7 @@ def _tune_dir(base: Config) -> Path:
 def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print) -> "optuna.Study":
     """Search ``options.space`` around ``base`` until the study has ``options.trials`` finished trials."""
     from ..api import train  # the one upward import: tune drives whole training runs, as cv does, beside the CLI
-    from ..engine.build import absolute_data_paths
+    from ..engine.build import absolute_data_paths, pin_weights
     from ..engine.dist import DistContext
     from ..tasks import get_task
     from .tracking import RunTracking
@@ -245,6 +245,7 @@ def tune(base: Config, options: TuneOptions, log: Callable[[str], None] = print)
         raise UserError(f"--timeout must be a number of seconds above 0, got {options.timeout:g}; leave it out "
                         "for no time limit.")
     base = absolute_data_paths(base)
+    base, _ = pin_weights(base, log)  # one hub revision for every trial (and the retrain), in each config.yaml
     dims = read_space(options.space, base)
     task = get_task(base.task.type).from_config(base)
     monitor = task.resolve_monitor(base.train.monitor)
