@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,8 +99,18 @@ def _env() -> dict:
 
 
 def _imgcls(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True, env=_env(),
-                          timeout=TIMEOUT, **kw)
+    r = subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True, env=_env(),
+                       timeout=TIMEOUT, **kw)
+    # Once in about five runs under a loaded 2-core machine (-n 2 beside the kill tests), a gloo rank died
+    # with SIGABRT and only "terminate called without an active exception" (C++) in its log; not yet
+    # diagnosed (issue 26 item 6 is about such failures). Retry such a job once, from an empty run folder,
+    # so that the flake does not hide what the test checks; any other failure still fails at once.
+    run_dir = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("run.dir=")), None)
+    if r.returncode != 0 and "SIGABRT" in r.stderr and run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        r = subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True, env=_env(),
+                           timeout=TIMEOUT, **kw)
+    return r
 
 
 @pytest.fixture(scope="module")
