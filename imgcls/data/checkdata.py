@@ -18,7 +18,6 @@ not a number) are reported as problems instead of stopping the check.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .decode import IMAGE_EXTENSIONS, PIL_MAX_PIXELS, ImageLimits, check_image, 
 from .pattern import unmatched_message
 from .sources import SPLIT_NAMES, list_class_folder, read_csv
 from ..errors import UserError
+from ..io import file_sha256
 
 
 
@@ -432,8 +432,4 @@ def _check_near(report: DataCheck) -> None:
 
 @functools.lru_cache(maxsize=None)  # the set checks and the group checks hash the same files
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,19 +16,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..io import file_sha256
 
 # Hamming distance (bits of 64) up to which two pHashes are near-duplicates. A re-encoded, resized or
 # slightly brightened copy stays within about 4 bits; different photos are ~32 apart.
 PHASH_MAX_DISTANCE = 6
 CHUNK_ELEMENTS = 1 << 23  # hashes compared per step: 8M x 8 bytes = 64 MB of XORs at a time
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _imagehash():

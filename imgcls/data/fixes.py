@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import UserError
-from ..io import read_csv_rows
+from ..io import file_sha256, read_csv_rows
 
 
 def _key(path: str | os.PathLike) -> str:
@@ -99,7 +99,6 @@ def warn_unmatched(fixes: Optional[Fixes], matched: set) -> None:
 
 def fixes_record(relabel: Optional[str], exclude: Optional[str]) -> dict:
     """What a run records of its fixes: each file's path, SHA-256 and number of rows."""
-    from .dedup import file_sha256
     fixes = read_fixes(relabel, exclude)
     out = {}
     if relabel:

@@ -9,7 +9,6 @@ name is resolved, not when the library was imported), with the network wait boun
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Optional, Union
 import timm
 
 from ..errors import UserError, first_sentence
+from ..io import file_sha256
 
 HUB_TIMEOUT = 5.0  # seconds: the one connection probe, then huggingface_hub's wait for each file's metadata
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repos hold, preferred first
@@ -149,14 +149,6 @@ def snapshot_revision(path: Path) -> str:
     return path.parent.name if path.parent.parent.name == "snapshots" else ""
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------- names -> a source
 
 def split_revision(name: str, revision: Optional[str]) -> tuple[str, Optional[str]]:
@@ -261,7 +253,7 @@ def _source(arch: str, kind: str, name: str, path: Path, cfg: dict, repo: str = 
         raise UserError(f"model.pretrained file '{path}' does not exist; pass the path of a local weights file "
                         "(.safetensors, .pth or .bin) or a folder with config.json and model.safetensors.")
     return WeightsSource(arch, kind, name, repo, snapshot_revision(path) if kind == "hub" else "",
-                         str(path), sha256(path), dict(cfg))
+                         str(path), file_sha256(path), dict(cfg))
 
 
 # ---------------------------------------------------------------- imgcls weights download | list

@@ -1,13 +1,5 @@
-"""Task types: everything that differs between "one class per image" and the tasks to come.
-
-A ``Task`` owns the head layout, how labels become targets, the split's stratification key, the
-valid losses and the default one, the metrics (their names and whether higher or lower is better),
-the default monitor, post-validation calibration, what TTA and ensembles average, how predictions
-become CSV columns, what the model record stores, and which report sections apply.
-
-Each type has its own module; a new one is one registry entry (``TASKS``) plus its tests.
-Metric names use only letters, digits, ``_ - . /`` and spaces, so every tracker accepts them.
-"""
+"""The Task interface (what differs between task types; the package docstring lists it) and what the
+types share: MetricInfo, the metric-name rule, CSV columns as tensors, metrics fed decoded outputs."""
 from __future__ import annotations
 
 import re

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
@@ -24,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ...data.decode import BadImageError, ImageLimits
+from ...io import file_sha256
 from ..predictor import Predictor, prediction_cells, prediction_header
 from .batcher import MicroBatcher, QueueFull
 from .onnx import onnx_probabilities, onnx_session
@@ -306,11 +306,7 @@ class Service:
 def sha256(path: Path) -> Optional[str]:
     if not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def parse_top_k(text: Optional[str], default: int) -> int:
