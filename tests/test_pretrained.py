@@ -194,21 +194,62 @@ def test_run_records_weights_and_uses_their_preprocessing(offline_hub, rgb_folde
     assert (w["repo"], w["revision"], w["architecture"]) == (f"timm/{NAME}", COMMIT, ARCH)
     assert w["sha256"] == hashlib.sha256(Path(w["file"]).read_bytes()).hexdigest()
     assert info["mean"] == MEAN and info["std"] == STD and info["crop_pct"] == 0.875
-    assert any("preprocessing from the weights' pretrained_cfg" in line for line in lines)
+    assert info["interpolation"] == "bicubic"  # the weights' pretrained_cfg, as their evaluation resized
+    assert any("preprocessing from the weights' pretrained_cfg" in line and "interpolation=bicubic" in line
+               for line in lines)
     assert f"revision: {COMMIT}" in (result.run_dir / "config.yaml").read_text()
+    env = json.loads((result.run_dir / "env.json").read_text())["weights"]
+    assert (env["repo"], env["revision"], env["sha256"], env["kind"]) == (f"timm/{NAME}", COMMIT, w["sha256"], "hub")
     # an explicit setting wins, with a note
     lines = []
-    result = train(_cfg(rgb_folder, tmp_path / "run2", **{"data.mean": [0.5] * 3, "data.crop_pct": 1.0}),
-                   log=lines.append)
+    result = train(_cfg(rgb_folder, tmp_path / "run2", **{"data.mean": [0.5] * 3, "data.crop_pct": 1.0,
+                                                          "data.interpolation": "bilinear"}), log=lines.append)
     info = json.loads((result.run_dir / "model.json").read_text())
     assert info["mean"] == [0.5] * 3 and info["crop_pct"] == 1.0 and info["std"] == STD
+    assert info["interpolation"] == "bilinear"
     assert any(line.startswith("note: data.mean") for line in lines)
     assert any(line.startswith("note: data.crop_pct=1.0 differs from the weights' 0.875") for line in lines)
+    assert any(line.startswith("note: data.interpolation=bilinear differs from the weights' bicubic")
+               for line in lines)
+    # compare names each run's weights: the hub repo at its commit with the file's sha256
+    from imgcls.report.compare import compare_runs, format_comparison
+    text = format_comparison(compare_runs([tmp_path / "run", result.run_dir]))
+    row = next(line for line in text.splitlines() if line.strip().startswith("weights"))
+    assert row.count(f"timm/{NAME} @ {COMMIT[:12]} (sha256 {w['sha256'][:12]})") == 2
+
+
+def test_the_runs_interpolation_is_the_eval_resize_everywhere(tmp_path):
+    """model.json's interpolation decides the evaluation resize (validation, predict, serve share
+    ModelInfo.eval_transform): bicubic gives torchvision's antialiased bicubic resize, not bilinear."""
+    from torchvision.transforms import v2
+    from imgcls.models.modelinfo import ModelInfo
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
+    info = ModelInfo("small_cnn", ("a", "b"), 3, 16, 0.875, (0.5,) * 3, (0.5,) * 3, interpolation="bicubic")
+    got = info.eval_transform()(image)
+    want = v2.CenterCrop(16)(v2.Resize(18, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(image))
+    bilinear = info.replace(interpolation="bilinear").eval_transform()(image)
+    assert torch.equal(got, want) and not torch.equal(got, bilinear)
+    assert info.eval_view != info.replace(interpolation="bilinear").eval_view  # ensembles do not share the view
+    info.write(tmp_path / "model.json")
+    assert ModelInfo.read(tmp_path / "model.json").interpolation == "bicubic"
+    old = json.loads((tmp_path / "model.json").read_text())
+    del old["interpolation"]  # a model.json written before the key existed: bilinear, as those runs resized
+    assert ModelInfo.from_json(old).interpolation == "bilinear"
+    with pytest.raises(UserError, match="interpolation"):
+        ModelInfo.from_json({**old, "interpolation": "lanczos"})
+
+
+def test_data_interpolation_is_checked(tmp_path):
+    from imgcls.config import from_dict
+    with pytest.raises(UserError, match="data.interpolation"):
+        from_dict({"data": {"interpolation": "cubic"}})
 
 
 def test_scratch_run_has_no_weights_record(small_run):
     info = json.loads((small_run.run_dir / "model.json").read_text())
-    assert "weights" not in info and info["crop_pct"] == 1.0
+    assert "weights" not in info and info["crop_pct"] == 1.0 and info["interpolation"] == "bilinear"
+    assert "weights" not in json.loads((small_run.run_dir / "env.json").read_text())
 
 
 # ---------------------------------------------------------------- fine-tuning recipes

@@ -39,6 +39,9 @@ class DataConfig:
     image_size: int = 224               # side of the square the model sees (px)
     # eval: resize to image_size / crop_pct, then centre crop; null: 1.0, or the pretrained weights' own
     crop_pct: Optional[float] = None
+    # eval resize filter; null: the pretrained weights' own (timm's pretrained_cfg, often bicubic), else
+    # bilinear. Training augmentation resizes bilinear either way (as timm's train transforms do by default)
+    interpolation: Optional[Literal["bilinear", "bicubic", "nearest"]] = None
     channels: Union[int, str] = "auto"  # auto: 1 if the data is grayscale, else 3
     mean: Optional[list[float]] = None  # per channel, 0-1 pixel scale; default the weights' own, else ImageNet / 0.5
     std: Optional[list[float]] = None

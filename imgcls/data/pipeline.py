@@ -65,7 +65,7 @@ def _build_stores(d: DataConfig, info: ModelInfo, split: DataSplit, log, dist: P
         return None, None, None
     t0 = time.perf_counter()
     workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) - 1)
-    eval_spec = StoreSpec("eval", info.image_size, info.crop_pct, info.channels)
+    eval_spec = StoreSpec("eval", info.image_size, info.crop_pct, info.channels, info.interpolation)
     root, shared = None, False
     if dist.active and where == "memory":  # one copy per node, in shared memory, instead of one per process
         side = stored_side(d.image_size)

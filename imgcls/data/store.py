@@ -71,10 +71,14 @@ class StoreSpec:
     image_size: int
     crop_pct: float
     channels: int
+    interpolation: str = "bilinear"  # the eval resize filter (the train side is always bilinear)
 
     def key_parts(self) -> dict:
-        return {"format": FORMAT, "kind": self.kind, "image_size": self.image_size, "crop_pct": self.crop_pct,
-                "channels": self.channels}
+        parts = {"format": FORMAT, "kind": self.kind, "image_size": self.image_size, "crop_pct": self.crop_pct,
+                 "channels": self.channels}
+        if self.interpolation != "bilinear":  # a bilinear store keeps the key it had before the filter was a choice
+            parts["interpolation"] = self.interpolation
+        return parts
 
 
 class ImageStore:

@@ -27,8 +27,13 @@ class Preset:
     params: tuple[str, ...] = ()  # keyword parameters of `build` (data.<param>); no preset takes any yet
 
 
-def _resize_crop(size: int, crop_pct: float = 1.0) -> list:
-    return [v2.Resize(int(round(size / crop_pct)), antialias=True), v2.CenterCrop(size)]
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
+                  "nearest": v2.InterpolationMode.NEAREST}
+
+
+def _resize_crop(size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> list:
+    return [v2.Resize(int(round(size / crop_pct)), interpolation=INTERPOLATIONS[interpolation], antialias=True),
+            v2.CenterCrop(size)]
 
 
 def _none(size: int, channels: int) -> list:
@@ -83,9 +88,10 @@ def train_transform(preset: str, image_size: int, channels: int, **params) -> v2
     return v2.Compose(p.build(image_size, channels, **params))
 
 
-def eval_transform(image_size: int, crop_pct: float = 1.0) -> v2.Compose:
-    """Resize the short side to image_size / crop_pct, then centre crop image_size (timm's convention)."""
-    return v2.Compose(_resize_crop(image_size, crop_pct))
+def eval_transform(image_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> v2.Compose:
+    """Resize the short side to image_size / crop_pct with ``interpolation`` (antialiased), then centre crop
+    image_size (timm's convention)."""
+    return v2.Compose(_resize_crop(image_size, crop_pct, interpolation))
 
 
 def store_resize(side: int) -> v2.Compose:

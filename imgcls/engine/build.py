@@ -25,7 +25,7 @@ from ..data.dataset import EpochBatchSampler
 from ..data.decode import ImageLimits, image_channels
 from ..data.pipeline import build_pipeline
 from ..data.prep import BatchPrep, make_mix
-from ..data.transforms import default_mean_std, get_preset
+from ..data.transforms import INTERPOLATIONS, default_mean_std, get_preset
 from ..device import channels_last, place_model, resolve_device, rng_state, seed_everything, set_rng_state
 from ..errors import UserError, first_sentence
 from ..io import atomic_write_json, csv_text, atomic_write_text, remove_temp_files
@@ -236,28 +236,36 @@ def _detect_channels(paths: list[str], setting) -> int:
 
 
 def _preprocessing(d, channels: int, weights: WeightsSource, log) -> dict:
-    """mean, std, crop_pct: the config's where set, else the pretrained weights' own (the normalisation the
-    backbone was trained with), else imgcls's defaults; each choice that involves the weights is logged."""
+    """mean, std, crop_pct, interpolation: the config's where set, else the pretrained weights' own (what
+    the backbone was trained and evaluated with), else imgcls's defaults; each choice that involves the
+    weights is logged."""
     mean, std = default_mean_std(channels)
-    theirs = weights.preprocessing if weights.kind != "none" else {}
+    theirs = dict(weights.preprocessing) if weights.kind != "none" else {}
     for key in ("mean", "std"):  # a grayscale run: the mean of the RGB values (as the first conv sums them)
         if key in theirs and len(theirs[key]) != channels:
             theirs[key] = [sum(theirs[key]) / len(theirs[key])] * channels
+    odd = theirs.get("interpolation")
+    if odd is not None and odd not in INTERPOLATIONS:  # e.g. 'random' or 'lanczos': not a torchvision filter
+        log(f"note: the weights' interpolation '{odd}' is not one imgcls resizes with; using bilinear")
+        del theirs["interpolation"]
     out, taken = {}, []
-    for key, given, default in (("mean", d.mean, mean), ("std", d.std, std), ("crop_pct", d.crop_pct, 1.0)):
+    for key, given, default in (("mean", d.mean, mean), ("std", d.std, std), ("crop_pct", d.crop_pct, 1.0),
+                                ("interpolation", d.interpolation, "bilinear")):
         if given is not None:
             out[key] = given
-            if key in theirs and np_round(theirs[key]) != np_round(given):
+            if key in theirs and _shown(theirs[key]) != _shown(given):
                 log(f"note: data.{key}={given} differs from the weights' {theirs[key]} (the setting wins)")
         elif key in theirs:
-            out[key], taken = theirs[key], taken + [f"{key}={np_round(theirs[key])}"]
+            out[key], taken = theirs[key], taken + [f"{key}={_shown(theirs[key])}"]
         else:
             out[key] = default
     if taken:
-        log(f"preprocessing from the weights' pretrained_cfg (data.* not set): {', '.join(taken)}"
-            + (f"; their interpolation '{theirs['interpolation']}' is recorded, imgcls resizes with antialiased "
-               "bilinear" if theirs.get("interpolation") not in (None, "bilinear") else ""))
+        log(f"preprocessing from the weights' pretrained_cfg (data.* not set): {', '.join(taken)}")
     return out
+
+
+def _shown(v):
+    return v if isinstance(v, str) else np_round(v)
 
 
 def np_round(v):
@@ -275,6 +283,7 @@ def _model_info(cfg: Config, task: Task, split: DataSplit, monitor: str, weights
         raise UserError(f"data.mean and data.std need {channels} value(s) for {channels}-channel images.")
     return ModelInfo(architecture=weights.architecture, classes=tuple(split.classes), channels=channels,
                      image_size=d.image_size, crop_pct=float(pre["crop_pct"]), mean=tuple(mean), std=tuple(std),
+                     interpolation=pre["interpolation"],
                      augment=d.augment, allows_flip=get_preset(d.augment).allows_flip, task=task.name,
                      monitor=monitor, train_counts=tuple(split.counts("train")), imgcls=__version__,
                      min_side=d.min_image_side, max_pixels=d.max_image_pixels, extra=dict(split.label_record),
@@ -568,7 +577,7 @@ def _open_folder(run: Run, start: Optional[dict]) -> None:
         run.log(f"{run.run_dir} has no last.pt yet (stopped before its first checkpoint): starting it again")
         remove_temp_files(run.run_dir)
         truncate_metrics(run.run_dir / "metrics.csv", 0)
-    write_run_files(run.run_dir, run.cfg, run.split, run.device)
+    write_run_files(run.run_dir, run.cfg, run.split, run.device, run.info.weights)
 
 
 def open_new_folder(r, dist: DistContext) -> tuple[Path, Optional[RunLock]]:
@@ -590,10 +599,16 @@ def open_new_folder(r, dist: DistContext) -> tuple[Path, Optional[RunLock]]:
     return run_dir, lock
 
 
-def write_run_files(folder: Path, cfg: Config, split: DataSplit, device: torch.device) -> None:
-    """What a new run folder holds before training: config, provenance, the split."""
+def write_run_files(folder: Path, cfg: Config, split: DataSplit, device: torch.device,
+                    weights: Optional[dict] = None) -> None:
+    """What a new run folder holds before training: config, provenance (with the pretrained weights'
+    source, ``ModelInfo.weights``, where there are any), the split."""
     atomic_write_text(folder / "config.yaml", to_yaml(cfg))
-    atomic_write_json(folder / "env.json", env_info(device, cfg.train.seed))
+    env = env_info(device, cfg.train.seed)
+    if weights:  # where the starting weights came from, by content: name, repo, commit, file, sha256
+        env["weights"] = {k: weights[k] for k in ("kind", "name", "repo", "revision", "file", "sha256")
+                          if weights.get(k) is not None}
+    atomic_write_json(folder / "env.json", env)
     if cfg.data.relabel or cfg.data.exclude:  # which fixes this run's data had, by content
         from ..data.fixes import fixes_record
         atomic_write_json(folder / "data_fixes.json", fixes_record(cfg.data.relabel, cfg.data.exclude))

@@ -58,7 +58,7 @@ def metadata(info: ModelInfo) -> dict:
     return {
         "classes": list(info.classes), "image_size": info.image_size, "channels": info.channels,
         "mean": list(info.mean), "std": list(info.std), "resize": info.resize,
-        "architecture": info.architecture, "task": info.task,
+        "interpolation": info.interpolation, "architecture": info.architecture, "task": info.task,
         "task_record": info.to_json()["task"],
         "input": "float32 [N, channels, image_size, image_size], normalised: (pixel / 255 - mean) / std",
         "output": info.task_type.outputs_text(),

@@ -131,7 +131,7 @@ class _InferenceImages(Dataset):
         try:
             out = []
             is_path = isinstance(item, (str, os.PathLike))
-            for transform, (channels, _, _), limits in zip(self.transforms, self.views, self.limits):
+            for transform, (channels, *_), limits in zip(self.transforms, self.views, self.limits):
                 img = load_image(item, channels, limits) if is_path else _to_image(item, channels, limits)
                 out.append(transform(img))
             return i, out, None
@@ -196,7 +196,7 @@ class Predictor:
         self.device = torch.device(device)
         self.info = first.info
         self.classes: list[str] = [str(c) for c in first.info.classes]
-        # One decoded+cropped image per distinct (channels, image_size, crop_pct), shared by the members using it.
+        # One decoded+cropped image per distinct (channels, image_size, crop_pct, interpolation), shared by the members using it.
         self.views: list[ModelInfo] = []  # one per distinct eval_view
         for m in self.members:
             keys = [v.eval_view for v in self.views]

@@ -9,7 +9,7 @@ It holds ``model.safetensors`` (best.safetensors, hard-linked where the file sys
 ``config.json`` (written by ``timm.models.save_config_for_hf``: architecture, head size, ``in_chans``,
 label names, and the preprocessing in ``pretrained_cfg``) and a short ``README.md`` (the model card).
 
-The preprocessing is imgcls's evaluation pipeline in timm's terms: mean and std, input size, bilinear
+The preprocessing is imgcls's evaluation pipeline in timm's terms: mean and std, input size, the run's
 interpolation, and a ``crop_pct`` chosen so that timm's resize (``floor(size / crop_pct)``) equals
 imgcls's (``round(size / crop_pct)``); the two decoders and resizers differ slightly (PIL vs
 torchvision), so probabilities agree closely, not bit for bit.
@@ -77,7 +77,7 @@ def write_timm_folder(run_dir: str | os.PathLike, out: Optional[str | os.PathLik
     size = info.image_size
     save_config_for_hf(member.model, str(tmp / "config.json"), model_config={
         "label_names": list(info.classes),
-        "pretrained_cfg": {"mean": tuple(info.mean), "std": tuple(info.std), "interpolation": "bilinear",
+        "pretrained_cfg": {"mean": tuple(info.mean), "std": tuple(info.std), "interpolation": info.interpolation,
                            "input_size": (info.channels, size, size), "crop_mode": "center",
                            "crop_pct": timm_crop_pct(size, info.crop_pct)}},
         model_args={"in_chans": info.channels})

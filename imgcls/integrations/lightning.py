@@ -371,7 +371,7 @@ def fit_config(cfg: Config, dist: DistContext, log: Callable[[str], None] = prin
     else:
         run_dir, lock = open_new_folder(cfg.run, dist)
         if dist.is_main:
-            write_run_files(run_dir, prepared.cfg, prepared.split, torch.device("cpu"))
+            write_run_files(run_dir, prepared.cfg, prepared.split, torch.device("cpu"), prepared.info.weights)
     log(f"run folder: {run_dir}")
     if on_start is not None and dist.is_main:  # the folder exists: tracking opens its run
         on_start(run_dir)

@@ -55,6 +55,7 @@ class ModelInfo:
     # pretrained weights' source (imgcls.models.hub.WeightsSource.record): name, repo, revision (commit),
     # file, sha256 and their pretrained_cfg preprocessing; empty for a run from random initialisation
     weights: dict = field(default_factory=dict, compare=False)
+    interpolation: str = "bilinear"    # eval resize filter (bilinear | bicubic | nearest, antialiased)
 
     # ---- derived
     @property
@@ -74,7 +75,7 @@ class ModelInfo:
     @property
     def eval_view(self) -> tuple[int, int, float]:
         """What decides the decoded eval input: runs sharing it can share one decoded image."""
-        return (self.channels, self.image_size, float(self.crop_pct))
+        return (self.channels, self.image_size, float(self.crop_pct), self.interpolation)
 
     @property
     def limits(self):
@@ -89,7 +90,7 @@ class ModelInfo:
     def eval_transform(self):
         """uint8 [C,H,W] -> resized + centre-cropped uint8 [C, image_size, image_size] (in workers)."""
         from ..data.transforms import eval_transform
-        return eval_transform(self.image_size, self.crop_pct)
+        return eval_transform(self.image_size, self.crop_pct, self.interpolation)
 
     def batch_prep(self, device: torch.device | str = "cpu", mix=None, channels_last: bool = False,
                    augment=None) -> BatchPrep:
@@ -118,6 +119,7 @@ class ModelInfo:
             "format": FORMAT, "task": {**self.task_type.record(self.classes), **self.extra},
             "architecture": self.architecture, "classes": list(self.classes), "channels": self.channels,
             "image_size": self.image_size, "resize": self.resize, "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
             "mean": list(self.mean), "std": list(self.std), "augment": self.augment,
             "allows_flip": self.allows_flip, "epoch": self.epoch,
             "monitor": {"name": self.monitor, "value": self.monitor_value},
@@ -163,7 +165,8 @@ class ModelInfo:
             monitor_value=monitor.get("value"), train_counts=tuple(int(c) for c in d["train_counts"]),
             imgcls=str(d.get("imgcls", "")), min_side=int(limits.get("min_side", 8)),
             max_pixels=limits.get("max_pixels", 89_478_485), extra={k: v for k, v in task.items() if k != "type"},
-            weights=d["weights"] if isinstance(d.get("weights"), dict) else {})
+            weights=d["weights"] if isinstance(d.get("weights"), dict) else {},
+            interpolation=_interpolation(d.get("interpolation", "bilinear"), where))
 
     @classmethod
     def read(cls, path: Path) -> "ModelInfo":
@@ -235,3 +238,12 @@ def load_run_model(run_dir: Path, weights: str = "best.safetensors") -> tuple[to
                         "so every prediction would be NaN; retrain the run (e.g. with a lower optim.lr).")
     model.load_state_dict(state)
     return model.eval(), info
+
+
+def _interpolation(value, where: str) -> str:
+    """model.json's eval resize filter (absent before it was recorded: bilinear, what those runs used)."""
+    from ..data.transforms import INTERPOLATIONS
+    if value not in INTERPOLATIONS:
+        raise UserError(f"'{where}' key 'interpolation' must be one of {', '.join(INTERPOLATIONS)}, got "
+                        f"{value!r}; re-copy the run folder.")
+    return value

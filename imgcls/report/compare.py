@@ -148,9 +148,27 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> Comparison:
         ("epochs run", [_epochs_run(r) for r in runs]),
         ("time", [duration(float(sum(np.nansum(run.column("seconds")) for run in r.runs))) for r in runs]),
         ("monitor", [r.monitor for r in runs]),
+        ("weights", [_weights(r) for r in runs]),
         *[(m, [r.value(m) for r in runs]) for m in metrics],
     ]
     return Comparison(_names(runs), runs, diff, best, {m: _direction(runs, m) for m in metrics})
+
+
+def weights_text(w: dict) -> str:
+    """A run's starting weights in a few words: 'scratch', or the source with its commit and sha256."""
+    if not w:
+        return "scratch"
+    where = w.get("repo") or w.get("file") or w.get("name") or "?"
+    if w.get("kind") == "file":
+        where = Path(where).name
+    rev = f" @ {w['revision'][:12]}" if w.get("revision") else ""
+    return f"{where}{rev} (sha256 {str(w.get('sha256', ''))[:12]})"
+
+
+def _weights(r: Compared) -> str:
+    """One text for a run; a cv's folds share their weights (one pinned revision), else each is listed."""
+    texts = [weights_text(run.model.weights if run.model is not None else {}) for run in r.runs]
+    return texts[0] if len(set(texts)) == 1 else " / ".join(texts)
 
 
 def _epoch(r: Compared):
