@@ -157,3 +157,27 @@ def test_nproc_runs_lightnings_ddp_strategy_like_one_process(data, runs, tmp_pat
             assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4, abs=1e-6), (g["epoch"], k)
     preds = _rows(run / "val_predictions.csv")
     assert len(preds) == 27 and len({p["path"] for p in preds}) == 27
+
+
+def test_the_fine_tuning_recipes_train_as_in_the_explicit_loop(data, tmp_path):
+    """finetune.freeze_epochs, optim.layer_decay and model.freeze_bn under train.engine=lightning: the same
+    parameter groups, frozen epoch and held BatchNorm as imgcls's own loop, so the same weights."""
+    recipe = ["model.name=test_resnet", "finetune.freeze_epochs=1", "optim.layer_decay=0.7", "model.freeze_bn=true",
+              "train.epochs=2", "train.ema=null"]
+    lines = []
+    train(_cfg(data, tmp_path / "explicit", *recipe), **QUIET)
+    train(_cfg(data, tmp_path / "lightning", *recipe, "train.engine=lightning"), log=lines.append)
+    assert "epoch 2: backbone unfrozen" in lines
+    a = torch.load(tmp_path / "explicit" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "lightning" / "last.ckpt", weights_only=True)["state_dict"]
+    b = {k[len("model."):]: v for k, v in b.items() if k.startswith("model.")}
+    assert max((b[k].double() - a[k].double()).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-5
+    for g, w in zip(_rows(tmp_path / "lightning" / "metrics.csv"), _rows(tmp_path / "explicit" / "metrics.csv"),
+                    strict=True):
+        assert float(g["lr"]) == pytest.approx(float(w["lr"]), rel=1e-6)
+        assert float(g["val/loss"]) == pytest.approx(float(w["val/loss"]), rel=1e-4, abs=1e-6)
+    # and the recipe had an effect: without it the weights differ
+    train(_cfg(data, tmp_path / "plain", "model.name=test_resnet", "train.epochs=2", "train.ema=null",
+               "train.engine=lightning"), **QUIET)
+    c = torch.load(tmp_path / "plain" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(c[f"model.{k}"], b[k]) for k in b)

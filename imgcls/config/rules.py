@@ -298,10 +298,6 @@ def _check_lightning(cfg: Config) -> None:
     t = cfg.train
     if t.batch_size == "auto":
         raise UserError("train.batch_size=auto is not supported with train.engine=lightning; set a number, e.g. 64.")
-    if cfg.finetune.freeze_epochs or cfg.optim.layer_decay is not None or cfg.optim.backbone_lr_mult != 1.0 \
-            or cfg.model.freeze_bn:
-        raise UserError("finetune.freeze_epochs, optim.layer_decay, optim.backbone_lr_mult and model.freeze_bn are "
-                        "not supported with train.engine=lightning yet; remove them or use train.engine=explicit.")
     for key, (off, why) in LIGHTNING_UNSUPPORTED.items():
         if key == "train.batch_size":
             continue

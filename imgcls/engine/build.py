@@ -7,6 +7,7 @@ that knows what last.pt holds. Tests replace a Run's parts (criterion, validate 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import sys
@@ -475,10 +476,20 @@ def _freezer(cfg: Config, model: nn.Module, dist: DistContext) -> Optional[Freez
     n, freeze_bn = cfg.finetune.freeze_epochs, cfg.model.freeze_bn
     if not (n or freeze_bn):
         return None
-    if n and dist.active:
-        raise UserError("finetune.freeze_epochs is not supported under --nproc yet (DDP fixes the trainable "
-                        "parameters when it starts); train on one process or set finetune.freeze_epochs=0.")
     return Freezer(model, n, freeze_bn)
+
+
+def rewrap_ddp(run: Run) -> None:
+    """A new DistributedDataParallel after the trainable parameters changed (finetune.freeze_epochs): DDP
+    reduces the gradients of the parameters that required them when it was built, and waits for exactly
+    those. The old wrapper's gradient hooks go with it; every process rebuilds at the same epoch start."""
+    if run.ddp is None:
+        return
+    run.ddp = run.compiled = None
+    gc.collect()  # the old reducer (and its autograd hooks) is gone before the new one registers its own
+    run.ddp = _ddp(run.model, run.dist, run.device)
+    if run.cfg.train.compile:
+        run.compiled = _compile(run.ddp, run.info, run.device, run.log)
 
 
 def silent_log(message: str) -> None:

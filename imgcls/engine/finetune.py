@@ -70,14 +70,17 @@ class Freezer:
         self.backbone = backbone_parameters(model)
         self.always = BatchNormHold(_batchnorms(model, nn.Module()), affine=True) if freeze_bn else None
         self.backbone_bn = BatchNormHold(_batchnorms(model, head), affine=False)
+        self.frozen: Optional[bool] = None  # unknown until the first epoch starts (all parameters train)
         if self.always is not None:
             self.always.set(True)
 
     def start_epoch(self, epoch: int) -> Optional[str]:
-        """Freeze or unfreeze for 0-based ``epoch``; returns a line to log at the change."""
+        """Freeze or unfreeze for 0-based ``epoch``. None: nothing changed; else the trainable parameters
+        changed (a data-parallel wrapper must be rebuilt) and the text is the line to log ('' on a resume)."""
         frozen = epoch < self.freeze_epochs
-        if frozen == bool(self.backbone_bn.handles) and epoch > 0:
+        if frozen == self.frozen:
             return None
+        self.frozen = frozen
         held_bn = {id(p) for m in (self.always.modules if self.always else []) for p in m.parameters(recurse=False)}
         for p in self.backbone:
             if id(p) not in held_bn:
@@ -87,7 +90,7 @@ class Freezer:
             return f"finetune.freeze_epochs={self.freeze_epochs}: training the head only, backbone frozen"
         if not frozen and epoch == self.freeze_epochs and self.freeze_epochs > 0:
             return f"epoch {epoch + 1}: backbone unfrozen"
-        return None
+        return ""
 
 
 def finetune_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: Optional[float],

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..optim import get_lr
-from .build import Run
+from .build import Run, rewrap_ddp
 from .checkpoint import save_last
 from .loop import train_epoch, validate
 from .record import EpochWriter, Validation, improves
@@ -63,6 +63,8 @@ def fit(run: Run, on_epoch: Optional[OnEpoch] = None) -> FitResult:
                 t0 = time.perf_counter()
                 if run.freezer is not None:  # finetune.freeze_epochs: the head alone until the unfreeze epoch
                     change = run.freezer.start_epoch(run.progress.position.epoch)
+                    if change is not None:
+                        rewrap_ddp(run)  # DDP reduces the parameters that trained when it was built
                     if change:
                         log(change)
                 _train(run, stop)

@@ -41,6 +41,7 @@ from ..device import channels_last
 from ..engine.build import (Prepared, absolute_data_paths, ema_model, make_criterion, open_new_folder, prepare,
                            silent_log, write_run_files)
 from ..engine.dist import DistContext
+from ..engine.finetune import Freezer, finetune_param_groups
 from ..engine.fit import FitResult, OnEpoch
 from ..engine.loop import score_outputs, window_sizes
 from ..engine.record import EpochWriter, Validation, improves
@@ -122,6 +123,9 @@ class Module(L.LightningModule):
         self.ema = ema_model(model, cfg.train.ema)
         if self.ema is not None:  # averaged, never trained: DDP must not wait for its gradients
             self.ema.requires_grad_(False)
+        ft = cfg.finetune.freeze_epochs
+        # model.freeze_bn holds BatchNorm from here on (the optimizer then leaves its affine parameters out)
+        self.freezer = Freezer(model, ft, cfg.model.freeze_bn) if ft or cfg.model.freeze_bn else None
         self.metrics = prepared.task.create_metrics(prepared.split.classes)
         self.scheduler = None
         self.validation: Optional[Validation] = None  # the last validation pass (every sample once)
@@ -142,6 +146,10 @@ class Module(L.LightningModule):
     # ------------------------------------------------------------ set-up
 
     def setup(self, stage: Optional[str] = None) -> None:
+        if self.freezer is not None and self.freezer.freeze_epochs and self.trainer.world_size > 1:
+            raise UserError("finetune.freeze_epochs with train.engine=lightning runs on one process (Lightning's "
+                            "DDP fixes the trainable parameters when it starts); use train.engine=explicit for "
+                            "--nproc, or drop --nproc.")
         self.dm.setup(stage)
         device = self.trainer.strategy.root_device
         info, cfg = self.prepared.info, self.prepared.cfg
@@ -153,9 +161,9 @@ class Module(L.LightningModule):
         self.eval_prep = info.batch_prep(device, channels_last=channels_last(device))
 
     def configure_optimizers(self):
-        cfg = self.prepared.cfg
-        optimizer = create_optimizer(self.model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
-                                     **optim_kwargs(cfg))
+        cfg, o = self.prepared.cfg, self.prepared.cfg.optim
+        groups = finetune_param_groups(self.model, o.lr, o.weight_decay, o.layer_decay, o.backbone_lr_mult)
+        optimizer = create_optimizer(self.model, o.name, o.lr, o.weight_decay, groups=groups, **optim_kwargs(cfg))
         direction = self.prepared.task.direction(self.prepared.monitor)
         mode = {"mode": direction} if scheduler_takes(cfg.sched.name, "mode") else {}
         accumulate = self.trainer.accumulate_grad_batches
@@ -171,6 +179,10 @@ class Module(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
+        if self.freezer is not None:  # finetune.freeze_epochs: the head alone until the unfreeze epoch
+            change = self.freezer.start_epoch(epoch)
+            if change:
+                self.dm.log_fn(change)
         self.dm.data.sampler.set_epoch(epoch)
         self.prep.epoch = epoch  # the batched augmentation's per-sample draws: (seed, epoch, index)
         self._windows = window_sizes(self.dm.batch_sizes, self.trainer.accumulate_grad_batches)
