@@ -167,12 +167,14 @@ def _read_resume(run_dir: Path, changes: dict, log) -> tuple[Config, Optional[di
 
 
 def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = None,
-                   report: Optional[bool] = None, *, log: Callable[[str], None] = print, nproc: int = 1):
+                   report: Optional[bool] = None, *, log: Callable[[str], None] = print, nproc: int = 1,
+                   verbose: bool = False):
     """K-fold cross-validation of ``cfg`` into a new cv folder: one ordinary run per fold (each with
     its report when ``report``/``run.report`` says so), out-of-fold predictions and a summary
     (see ``imgcls.engine.cv``). ``only`` trains just those folds; ``resume_cv`` adds the others later.
     ``nproc`` > 1 trains each fold data-parallel in that many processes (as ``imgcls train --nproc``;
-    ``train.batch_size`` is then per process), one fold after another."""
+    ``train.batch_size`` is then per process), one fold after another; ``verbose`` shows every
+    process's output and torchrun's logs (as ``--verbose``)."""
     from .engine.cv import create_cv_folder
     if not isinstance(cfg, Config):
         raise UserError(f"imgcls.cross_validate needs a Config (from imgcls.load_config), got {type(cfg).__name__}.")
@@ -181,13 +183,13 @@ def cross_validate(cfg: Config, folds: int = 5, only: Optional[Sequence[int]] = 
     _check_nproc(nproc)
     cv_dir, lock, cfg = create_cv_folder(cfg, folds, log)
     try:
-        return _run_folds(cv_dir, cfg, only, report, log, nproc)
+        return _run_folds(cv_dir, cfg, only, report, log, nproc, verbose)
     finally:
         lock.release()
 
 
 def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: Optional[bool] = None, *,
-              log: Callable[[str], None] = print, nproc: int = 1):
+              log: Callable[[str], None] = print, nproc: int = 1, verbose: bool = False):
     """Continue a cv folder: every fold not finished yet (or just ``only``) is trained; finished folds
     are kept, a fold killed mid-run resumes from its last.pt (``nproc`` as in ``cross_validate``)."""
     from .engine.cv import parse_only
@@ -202,7 +204,7 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
     _check_nproc(nproc)
     lock = RunLock(cv_dir).acquire()
     try:
-        return _run_folds(cv_dir, load_config(cv_dir / "config.yaml"), only, report, log, nproc)
+        return _run_folds(cv_dir, load_config(cv_dir / "config.yaml"), only, report, log, nproc, verbose)
     finally:
         lock.release()
 
@@ -250,7 +252,8 @@ def _check_nproc(nproc: int) -> None:
                         "process with --nproc N (each fold then trains in N processes), not under torchrun.")
 
 
-def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int, parent: Optional[str]) -> None:
+def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int, parent: Optional[str],
+                 verbose: bool = False) -> None:
     """Fold ``fold_dir`` as an ``imgcls train --nproc`` job: from its resolved config, or from its
     last.pt where an earlier job was stopped mid-fold. The fold's MLflow run is a child of ``parent``."""
     import tempfile
@@ -267,7 +270,7 @@ def _launch_fold(cfg: Config, fold_dir: Path, report: Optional[bool], nproc: int
     os.environ[PARENT_ENV] = parent or ""   # launch() restores the environment it found, this included
     hint = f"imgcls cv --resume {fold_dir.parent} --nproc {nproc}"
     try:
-        code = launch(argv, nproc, str(fold_dir) if resuming else None, resume_hint=hint)
+        code = launch(argv, nproc, str(fold_dir) if resuming else None, resume_hint=hint, verbose=verbose)
     finally:
         os.environ.pop(PARENT_ENV, None)
         if tmp:
@@ -287,7 +290,7 @@ class FoldStopped(Exception):
 
 
 def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report: Optional[bool], log,
-               nproc: int = 1):
+               nproc: int = 1, verbose: bool = False):
     from .engine.cv import CVResult, fold_config, format_summary, summarise
     from .runfolder import read_state, write_state
     state = read_state(cv_dir)
@@ -303,7 +306,7 @@ def _run_folds(cv_dir: Path, cfg: Config, only: Optional[Sequence[int]], report:
         say = (lambda k: lambda msg: log(f"fold {k}: {msg}"))(k)
         if nproc > 1:
             say(f"data-parallel in {nproc} processes (imgcls train --nproc {nproc})")
-            _launch_fold(fold_config(cfg, cv_dir, k), fold_dir, report, nproc, parent)
+            _launch_fold(fold_config(cfg, cv_dir, k), fold_dir, report, nproc, parent, verbose)
         elif (fold_dir / "config.yaml").is_file():  # killed mid-fold: it continues from its last.pt
             resume(fold_dir, report=report, log=say)
         else:

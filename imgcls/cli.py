@@ -48,12 +48,14 @@ def _cmd_cv(a: argparse.Namespace) -> int:
                                 "or --folds with it (--only picks folds).")
             from .runfolder import is_cv_dir, read_state
             folds = read_state(Path(a.resume))["folds"] if is_cv_dir(a.resume) else 0
-            resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds), nproc=a.nproc)
+            resume_cv(a.resume, only=None if a.only is None else parse_only(a.only, folds), nproc=a.nproc,
+                      verbose=a.verbose)
             return 0
         if a.folds is None:
             raise UserError("imgcls cv needs --folds K (the number of folds, e.g. --folds 5).")
         config, overrides = _split_config_words(a.config, a.overrides)
-        cross_validate(load_config(config, overrides), folds=a.folds, only=parse_only(a.only, a.folds), nproc=a.nproc)
+        cross_validate(load_config(config, overrides), folds=a.folds, only=parse_only(a.only, a.folds), nproc=a.nproc,
+                       verbose=a.verbose)
     return 0
 
 
@@ -466,6 +468,10 @@ def _cmd_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = ("with --nproc: every process's output (prefixed [rankN]:) and torchrun's own logs on the console; "
+                "without it the console shows rank 0's as one process would and RUN/logs/rank-N.log keeps each rank's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imgcls", description="Train, evaluate and export image classifiers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -477,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel training in N processes on this machine (torchrun; one per GPU, or gloo on "
                         "the CPU); train.batch_size is per process")
+    t.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("config", help="show the resolved config")
@@ -501,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="train each fold data-parallel in N processes (as train --nproc; train.batch_size is "
                          "per process)")
+    cv.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     cv.set_defaults(func=_cmd_cv)
 
     tn = sub.add_parser("tune", help="hyperparameter search with Optuna: each trial an ordinary run folder")
@@ -558,7 +566,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "train" and args.nproc not in (None, 1) and not launched():  # --nproc 1: this process
             from .engine.launch import launch, strip_nproc
-            return launch(strip_nproc(sys.argv[1:] if argv is None else list(argv)), args.nproc, args.resume)
+            words = [w for w in strip_nproc(sys.argv[1:] if argv is None else list(argv)) if w != "--verbose"]
+            return launch(words, args.nproc, args.resume, verbose=args.verbose)
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -584,6 +593,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except Exception as e:  # a bug, or a lost process: the traceback stands; torchrun's launcher gets the error
         _record(e)
+        from .engine.launch import lost_collective_quietly
+        if lost_collective_quietly(e):  # --nproc: the launcher names the rank to blame, the traceback is in RUN/logs
+            return 1
         raise
 
 

@@ -208,10 +208,18 @@ def test_stops_and_failures_end_the_job_and_resume_with_another_process_count(da
     assert len(ranks) == 2, ranks
     t0 = time.monotonic()
     os.kill(ranks[1], signal.SIGKILL)
-    _, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=60)
     assert time.monotonic() - t0 < 20 + 10  # train.dist_timeout=20, plus the launcher's own shutdown
     assert p.returncode != 0
-    assert "error: rank 1 failed first" in err and "SIGKILL" in err, err
+    # one error line, the last lines of rank 1's log, the resume command; no traceback (rank 0's lost
+    # collective went to its log), no torchelastic warnings, nothing of rank 1 on the console
+    lines, log1 = err.splitlines(), run / "logs" / "rank-1.log"
+    assert lines[0].startswith("error: rank 1 failed first") and "SIGKILL" in lines[0], err
+    assert lines[1] == f"last lines of {log1}:" and lines[-1].startswith("Resume with: imgcls train --resume"), err
+    assert "Traceback" not in out + err and "torch/distributed/elastic" not in err and "[rank" not in out + err
+    assert "data parallel: 2 processes (gloo)" in log1.read_text()  # rank 1's own output, kept
+    assert lines[2:-1] == [f"    {line}" for line in log1.read_text().rstrip().splitlines()[-10:]]
+    assert "Traceback" in (run / "logs" / "rank-0.log").read_text()  # rank 0's lost collective
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["global_step"] > stopped_at  # the resume trained, and its last checkpoint is whole
     done = state["epoch"]
@@ -222,6 +230,74 @@ def test_stops_and_failures_end_the_job_and_resume_with_another_process_count(da
                  f"train.epochs={done + 1}"]) == 0
     assert [int(x["epoch"]) for x in _rows(run / "metrics.csv")] == list(range(1, done + 2))
     assert torch.load(run / "last.pt", weights_only=True)["world"] == 1
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_is_named_and_killed_soon_after_the_collective_timeout(data, tmp_path):
+    """kill -STOP of rank 1: rank 0 gives up after train.dist_timeout; the launcher kills the frozen rank
+    (it cannot answer torchrun's SIGTERM) and names it, with the last step it finished."""
+    run, timeout = tmp_path / "frozen", 10
+    common = [a for a in COMMON if not a.startswith("train.dist_timeout=")]
+    p = subprocess.Popen([sys.executable, "-m", "imgcls", "train", f"data.root={data}", *common, "train.epochs=40",
+                          "train.batch_size=16", f"train.dist_timeout={timeout}", f"run.dir={run}", "--nproc", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    ranks = []
+    try:
+        _wait_for(lambda: (run / "metrics.csv").is_file(), 120, p)  # epoch 1 (3 optimizer steps) is done
+        ranks = _children(p.pid)
+        assert len(ranks) == 2, ranks
+        t0 = time.monotonic()
+        os.kill(ranks[1], signal.SIGSTOP)
+        out, err = p.communicate(timeout=timeout + 60)
+        took = time.monotonic() - t0
+    finally:
+        for pid in ranks:  # a failing test leaves nothing behind either
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+    print(f"frozen rank: the job ended {took:.1f} s after the SIGSTOP (train.dist_timeout={timeout})")
+    assert took < timeout + 15, took  # before the fix: timeout + torchrun's 30 s wait for the frozen rank
+    assert p.returncode == 1
+    assert not [pid for pid in ranks if Path(f"/proc/{pid}").exists()]  # both ranks are gone
+    first = err.splitlines()[0]
+    assert first.startswith("error: rank 1 stopped answering (its last finished step was "), err
+    assert int(first.split("step was ")[1].split(";")[0]) >= 3
+    assert f"train.dist_timeout={timeout} s" in first and "Traceback" not in out + err, err
+    assert f"last lines of {run / 'logs' / 'rank-1.log'}:" in err and "Resume with: imgcls train --resume" in err
+
+
+def _failure(tmp_path, rank: int, exitcode: int, message: str = "", timestamp: int = 100):
+    """torchrun's record of a failed rank; ``message`` as the rank's error file holds it (none: no file)."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+    path = tmp_path / f"error-{rank}.json"
+    if message:
+        path.write_text(json.dumps({"message": {"message": message, "extraInfo": {"py_callstack": "",
+                                                                                "timestamp": str(timestamp)}}}))
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(path))
+
+
+TIMED_OUT = "RuntimeError: [gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 20000ms for recv operation"
+
+
+@pytest.mark.parametrize("rank1_exit,rank1_killed,rank0_says,blamed,said", [
+    (-9, True, TIMED_OUT, 1, "rank 1 stopped answering (its last finished step was 12; the other ranks waited "
+                             "train.dist_timeout=20 s"),                # frozen: killed by the watchdog
+    (-9, True, "UserError: data.root is empty.", 0, "rank 0 failed first: data.root is empty"),  # not a timeout
+    (-9, False, "RuntimeError: [gloo/pair.cc] Connection reset by peer", 1,
+     "rank 1 failed first: Signal 9 (SIGKILL) received by PID 1001"),   # killed from outside: first, whatever the clock
+    (-15, False, "UserError: data.root is empty.", 0, "rank 0 failed first: data.root is empty"),  # torchrun's SIGTERM
+])
+def test_the_rank_to_blame(tmp_path, rank1_exit, rank1_killed, rank0_says, blamed, said):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from imgcls.engine.launch import _blame
+    e = ChildFailedError("imgcls", {0: _failure(tmp_path, 0, 1, rank0_says, timestamp=100),
+                                    1: _failure(tmp_path, 1, rank1_exit, timestamp=200)})
+    rank, sentence = _blame(e, [1] if rank1_killed else [], {0: (1000, 13, 20.0), 1: (1001, 12, 20.0)})
+    assert rank == blamed and sentence.startswith(said), sentence
 
 
 def test_a_resume_that_changes_the_global_batch_is_refused(small_run, capsys):
@@ -251,7 +327,8 @@ def test_nproc_with_accumulation_another_task_type_and_ema_trains_like_one_proce
                 "--nproc", "2")
     assert r.returncode == 0, r.stderr
     assert "2 processes (gloo) x batch 8 x accumulate 2 = global batch 32" in r.stdout
-    assert not (two / "logs").exists()  # rank logs are kept only when a rank fails
+    # rank 1's output is kept after a success too; rank 0's went to the console
+    assert "global batch 32" in (two / "logs" / "rank-1.log").read_text() and not (two / "logs" / "rank-0.log").exists()
     if Path("/dev/shm").is_dir():  # data.cache=auto -> memory: one copy per node, mapped by both processes
         assert "cache: memory, shared by this node's processes (/dev/shm)" in r.stdout
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (one, two))
@@ -283,9 +360,12 @@ def test_cv_with_nproc_trains_each_fold_like_one_process(data, tmp_path):
     args = [f"data.root={data}", *COMMON, "train.epochs=2"]
     ref = cross_validate(load_config(None, [*args, "train.batch_size=32", f"run.dir={tmp_path / 'one'}"]),
                          folds=2, log=lambda *a: None)
-    out = _imgcls("cv", "--folds", "2", "--nproc", "2", *args, "train.batch_size=16", f"run.dir={tmp_path / 'two'}")
+    out = _imgcls("cv", "--folds", "2", "--nproc", "2", *args, "train.batch_size=16", f"run.dir={tmp_path / 'two'}",
+                  "--verbose")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("global batch 32") == 2            # both folds ran as 2-process jobs
+    assert out.stdout.count("global batch 32") == 4            # both folds ran as 2-process jobs, 2 ranks each
+    assert out.stdout.count("[rank1]:data parallel: 2 processes") == 2  # --verbose: rank 1's output on the console
+    assert all((tmp_path / "two" / f"fold-{k}" / "logs" / "rank-1.log").is_file() for k in range(2))
     for k in range(2):
         got, want = tmp_path / "two" / f"fold-{k}", ref.cv_dir / f"fold-{k}"
         a, b = _weights(got), _weights(want)
@@ -315,7 +395,7 @@ def test_cv_with_nproc_passes_a_stopped_or_failed_fold_on(data, tmp_path, monkey
     import imgcls.engine.launch
     from imgcls.cli import main
     calls = []
-    monkeypatch.setattr(imgcls.engine.launch, "launch", lambda argv, n, resume_dir=None, resume_hint=None:
+    monkeypatch.setattr(imgcls.engine.launch, "launch", lambda argv, n, resume_dir=None, resume_hint=None, verbose=False:
                         calls.append((argv, n, resume_hint)) or status)
     assert main(["cv", "--folds", "2", "--nproc", "2", f"data.root={data}", *COMMON, f"run.dir={tmp_path / 'cv'}"]) == rc
     (argv, n, hint), = calls                      # fold 0 was launched, and the cv stopped there

@@ -413,7 +413,7 @@ def build_run(cfg: Config, *, run_dir: Optional[Path] = None, start: Optional[di
     resumed, with ``start`` its last.pt (None when killed before the first checkpoint). ``dist``:
     torchrun's processes (every one builds the same run; only rank 0 logs and writes)."""
     dist = dist or DistContext()
-    if not dist.is_main:
+    if not dist.is_main and not dist.own_log:  # rank 0 speaks for the job; under --nproc each rank has its log
         log = silent_log
     device = device_for(dist, _device(cfg))
     prepared = prepare(cfg, log, absolute=start is None and run_dir is None)

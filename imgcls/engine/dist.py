@@ -18,6 +18,8 @@ import torch
 from ..errors import UserError
 
 DEFAULT_TIMEOUT = 300  # train.dist_timeout's default, seconds
+PROGRESS_DIR_ENV = "IMGCLS_PROGRESS_DIR"  # set by the --nproc launcher: each rank's 'pid step timeout' file
+PROGRESS_BYTES = 64    # fixed width, so that one pwrite replaces the whole record
 
 
 def launched() -> bool:
@@ -31,6 +33,8 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     backend: Optional[str] = None   # None: not initialised (world 1)
+    progress_fd: Optional[int] = None  # the --nproc launcher's progress file for this rank (see mark_step)
+    timeout: float = DEFAULT_TIMEOUT   # seconds a collective waits for the other ranks
 
     @property
     def is_main(self) -> bool:
@@ -40,6 +44,18 @@ class DistContext:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    @property
+    def own_log(self) -> bool:
+        """Under ``imgcls --nproc``: this rank's output goes to RUN/logs/rank-N.log (rank 0's to the console)."""
+        return self.progress_fd is not None
+
+    def mark_step(self, step: int) -> None:
+        """Tell the ``--nproc`` launcher that this rank finished optimizer step ``step`` (one small write
+        at offset 0, no fsync): when a collective times out, the rank that stopped answering is named
+        with the last step it finished. Nothing outside that launcher."""
+        if self.progress_fd is not None:
+            os.pwrite(self.progress_fd, f"{os.getpid()} {step} {self.timeout:g}".ljust(PROGRESS_BYTES).encode(), 0)
 
     # ------------------------------------------------------------ collectives (no-ops in a world of 1)
 
@@ -103,6 +119,9 @@ class DistContext:
         if self.backend is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
             self.backend = None
+        if self.progress_fd is not None:
+            os.close(self.progress_fd)
+            self.progress_fd = None
 
 
 def init_distributed(device_setting: str, timeout: float = DEFAULT_TIMEOUT) -> DistContext:
@@ -121,9 +140,16 @@ def init_distributed(device_setting: str, timeout: float = DEFAULT_TIMEOUT) -> D
                             "GPU(s) are visible; start at most that many processes per node (--nproc).")
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
+    ctx = DistContext(world, rank, local_rank, backend, _progress_fd(rank), float(timeout))
+    ctx.mark_step(0)  # the pid, before any collective can hang
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
-    return DistContext(world, rank, local_rank, backend)
+    return ctx
+
+
+def _progress_fd(rank: int) -> Optional[int]:
+    where = os.environ.get(PROGRESS_DIR_ENV)
+    return os.open(os.path.join(where, f"rank-{rank}"), os.O_WRONLY | os.O_CREAT, 0o644) if where else None
 
 
 def device_for(ctx: DistContext, device: torch.device) -> torch.device:

@@ -104,6 +104,7 @@ def _train(run: Run, stop: StopFlag) -> None:
                dynamic_ncols=True)
 
     def on_step(state) -> bool:
+        run.dist.mark_step(state.global_step)  # --nproc: names a rank that stops answering, and where
         if run.ema is not None:  # after every optimizer step, before a checkpoint can save it
             run.ema.update_parameters(run.model)
         if _stopping(run, stop):
