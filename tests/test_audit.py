@@ -123,6 +123,68 @@ def test_chunked_hamming_search_equals_the_full_matrix():
     assert {(k, 100 + k, 3) for k in range(10)} <= want
 
 
+def test_chunked_cosine_search_equals_the_full_matrix():
+    from imgcls.data.dedup import cosine_pairs
+    rng = np.random.default_rng(5)
+    v = rng.normal(0, 1, (200, 8)).astype(np.float32)
+    v[150:160] = v[:10] + rng.normal(0, 0.05, (10, 8))  # near copies of the first ten
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    full = v.astype(np.float64) @ v.T.astype(np.float64)
+    want = {(i, j) for i in range(200) for j in range(i + 1, 200) if full[i, j] >= 0.9}
+    for chunk in (1, 7 * 200, 1 << 23):
+        i, j, c = cosine_pairs(v, 0.9, chunk_elements=chunk)
+        assert set(zip(i.tolist(), j.tolist())) == want
+        np.testing.assert_allclose(c, full[i, j], atol=1e-5)
+    assert {(k, 150 + k) for k in range(10)} <= want and len(want) < 40
+
+
+def test_embedding_pairs_join_the_others_once_with_their_threshold(tmp_path):
+    """Embedding pairs are listed after exact copies, a pair already found by content is not repeated, and
+    each row carries 1 - cosine and the threshold 1 - min_cosine."""
+    from imgcls.data.dedup import Embeddings, duplicate_rows
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    shutil.copy(tmp_path / "a.png", tmp_path / "b.png")
+    items = [Item(str(tmp_path / n), lab, split) for n, lab, split in
+             (("a.png", "x", "train"), ("b.png", "x", "train"), ("c.png", "y", "train"), ("d.png", "", "test"))]
+    v = np.array([[1, 0, 0], [1, 0, 0], [0.6, 0.8, 0], [0.8, 0.6, 0]], np.float32)  # cos(a, d) = .8, cos(c, d) = .96
+    pairs = find_duplicates(items, near=False, workers=1, embeddings=Embeddings(v, np.arange(4), 0.95))
+    assert [(Path(p.a.path).name, Path(p.b.path).name, p.method) for p in pairs] == [
+        ("c.png", "d.png", "embedding"), ("a.png", "b.png", "exact")]  # across splits first
+    assert pairs[0].distance == pytest.approx(0.04, abs=1e-6) and pairs[0].threshold == pytest.approx(0.05)
+    assert duplicate_rows(pairs)[0][-2:] == ["embedding", pytest.approx(0.05)]
+    assert find_duplicates(items, near=False, workers=1, embeddings=Embeddings(v, np.arange(4), 0.7))[0].b.path \
+        == str(tmp_path / "d.png")  # at 0.7, a-d, b-d and c-d are all pairs
+    assert len(find_duplicates(items, near=False, workers=1, embeddings=Embeddings(v, np.arange(4), 0.7))) == 4
+
+
+def test_embed_files_is_the_mean_cosine_of_each_members_pre_logits_features(small_run, tiny_folder):
+    """Against the model's own layers: _TinyCNN's forward is forward_head(forward_features(x)), and the
+    dot product of two embeddings of a two-model predictor is the mean of the two models' cosines."""
+    import torch
+    import torch.nn.functional as F
+    from imgcls.inference.predictor import Predictor, load_member
+    paths = sorted(str(p) for p in Path(tiny_folder).rglob("*.png"))[:6]
+    a, b = load_member(small_run.run_dir), load_member(small_run.run_dir)
+    with torch.no_grad():
+        for prm in b.model.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+    one, two = Predictor([a]), Predictor([a, b])
+    x = torch.stack([one.preprocess(p)[0] for p in paths])
+    feats = []
+    with torch.no_grad():
+        for m, prep in zip(two.members, two.preps):
+            xb = prep.images(x)
+            torch.testing.assert_close(m.model(xb), m.model.fc(m.model.features(xb)))
+            feats.append(F.normalize(m.model.features(xb), dim=1))
+    want = sum(f @ f.T for f in feats) / 2
+    got = two.embed_files(paths, num_workers=0)
+    assert got.ok == list(range(6)) and got.probs.shape == (6, 2 * 128)
+    torch.testing.assert_close(got.probs @ got.probs.T, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one.embed_files(paths, num_workers=0).probs, feats[0], atol=1e-6, rtol=1e-5)
+    bad = one.embed_files([paths[0], str(Path(tiny_folder) / "missing.png")], num_workers=0)
+    assert bad.ok == [0] and bad.errors[0][0] == 1
+
+
 def synthetic_image(k: int, rng, size: int = 16) -> np.ndarray:
     """A smooth random pattern (distinct per image, so pHashes differ) in class k's colour, plus noise."""
     low = rng.normal(0, 1, (4, 4))

@@ -276,16 +276,9 @@ class Predictor:
                       tta: bool = False, scales: Optional[Sequence[float]] = None,
                       progress: bool = False) -> FileResults:
         """Predict every readable input; unreadable ones are reported in ``errors``, never raised."""
-        check_loader_options(batch_size, num_workers)
         flip, scales = self.tta_plan(tta, scales)
-        for m in self.members:
-            m.model.eval()
-        workers = default_workers(len(items), batch_size, self.device) if num_workers is None else num_workers
-        loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         probs, ok, errors = [], [], []
-        from tqdm import tqdm
-        for idx, views, bad in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        for idx, views, bad in self._batches(items, batch_size, num_workers, "predict", progress):
             errors += bad
             if idx:
                 p = self._probs(views, flip, scales)
@@ -295,6 +288,43 @@ class Predictor:
                 probs.append(p[finite])
                 ok += [i for i, f in zip(idx, finite.tolist()) if f]
         out = torch.cat(probs) if probs else torch.zeros(0, len(self.classes))
+        return FileResults(out, ok, errors)
+
+    def _batches(self, items: Sequence[Any], batch_size: int, num_workers: Optional[int], desc: str,
+                 progress: bool):
+        """(input indices, uint8 batch per view, unreadable (index, reason)) per batch, members in eval()."""
+        check_loader_options(batch_size, num_workers)
+        for m in self.members:
+            m.model.eval()
+        workers = default_workers(len(items), batch_size, self.device) if num_workers is None else num_workers
+        loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        from tqdm import tqdm
+        yield from tqdm(loader, desc=desc, leave=False, disable=not progress)
+
+    @torch.inference_mode()
+    def embed_files(self, items: Sequence[Any], *, batch_size: int = 64, num_workers: Optional[int] = None,
+                    progress: bool = False) -> FileResults:
+        """Each readable input's embedding, in ``FileResults.probs`` as float32 [len(ok), D]: every member's
+        pre-logits features (timm's ``forward_head(forward_features(x), pre_logits=True)``), L2-normalised,
+        side by side and divided by sqrt(members), so the dot product of two rows is the mean over the
+        members of the two images' cosine similarities. Unreadable inputs are in ``errors``."""
+        rows, ok, errors = [], [], []
+        for idx, views, bad in self._batches(items, batch_size, num_workers, "embed", progress):
+            errors += bad
+            if not idx:
+                continue
+            parts = []
+            for m, prep in zip(self.members, self.preps):
+                f = m.model.forward_head(m.model.forward_features(prep.images(views[m.view])), pre_logits=True)
+                parts.append(F.normalize(f.float().flatten(1), dim=1))
+            e = torch.cat(parts, dim=1) / len(parts) ** 0.5
+            finite = torch.isfinite(e).all(dim=1)
+            errors += [(i, "the model's features for this image are not finite (NaN or inf)")
+                       for i, f in zip(idx, finite.tolist()) if not f]
+            rows.append(e[finite].cpu())
+            ok += [i for i, f in zip(idx, finite.tolist()) if f]
+        out = torch.cat(rows) if rows else torch.zeros(0, 0)
         return FileResults(out, ok, errors)
 
     def predict(self, inputs: Any, *, batch_size: int = 64, num_workers: int = 0, tta: bool = False,

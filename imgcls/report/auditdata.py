@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..data.audit import LabelIssues, find_label_issues, find_multilabel_issues, find_regression_issues
-from ..data.dedup import (DUPLICATE_COLUMNS, PHASH_MAX_DISTANCE, Image, Pair, duplicate_rows, find_duplicates,
-                          to_exclude)
+from ..data.dedup import (DUPLICATE_COLUMNS, EMBEDDING_MIN_COSINE, PHASH_MAX_DISTANCE, Embeddings, Image, Pair,
+                          check_min_cosine, duplicate_rows, find_duplicates, to_exclude)
 from ..data.decode import IMAGE_EXTENSIONS
 from ..errors import UserError
 from ..io import atomic_write_json, write_csv
@@ -122,8 +122,18 @@ def test_images(folder: Optional[str]) -> list[str]:
     return found
 
 
-def analyse(cv_dir: Path, test: Optional[str] = None, max_distance: int = PHASH_MAX_DISTANCE) -> Audit:
-    """Label issues and duplicates of a finished cv folder (plus a folder of test images)."""
+def fold_embeddings(cv_dir: Path, paths: Sequence[str], min_cosine: float, device: str = "auto") -> Embeddings:
+    """The embeddings of ``paths`` by the cv folder's fold models (their mean cosine similarity: see
+    ``Predictor.embed_files``); unreadable images are left out."""
+    from ..inference.predictor import load
+    res = load(cv_dir, device=device).embed_files(list(paths), batch_size=256)
+    return Embeddings(res.probs.numpy(), np.asarray(res.ok, dtype=np.int64), min_cosine)
+
+
+def analyse(cv_dir: Path, test: Optional[str] = None, max_distance: int = PHASH_MAX_DISTANCE,
+            min_cosine: Optional[float] = EMBEDDING_MIN_COSINE) -> Audit:
+    """Label issues and duplicates of a finished cv folder (plus a folder of test images); ``min_cosine``
+    None leaves out the search by the fold models' embeddings."""
     from ..config import load_config
     task = load_config(cv_dir / "config.yaml").task.type
     classes = [str(c) for c in read_state(cv_dir).get("classes") or []]
@@ -141,9 +151,14 @@ def analyse(cv_dir: Path, test: Optional[str] = None, max_distance: int = PHASH_
     images = [Image(p, lab, "train") for p, lab in zip(_column(header, rows, "path"), _column(header, rows, "label"))]
     tests = test_images(test)
     images += [Image(p, "", "test") for p in tests]
-    pairs = find_duplicates(images, max_distance)
-    return Audit(task, classes, len(rows), issues, pairs, len(tests), found,
-                 {"phash_max_distance": max_distance, "exact": "same SHA-256 of the file"},
+    thresholds = {"exact": "same SHA-256 of the file", "phash_max_distance": max_distance}
+    embedded = None
+    if min_cosine is not None:
+        embedded = fold_embeddings(cv_dir, [im.path for im in images], check_min_cosine(min_cosine))
+        thresholds.update(embedding_min_cosine=min_cosine, embedding_max_distance=round(1.0 - min_cosine, 6),
+                          embedding_models=len(read_state(cv_dir)["finished"]))
+    pairs = find_duplicates(images, max_distance, embeddings=embedded)
+    return Audit(task, classes, len(rows), issues, pairs, len(tests), found, thresholds,
                  exemplars(header, rows, classes, found) if found is not None else {})
 
 
