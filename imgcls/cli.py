@@ -69,7 +69,7 @@ def _add_audit(sub) -> None:
                     help="pHash bits (of 64) up to which two images are near-duplicates (default 6)")
     au.add_argument("--min-cosine", type=float, metavar="COS",
                     help="mean cosine similarity of the fold models' embeddings from which two images are "
-                         "near-duplicates (default 0.98)")
+                         "near-duplicates (default 0.995)")
     au.add_argument("--no-embeddings", action="store_true",
                     help="leave out the near-duplicate search by the fold models' embeddings")
     au.set_defaults(func=_cmd_audit)

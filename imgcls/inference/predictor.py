@@ -180,6 +180,14 @@ class FileResults:
     errors: list[tuple[int, str]] = field(default_factory=list)  # (input index, reason)
 
 
+@dataclass
+class FileFeatures:
+    """Features of inputs that may be unreadable: per member a [len(ok), D_member] tensor."""
+    features: list[torch.Tensor]
+    ok: list[int]
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
 class Predictor:
     """One or more trained models with the same classes; ``predict`` averages their probabilities."""
 
@@ -304,28 +312,25 @@ class Predictor:
 
     @torch.inference_mode()
     def embed_files(self, items: Sequence[Any], *, batch_size: int = 64, num_workers: Optional[int] = None,
-                    progress: bool = False) -> FileResults:
-        """Each readable input's embedding, in ``FileResults.probs`` as float32 [len(ok), D]: every member's
-        pre-logits features (timm's ``forward_head(forward_features(x), pre_logits=True)``), L2-normalised,
-        side by side and divided by sqrt(members), so the dot product of two rows is the mean over the
-        members of the two images' cosine similarities. Unreadable inputs are in ``errors``."""
-        rows, ok, errors = [], [], []
+                    progress: bool = False) -> "FileFeatures":
+        """Each readable input's pre-logits features by every member (timm's
+        ``forward_head(forward_features(x), pre_logits=True)``, flattened, float32, not normalised);
+        unreadable inputs are in ``errors``."""
+        per_member: list[list[torch.Tensor]] = [[] for _ in self.members]
+        ok, errors = [], []
         for idx, views, bad in self._batches(items, batch_size, num_workers, "embed", progress):
             errors += bad
             if not idx:
                 continue
-            parts = []
-            for m, prep in zip(self.members, self.preps):
-                f = m.model.forward_head(m.model.forward_features(prep.images(views[m.view])), pre_logits=True)
-                parts.append(F.normalize(f.float().flatten(1), dim=1))
-            e = torch.cat(parts, dim=1) / len(parts) ** 0.5
-            finite = torch.isfinite(e).all(dim=1)
+            feats = [m.model.forward_head(m.model.forward_features(prep.images(views[m.view])), pre_logits=True)
+                     .float().flatten(1).cpu() for m, prep in zip(self.members, self.preps)]
+            finite = torch.stack([torch.isfinite(f).all(dim=1) for f in feats]).all(dim=0)
             errors += [(i, "the model's features for this image are not finite (NaN or inf)")
                        for i, f in zip(idx, finite.tolist()) if not f]
-            rows.append(e[finite].cpu())
+            for out, f in zip(per_member, feats):
+                out.append(f[finite])
             ok += [i for i, f in zip(idx, finite.tolist()) if f]
-        out = torch.cat(rows) if rows else torch.zeros(0, 0)
-        return FileResults(out, ok, errors)
+        return FileFeatures([torch.cat(f) if f else torch.zeros(0, 0) for f in per_member], ok, errors)
 
     def predict(self, inputs: Any, *, batch_size: int = 64, num_workers: int = 0, tta: bool = False,
                 scales: Optional[Sequence[float]] = None) -> Predictions:

@@ -54,9 +54,10 @@ def joint_heatmap(cj: np.ndarray, classes: list[str]) -> Figure:
 
 def _issues_section(audit: Audit) -> str:
     cards = []
-    for path, given, suggested, score, fold in audit.issues[:SHOWN]:
+    for path, given, suggested, score, fold, *head in audit.issues[:SHOWN]:
         beside = audit.exemplars.get(suggested)
-        cards.append(f'<div class="class-card"><b>{esc(given)} → {esc(suggested)}</b><div class="pair">'
+        what = f"{head[0]}: " if head else ""
+        cards.append(f'<div class="class-card"><b>{esc(what + given)} → {esc(suggested)}</b><div class="pair">'
                      f'{_thumb(path, f"given {given}, score {float(score):.3f}")}'
                      + (_thumb(beside, f"a typical {suggested}") if beside else "")
                      + f"</div></div>")
