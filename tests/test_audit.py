@@ -719,3 +719,62 @@ def test_multihead_audit_flags_the_flipped_head_and_its_relabel_trains(tmp_path)
     split = {r["path"]: r["label"] for side in ("train", "val") for r in rows(run.run_dir / "split" / f"{side}.csv")}
     for path, label in relabel.items():
         assert split[path] == label
+
+
+def test_evaluate_honours_the_runs_exclude_and_relabel(tmp_path):
+    """evaluate reads its data as the run read its training data: with the run's data.exclude the 3 excluded
+    images are not scored, and data.relabel's new label is the one scored (accuracy changes by hand count)."""
+    import json
+    import imgcls
+    from conftest import make_image_folder, small_config
+    from imgcls.inference.evaluate import evaluate
+    root = make_image_folder(tmp_path / "images", per_class=8)
+    (tmp_path / "exclude.csv").write_text("path\n" + "".join(f"dog/dog_{i:03d}.png\n" for i in range(3)))
+    plain = imgcls.train(small_config(root, tmp_path / "plain", **{"train.epochs": 1}), log=lambda *a: None)
+    fixed = imgcls.train(small_config(root, tmp_path / "fixed", **{"train.epochs": 1,
+                                                                   "data.exclude": str(tmp_path / "exclude.csv")}),
+                         log=lambda *a: None)
+    evaluate(plain.run_dir, root, tmp_path / "e0")
+    got_plain = json.loads((tmp_path / "e0" / "metrics.json").read_text())
+    evaluate(fixed.run_dir, root, tmp_path / "e2")
+    got_fixed = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert got_plain["num_samples"] == 24 and got_fixed["num_samples"] == 21
+    preds = rows(tmp_path / "e2" / "predictions.csv")
+    assert len(preds) == 21 and not any(f"dog_{i:03d}.png" in r["path"] for r in preds for i in range(3))
+    # relabel every cat as dog: the scored labels change, so accuracy = the share predicted as the new label
+    (tmp_path / "relabel.csv").write_text("path,label\n" + "".join(f"cat/cat_{i:03d}.png,dog\n" for i in range(8)))
+    relabelled = imgcls.train(small_config(root, tmp_path / "rel", **{"train.epochs": 1,
+                                                                      "data.relabel": str(tmp_path / "relabel.csv")}),
+                              log=lambda *a: None)
+    evaluate(relabelled.run_dir, root, tmp_path / "e3")
+    got = json.loads((tmp_path / "e3" / "metrics.json").read_text())
+    preds = rows(tmp_path / "e3" / "predictions.csv")
+    assert all(r["label"] == "dog" for r in preds if "/cat/" in r["path"])
+    assert got["val/acc"] == pytest.approx(sum(r["label"] == r["pred"] for r in preds) / len(preds))
+    assert got["num_samples"] == 24 and "prob_cat" not in preds[0]  # no image is a cat any more
+
+
+@pytest.mark.slow  # one tune trial (about 10 s)
+def test_tune_trials_read_the_data_with_its_exclude_and_relabel(tmp_path):
+    """A trial is a train through api: its resolved config keeps data.exclude/data.relabel, its split leaves
+    the excluded images out and holds the relabelled label."""
+    pytest.importorskip("optuna")
+    import yaml
+    from conftest import make_image_folder
+    from imgcls.cli import main
+    root = make_image_folder(tmp_path / "images", per_class=8)
+    (tmp_path / "exclude.csv").write_text("path\n" + "".join(f"dog/dog_{i:03d}.png\n" for i in range(3)))
+    (tmp_path / "relabel.csv").write_text("path,label\ncat/cat_000.png,dog\n")
+    (tmp_path / "space.yaml").write_text("optim.lr: {choice: [0.01]}\n")
+    tune_dir = tmp_path / "tune"
+    assert main(["tune", f"data.root={root}", "data.image_size=16", "model.name=small_cnn", "train.epochs=1",
+                 "train.batch_size=16", "train.progress=false", "data.num_workers=0", f"run.dir={tune_dir}",
+                 f"data.exclude={tmp_path / 'exclude.csv'}", f"data.relabel={tmp_path / 'relabel.csv'}",
+                 "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--pruner", "none"]) == 0
+    trial = tune_dir / "trial-0"
+    cfg = yaml.safe_load((trial / "config.yaml").read_text())
+    assert cfg["data"]["exclude"] == str(tmp_path / "exclude.csv") and cfg["data"]["relabel"] == str(tmp_path / "relabel.csv")
+    split = rows(trial / "split" / "train.csv") + rows(trial / "split" / "val.csv")
+    names = {Path(r["path"]).name: r["label"] for r in split}
+    assert len(split) == 21 and not any(f"dog_{i:03d}.png" in names for i in range(3))
+    assert names["cat_000.png"] == "dog"
