@@ -18,6 +18,7 @@ RUNS = (
     ("bench_vs_timm.py", ["--seeds", "0", "1", "2", "--write"]),
     ("bench_ddp.py", ["--repeats", "3", "--write"]),
     ("bench_finetune.py", ["--seeds", "2", "--epochs", "8", "--pretrain-epochs", "2"]),
+    ("bench_audit.py", []),  # MNIST-5k with 5% flips, 5 folds, then the 100k-image duplicate search
 )
 
 for script, args in RUNS:

@@ -210,16 +210,19 @@ def resume_cv(cv_dir: str | Path, only: Optional[Sequence[int]] = None, report: 
 
 
 def audit(cfg: Optional[Config] = None, folds: int = 5, *, from_cv: Optional[str | Path] = None,
-          test: Optional[str | Path] = None, max_distance: Optional[int] = None, log: Callable[[str], None] = print):
+          test: Optional[str | Path] = None, max_distance: Optional[int] = None, min_cosine: Optional[float] = None,
+          embeddings: bool = True, log: Callable[[str], None] = print):
     """``imgcls audit``: label issues, duplicates and leaks from out-of-fold predictions. Without ``from_cv``
     it runs ``cross_validate(cfg, folds)`` into ``run.dir`` (a ``run.dir`` that already holds a cv goes on
     with ``resume_cv``: killed and re-run, the audit continues); with ``from_cv`` it reuses that cv folder
     (finishing any fold left). The files are written to the cv folder, or to ``run.dir`` with ``from_cv``;
-    returns the folder."""
-    from .data.dedup import PHASH_MAX_DISTANCE
+    returns the folder. Near-duplicates: pHash within ``max_distance`` bits, and (``embeddings``) the fold
+    models' embeddings with a mean cosine similarity of at least ``min_cosine``."""
+    from .data.dedup import EMBEDDING_MIN_COSINE, PHASH_MAX_DISTANCE, check_min_cosine
     from .report.auditdata import analyse, summary_words, write_audit
     from .report.auditreport import write_audit_report
     from .runfolder import is_cv_dir, read_state
+    min_cosine = check_min_cosine(EMBEDDING_MIN_COSINE if min_cosine is None else min_cosine) if embeddings else None
     if from_cv is not None:
         cv_dir = Path(from_cv).expanduser()
         if not is_cv_dir(cv_dir):
@@ -237,7 +240,7 @@ def audit(cfg: Optional[Config] = None, folds: int = 5, *, from_cv: Optional[str
     if len(state["finished"]) < state["folds"]:
         resume_cv(cv_dir, report=False, log=log)
     result = analyse(cv_dir, None if test is None else str(test),
-                     PHASH_MAX_DISTANCE if max_distance is None else max_distance)
+                     PHASH_MAX_DISTANCE if max_distance is None else max_distance, min_cosine)
     for path in write_audit(result, out) + [write_audit_report(result, out)]:
         log(f"audit: {path}")
     log(f"audit: {summary_words(result)}")

@@ -69,6 +69,11 @@ def _add_audit(sub) -> None:
     au.add_argument("--test", metavar="DIR", help="a folder of (unlabelled) test images searched for leaks")
     au.add_argument("--max-distance", type=int, metavar="BITS",
                     help="pHash bits (of 64) up to which two images are near-duplicates (default 6)")
+    au.add_argument("--min-cosine", type=float, metavar="COS",
+                    help="mean cosine similarity of the fold models' embeddings from which two images are "
+                         "near-duplicates (default 0.995)")
+    au.add_argument("--no-embeddings", action="store_true",
+                    help="leave out the near-duplicate search by the fold models' embeddings")
     au.set_defaults(func=_cmd_audit)
 
 
@@ -81,7 +86,11 @@ def _cmd_audit(a: argparse.Namespace) -> int:
             raise UserError(f"--folds cannot be given with --from-cv {a.from_cv}: the cv folder has its folds.")
         config, overrides = _split_config_words(a.config, a.overrides)
         cfg = load_config(config, overrides) if (config or overrides or a.from_cv is None) else None
-        audit(cfg, 5 if a.folds is None else a.folds, from_cv=a.from_cv, test=a.test, max_distance=a.max_distance)
+        if a.no_embeddings and a.min_cosine is not None:
+            raise UserError("--min-cosine sets the embedding search's threshold, which --no-embeddings turns off; "
+                            "drop one of them.")
+        audit(cfg, 5 if a.folds is None else a.folds, from_cv=a.from_cv, test=a.test, max_distance=a.max_distance,
+              min_cosine=a.min_cosine, embeddings=not a.no_embeddings)
     return 0
 
 

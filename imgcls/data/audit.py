@@ -9,7 +9,9 @@ Labels", JAIR 2021), written here in numpy because cleanlab is AGPL-3.0:
    threshold, counted under the most probable such class j (an image reaching no threshold is not counted);
 3. calibrated, ``Q = C`` with each row rescaled to the number of images labelled i, divided by n: the
    estimated joint distribution of (given label, true label);
-4. pruning by noise rate: for each given class i and each other class j, the ``round(n * Q[i, j])`` images
+4. pruning by noise rate: for each given class i and each other class j, the ``n * Q[i, j]`` images (rounded
+   so that each row still sums to the number of images labelled i, as cleanlab's
+   ``round_preserving_row_totals`` does; rounding each cell alone can prune one image more or less)
    labelled i with the largest margin ``p_j - p_i`` are flagged; an image the model predicts as its given
    label is never flagged (as cleanlab does).
 
@@ -82,13 +84,28 @@ def calibrate(cj: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
     return scaled / total if total > 0 else scaled
 
 
+def round_rows(x: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Each row of ``x`` rounded to integers that sum to its ``totals`` entry (a row of zeros stays zeros):
+    round each cell, then move the cells whose rounding lost (or gained) the most by one until the sum fits."""
+    out = np.rint(x).astype(np.int64)
+    for i, row in enumerate(x):
+        if not row.any():
+            continue
+        missing = int(totals[i]) - int(out[i].sum())
+        error = row - out[i]  # what rounding took away from each cell
+        # largest error first when adding, smallest when taking away; ties as cleanlab breaks them
+        order = np.argsort(error, kind="stable")[::-1 if missing > 0 else 1][:abs(missing)]
+        out[i, order] += np.sign(missing)
+    return out
+
+
 def find_label_issues(labels, probs) -> LabelIssues:
     """Confident learning with pruning by noise rate (see the module's docstring)."""
     labels, probs = check_probabilities(labels, probs)
     n, k = probs.shape
     thresholds, cj = confident_joint(labels, probs)
     joint = calibrate(cj, np.bincount(labels, minlength=k))
-    to_remove = np.rint(joint * n).astype(np.int64)
+    to_remove = round_rows(joint * n, np.bincount(labels, minlength=k))
     issues = np.zeros(n, dtype=bool)
     given = probs[np.arange(n), labels]
     for i in range(k):

@@ -75,14 +75,26 @@ def apply_fixes(fixes: Fixes, roots: Sequence[str], paths: list[str], labels: li
         if f"relabel:{k}" in cand:
             hit = cand[f"relabel:{k}"]
             matched.add(hit)
-            if isinstance(lab, tuple):
-                raise UserError(f"data.relabel '{fixes.relabel_csv}' gives one label per image, but this task has a "
-                                "label per head; relabel through the data CSV instead.")
-            lab = fixes.relabel[hit[1]][1]
+            lab = relabelled(fixes, hit[1], lab)
         keep.append(i)
         new_labels.append(lab)
     cols = [None if c is None else [c[i] for i in keep] for c in columns]
     return [paths[i] for i in keep], new_labels, cols, matched
+
+
+def relabelled(fixes: Fixes, entry: int, old):
+    """The label of relabel entry ``entry``; for a multi-head task (``old`` a tuple, one value per head) the
+    entry gives every head's value joined by '|' in task.heads order ('r|plain|34.5', as imgcls audit
+    writes it)."""
+    text = fixes.relabel[entry][1]
+    if not isinstance(old, tuple):
+        return text
+    parts = tuple(v.strip() for v in text.split("|"))
+    if len(parts) != len(old):
+        raise UserError(f"data.relabel '{fixes.relabel_csv}' gives '{text}' for '{fixes.relabel[entry][0]}', but "
+                        f"this task has {len(old)} heads; give every head's value joined by '|' in task.heads "
+                        "order (as imgcls audit's relabel.csv does).")
+    return parts
 
 
 def warn_unmatched(fixes: Optional[Fixes], matched: set) -> None:

@@ -180,6 +180,14 @@ class FileResults:
     errors: list[tuple[int, str]] = field(default_factory=list)  # (input index, reason)
 
 
+@dataclass
+class FileFeatures:
+    """Features of inputs that may be unreadable: per member a [len(ok), D_member] tensor."""
+    features: list[torch.Tensor]
+    ok: list[int]
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
 class Predictor:
     """One or more trained models with the same classes; ``predict`` averages their probabilities."""
 
@@ -276,16 +284,9 @@ class Predictor:
                       tta: bool = False, scales: Optional[Sequence[float]] = None,
                       progress: bool = False) -> FileResults:
         """Predict every readable input; unreadable ones are reported in ``errors``, never raised."""
-        check_loader_options(batch_size, num_workers)
         flip, scales = self.tta_plan(tta, scales)
-        for m in self.members:
-            m.model.eval()
-        workers = default_workers(len(items), batch_size, self.device) if num_workers is None else num_workers
-        loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         probs, ok, errors = [], [], []
-        from tqdm import tqdm
-        for idx, views, bad in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        for idx, views, bad in self._batches(items, batch_size, num_workers, "predict", progress):
             errors += bad
             if idx:
                 p = self._probs(views, flip, scales)
@@ -296,6 +297,40 @@ class Predictor:
                 ok += [i for i, f in zip(idx, finite.tolist()) if f]
         out = torch.cat(probs) if probs else torch.zeros(0, len(self.classes))
         return FileResults(out, ok, errors)
+
+    def _batches(self, items: Sequence[Any], batch_size: int, num_workers: Optional[int], desc: str,
+                 progress: bool):
+        """(input indices, uint8 batch per view, unreadable (index, reason)) per batch, members in eval()."""
+        check_loader_options(batch_size, num_workers)
+        for m in self.members:
+            m.model.eval()
+        workers = default_workers(len(items), batch_size, self.device) if num_workers is None else num_workers
+        loader = DataLoader(_InferenceImages(items, self.views), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        from tqdm import tqdm
+        yield from tqdm(loader, desc=desc, leave=False, disable=not progress)
+
+    @torch.inference_mode()
+    def embed_files(self, items: Sequence[Any], *, batch_size: int = 64, num_workers: Optional[int] = None,
+                    progress: bool = False) -> "FileFeatures":
+        """Each readable input's pre-logits features by every member (timm's
+        ``forward_head(forward_features(x), pre_logits=True)``, flattened, float32, not normalised);
+        unreadable inputs are in ``errors``."""
+        per_member: list[list[torch.Tensor]] = [[] for _ in self.members]
+        ok, errors = [], []
+        for idx, views, bad in self._batches(items, batch_size, num_workers, "embed", progress):
+            errors += bad
+            if not idx:
+                continue
+            feats = [m.model.forward_head(m.model.forward_features(prep.images(views[m.view])), pre_logits=True)
+                     .float().flatten(1).cpu() for m, prep in zip(self.members, self.preps)]
+            finite = torch.stack([torch.isfinite(f).all(dim=1) for f in feats]).all(dim=0)
+            errors += [(i, "the model's features for this image are not finite (NaN or inf)")
+                       for i, f in zip(idx, finite.tolist()) if not f]
+            for out, f in zip(per_member, feats):
+                out.append(f[finite])
+            ok += [i for i, f in zip(idx, finite.tolist()) if f]
+        return FileFeatures([torch.cat(f) if f else torch.zeros(0, 0) for f in per_member], ok, errors)
 
     def predict(self, inputs: Any, *, batch_size: int = 64, num_workers: int = 0, tta: bool = False,
                 scales: Optional[Sequence[float]] = None) -> Predictions:

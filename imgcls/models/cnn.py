@@ -26,8 +26,13 @@ class _TinyCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's head interface: the flat features -> logits, or the features themselves with
+        ``pre_logits`` (what the audit's embedding search compares)."""
+        return x if pre_logits else self.fc(self.drop(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 def _timm_kwargs(kwargs: dict) -> dict:

@@ -13,14 +13,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..data.audit import LabelIssues, find_label_issues, find_multilabel_issues, find_regression_issues
-from ..data.dedup import (DUPLICATE_COLUMNS, PHASH_MAX_DISTANCE, Image, Pair, duplicate_rows, find_duplicates,
-                          to_exclude)
+from ..data.dedup import (DUPLICATE_COLUMNS, EMBEDDING_MIN_COSINE, PHASH_MAX_DISTANCE, Embeddings, Image, Pair,
+                          check_min_cosine, duplicate_rows, find_duplicates, to_exclude,
+                          unit_embeddings)
 from ..data.decode import IMAGE_EXTENSIONS
 from ..errors import UserError
 from ..io import atomic_write_json, write_csv
 from ..runfolder import read_state
 
 ISSUE_COLUMNS = ["path", "label", "suggested", "score", "fold"]
+HEAD_ISSUE_COLUMNS = ISSUE_COLUMNS + ["head"]  # multi-head: label and suggested are that head's
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Audit:
     multiclass: Optional[LabelIssues] = None  # the confident joint, for the heatmap
     thresholds: dict = field(default_factory=dict)
     exemplars: dict = field(default_factory=dict)  # class -> its unflagged image of highest out-of-fold probability
+    columns: list = field(default_factory=lambda: list(ISSUE_COLUMNS))
+    relabel: Optional[dict] = None           # path -> the label relabel.csv gives (multi-head: every head's)
 
 
 def read_oof(cv_dir: Path) -> tuple[list[str], list[list[str]]]:
@@ -109,6 +113,34 @@ def regression_issues(header, rows) -> list[list]:
     return out
 
 
+def multihead_issues(header, rows, heads) -> tuple[list[list], dict[str, str]]:
+    """Each head audited on its own: confident learning on a multiclass head's ``prob_<head>/<class>``
+    columns, the robust z of the residual on a regression head's value column. Rows (with the head's given
+    and suggested value, and the head's name) head by head in task.heads order, worst first within a head;
+    and per flagged image its whole label ('r|plain|34.5') with every flagged head's suggestion in place."""
+    given = [t.split("|") for t in _column(header, rows, "label")]
+    paths, folds = _column(header, rows, "path"), _column(header, rows, "fold")
+    out, fixed = [], {}
+    for j, h in enumerate(heads):
+        labels = [g[j] for g in given]
+        if h.type == "multiclass":
+            classes = [str(c) for c in h.classes]
+            code = {c: i for i, c in enumerate(classes)}
+            found = find_label_issues(np.array([code[t] for t in labels]),
+                                      _probs(header, rows, [f"{h.name}/{c}" for c in classes]))
+            head_rows = [[paths[i], labels[i], classes[found.suggested[i]], round(float(found.score[i]), 6),
+                          folds[i], h.name, i] for i in found.order()]
+        else:
+            pred = np.array([float(v) for v in _column(header, rows, h.name)])
+            flagged, z = find_regression_issues(np.array([float(v) for v in labels]), pred)
+            head_rows = sorted(([paths[i], labels[i], f"{pred[i]:.6g}", round(-abs(float(z[i])), 4), folds[i],
+                                 h.name, i] for i in np.flatnonzero(flagged)), key=lambda r: (r[3], r[0]))
+        for r in head_rows:
+            fixed.setdefault(r[0], list(given[r[-1]]))[j] = r[2]
+        out += [r[:-1] for r in head_rows]
+    return out, {p: "|".join(v) for p, v in fixed.items()}
+
+
 def test_images(folder: Optional[str]) -> list[str]:
     if folder is None:
         return []
@@ -122,39 +154,75 @@ def test_images(folder: Optional[str]) -> list[str]:
     return found
 
 
-def analyse(cv_dir: Path, test: Optional[str] = None, max_distance: int = PHASH_MAX_DISTANCE) -> Audit:
-    """Label issues and duplicates of a finished cv folder (plus a folder of test images)."""
+def fold_embeddings(cv_dir: Path, paths: Sequence[str], min_cosine: float, device: str = "auto") -> Embeddings:
+    """The embeddings of ``paths`` by the cv folder's fold models, centred and combined so that a dot product
+    is their mean cosine similarity (``unit_embeddings``); unreadable images are left out."""
+    from ..inference.predictor import load
+    res = load(cv_dir, device=device).embed_files(list(paths), batch_size=256)
+    return Embeddings(unit_embeddings([f.numpy() for f in res.features]), np.asarray(res.ok, dtype=np.int64),
+                      min_cosine)
+
+
+def analyse(cv_dir: Path, test: Optional[str] = None, max_distance: int = PHASH_MAX_DISTANCE,
+            min_cosine: Optional[float] = EMBEDDING_MIN_COSINE) -> Audit:
+    """Label issues and duplicates of a finished cv folder (plus a folder of test images); ``min_cosine``
+    None leaves out the search by the fold models' embeddings."""
     from ..config import load_config
     task = load_config(cv_dir / "config.yaml").task.type
     classes = [str(c) for c in read_state(cv_dir).get("classes") or []]
     header, rows = read_oof(cv_dir)
-    found = None
+    found, columns, relabel = None, list(ISSUE_COLUMNS), None
     if task == "multiclass":
         issues, found = multiclass_issues(header, rows, classes)
     elif task == "multilabel":
         issues = multilabel_issues(header, rows, classes)
     elif task == "regression":
         issues = regression_issues(header, rows)
+    elif task == "multihead":
+        from ..models.modelinfo import ModelInfo
+        from ..runfolder import fold_dirs
+        heads = ModelInfo.read(fold_dirs(cv_dir)[0] / "model.json").task_type.heads
+        (issues, relabel), columns = multihead_issues(header, rows, heads), list(HEAD_ISSUE_COLUMNS)
     else:
-        raise UserError(f"imgcls audit does not yet look for label issues of task.type={task}; it handles "
-                        "multiclass, multilabel and regression (audit one head at a time as a multiclass task).")
+        raise UserError(f"imgcls audit does not look for label issues of task.type={task}; it handles "
+                        "multiclass, multilabel, regression and multihead.")
     images = [Image(p, lab, "train") for p, lab in zip(_column(header, rows, "path"), _column(header, rows, "label"))]
     tests = test_images(test)
     images += [Image(p, "", "test") for p in tests]
-    pairs = find_duplicates(images, max_distance)
-    return Audit(task, classes, len(rows), issues, pairs, len(tests), found,
-                 {"phash_max_distance": max_distance, "exact": "same SHA-256 of the file"},
-                 exemplars(header, rows, classes, found) if found is not None else {})
+    thresholds = {"exact": "same SHA-256 of the file", "phash_max_distance": max_distance}
+    embedded = None
+    if min_cosine is not None:
+        embedded = fold_embeddings(cv_dir, [im.path for im in images], check_min_cosine(min_cosine))
+        thresholds.update(embedding_min_cosine=min_cosine, embedding_max_distance=round(1.0 - min_cosine, 6),
+                          embedding_models=len(read_state(cv_dir)["finished"]))
+    pairs = find_duplicates(images, max_distance, embeddings=embedded)
+    warn_embedding_flood(pairs, len(images), min_cosine)
+    return Audit(task, classes, len(rows), issues, pairs, len(tests), found, thresholds,
+                 exemplars(header, rows, classes, found) if found is not None else {}, columns, relabel)
+
+
+def warn_embedding_flood(pairs: Sequence[Pair], n: int, min_cosine: Optional[float]) -> None:
+    """More embedding pairs than images means the fold models see these images as alike whatever they
+    show (a model that only needs an image's colour to classify it, say): the pairs are not copies."""
+    found = sum(p.method == "embedding" for p in pairs)
+    if found > n:
+        import warnings
+        warnings.warn(f"the embedding search paired {found} images at a mean cosine of {min_cosine} or more, more "
+                      f"pairs than the {n} images: the fold models do not tell these images apart; raise "
+                      "--min-cosine or pass --no-embeddings (exact and pHash duplicates are unaffected).",
+                      stacklevel=3)
 
 
 def write_audit(audit: Audit, out_dir: Path) -> list[Path]:
     """label_issues.csv, duplicates.csv, relabel.csv, exclude.csv and audit.json in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "label_issues.csv", ISSUE_COLUMNS, audit.issues)
+    write_csv(out_dir / "label_issues.csv", audit.columns, audit.issues)
     write_csv(out_dir / "duplicates.csv", DUPLICATE_COLUMNS, duplicate_rows(audit.pairs))
     relabel: dict = {}
     for r in audit.issues:  # worst first; a multi-label image flagged on two labels keeps its worst row
         relabel.setdefault(r[0], r[2])
+    if audit.relabel is not None:
+        relabel = audit.relabel
     write_csv(out_dir / "relabel.csv", ["path", "label"], [[p, lab] for p, lab in relabel.items()])
     write_csv(out_dir / "exclude.csv", ["path"], [[p] for p in to_exclude(audit.pairs)])
     atomic_write_json(out_dir / "audit.json", summary_facts(audit))
@@ -177,7 +245,8 @@ def summary_facts(audit: Audit) -> dict:
 def top_confusions(audit: Audit, n: int = 3) -> list[dict]:
     """The most frequent (given -> suggested) pairs among the flagged images."""
     from collections import Counter
-    counts = Counter((r[1], r[2]) for r in audit.issues)
+    head = (lambda r: f"{r[5]} ") if audit.columns == HEAD_ISSUE_COLUMNS else (lambda r: "")
+    counts = Counter((head(r) + r[1], r[2]) for r in audit.issues)
     return [{"given": g, "suggested": s, "count": c} for (g, s), c in counts.most_common(n)]
 
 

@@ -54,9 +54,10 @@ def joint_heatmap(cj: np.ndarray, classes: list[str]) -> Figure:
 
 def _issues_section(audit: Audit) -> str:
     cards = []
-    for path, given, suggested, score, fold in audit.issues[:SHOWN]:
+    for path, given, suggested, score, fold, *head in audit.issues[:SHOWN]:
         beside = audit.exemplars.get(suggested)
-        cards.append(f'<div class="class-card"><b>{esc(given)} → {esc(suggested)}</b><div class="pair">'
+        what = f"{head[0]}: " if head else ""
+        cards.append(f'<div class="class-card"><b>{esc(what + given)} → {esc(suggested)}</b><div class="pair">'
                      f'{_thumb(path, f"given {given}, score {float(score):.3f}")}'
                      + (_thumb(beside, f"a typical {suggested}") if beside else "")
                      + f"</div></div>")
@@ -76,8 +77,11 @@ def _pairs_section(audit: Audit) -> str:
                     f"{', labels differ' if p.labels_differ else ''}</td></tr>")
     body = table(["image a", "image b", "distance", "kind"], rows) if rows else "<p>No duplicates found.</p>"
     t = audit.thresholds
-    intro = (f"{len(audit.pairs)} pair(s): exact copies ({esc(t.get('exact', ''))}) and pHash near-duplicates "
-             f"within {t.get('phash_max_distance')} bits of 64; different labels first, then leaks.")
+    by_embedding = ("" if "embedding_min_cosine" not in t else
+                    f", and pairs whose embeddings by the {t.get('embedding_models')} fold model(s) have a mean cosine "
+                    f"similarity of at least {t['embedding_min_cosine']} (distance 1 - cosine)")
+    intro = (f"{len(audit.pairs)} pair(s): exact copies ({esc(t.get('exact', ''))}), pHash near-duplicates "
+             f"within {t.get('phash_max_distance')} bits of 64{by_embedding}; different labels first, then leaks.")
     return section("duplicates", "Duplicates and leaks", body, intro)
 
 
