@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast shape bench clean-venv
+.PHONY: demo test test-fast shape bench bench-serve bench-serve-setup clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 # Every benchmark, each writing its section of BENCHMARKS.md; TIMM_TRAIN=path/to/timm/train.py adds timm's rows.
 bench: $(VENV)/.installed-bench
 	$(PY) bench/run_all.py
+
+# bench/bench_serve.py drives `imgcls serve` with ApacheBench (ab, from apache2-utils: a system package)
+bench-serve-setup:
+	command -v ab >/dev/null || (apt-get install -y apache2-utils || (apt-get update && apt-get install -y apache2-utils))
+
+bench-serve: $(VENV)/.installed-bench bench-serve-setup
+	$(PY) bench/bench_serve.py
 
 clean-venv:
 	rm -rf $(VENV)

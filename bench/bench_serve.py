@@ -1,20 +1,25 @@
-"""Benchmark of `imgcls serve` against offline predict on the same images, in the same run.
+"""Benchmark of `imgcls serve` against offline `imgcls predict` on the same images, in the same run.
 
-For each model (the demo's shape: small_cnn, 1 channel, 28 px, 10 classes; and timm resnet18 at 224 px, both
-with random weights in a run folder as training writes it) it measures
-  * offline:  Predictor.predict_files on the PNG files (predict's own path), images/s;
-  * serve:    `imgcls serve` in its own process on 127.0.0.1, driven by a bounded asyncio httpx load
-              generator (a fixed number of requests, one image per raw-body POST, C requests in flight) at
-              concurrency 1, 8 and 32: images/s, its ratio to offline, p50 and p99 latency;
-  * the batch-size distribution from /metrics, and the server's overhead per request at concurrency 1
-    (p50 latency minus one forward of a batch of one, measured in this process);
-  * resident memory of the server (VmRSS) after 100 and after 10,000 requests (the demo model).
-The load generator is this script's own rather than `ab` (apache2-utils), so it needs nothing beyond the serve
-extra and reports per-request latencies; it is bounded (a fixed request count and concurrency) and talks to
-127.0.0.1 only.
-Writes (or replaces) its section of BENCHMARKS.md unless --no-write.
+Models:
+  * the demo: configs/demo.yaml trained for --demo-epochs (default 3) into a temporary folder by this script's
+    setup (or --demo-run RUN reuses a trained run), asked about MNIST-5k validation digits (28 px, gray);
+  * timm resnet18 at 224 px with random weights in a run folder as training writes it (no hub is reachable
+    here; a forward costs the same whatever the weights), asked about random 224 px RGB PNGs.
+For each model, side by side in one process tree, so the other work on the machine hits both alike:
+  * offline: Predictor.predict_files, `imgcls predict`'s own path, in this process after a warm-up, on
+    --demo-images validation digits or --images random PNGs: images/s, measured before and after the serve levels (the ratio uses their mean);
+  * serve: `imgcls serve RUN --device cpu` (batches of up to 32 within 5 ms) in its own process on
+    127.0.0.1, driven by ApacheBench: `ab -p IMAGE.png -T image/png -c C -n N -t T` (a bounded count and time,
+    a new connection per request) at concurrency 1, 8 and 32: images/s, the ratio to offline, p50 and p99;
+  * the batch-size distribution at each concurrency (the /metrics histogram's counts, before and after);
+  * overhead per request at concurrency 1: inside the server (mean of imgcls_serve_request_seconds minus
+    mean of imgcls_serve_forward_seconds) and end to end (ab's mean latency minus that forward);
+  * the demo: server RSS after 100 requests, then after --rss-requests (10,000) more;
+  * a cross-check (httpx, --images requests at concurrency 8): every served class equals offline predict's.
+Needs ab: `make bench-serve-setup` (apt-get install -y apache2-utils). Writes its section of BENCHMARKS.md
+unless --no-write.
 
-    python bench/bench_serve.py [--requests 600] [--rss-requests 10000] [--no-resnet] [--no-write]
+    python bench/bench_serve.py [--requests 600] [--rss-requests 10000] [--demo-run RUN] [--no-resnet] [--no-write]
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import asyncio
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,101 +46,121 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+import imgcls  # noqa: E402
 from imgcls import __version__  # noqa: E402
+from imgcls.data import demo_root  # noqa: E402
 from imgcls.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from imgcls.inference.predictor import load  # noqa: E402
 from imgcls.io import atomic_write_json  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
 from imgcls.models.modelinfo import save_weights  # noqa: E402
 
-MODELS = {"demo (small_cnn, 28 px, gray)": ("small_cnn", 28, 1, 10), "resnet18, 224 px": ("resnet18", 224, 3, 10)}
 CONCURRENCY = (1, 8, 32)
+AB_TIME_LIMIT_S = 300  # per ab call, on top of its request count
+DEMO, RESNET = "demo (digits_cnn, 28 px, gray, trained)", "resnet18, 224 px (random weights)"
 
 
-def write_run(folder: Path, arch: str, size: int, channels: int, classes: int) -> Path:
+# ---------------------------------------------------------------- setup: the runs and their images
+
+def train_demo(folder: Path, epochs: int) -> tuple[Path, str]:
+    """configs/demo.yaml for ``epochs`` epochs; (run folder, its best val/acc as text)."""
+    from imgcls.config import load_config
+    cfg = load_config(ROOT / "configs/demo.yaml", [f"train.epochs={epochs}", f"run.dir={folder}", "run.report=false",
+                                                  "train.progress=false"])
+    t0 = time.perf_counter()
+    res = imgcls.train(cfg, log=lambda *a: None)
+    acc = res.best_metrics.get("val/acc")
+    return res.run_dir, f"{epochs} epochs in {time.perf_counter() - t0:.0f} s, best val/acc {acc:.3f}"
+
+
+def write_resnet_run(folder: Path) -> Path:
     """A run folder as training writes it (best.safetensors + model.json), with random weights."""
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if channels == 3 else ([0.5], [0.25])
-    save_weights(folder / "best.safetensors", create_model(arch, classes, channels))
+    save_weights(folder / "best.safetensors", create_model("resnet18", 10, 3))
     atomic_write_json(folder / "model.json", {
-        "format": 1, "architecture": arch, "classes": [str(k) for k in range(classes)], "channels": channels,
-        "image_size": size, "resize": size, "crop_pct": 1.0, "mean": mean, "std": std, "augment": "default",
-        "allows_flip": True, "epoch": 1, "monitor": {"name": "val/acc", "value": None},
-        "train_counts": [1] * classes, "imgcls": __version__})
+        "format": 1, "architecture": "resnet18", "classes": [str(k) for k in range(10)], "channels": 3,
+        "image_size": 224, "resize": 224, "crop_pct": 1.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "augment": "default", "allows_flip": True, "epoch": 1, "monitor": {"name": "val/acc", "value": None},
+        "train_counts": [1] * 10, "imgcls": __version__})
     return folder
 
 
-def write_images(folder: Path, n: int, size: int, channels: int) -> list[Path]:
+def demo_images(n: int) -> list[Path]:
+    return sorted((demo_root() / "val").rglob("*.png"))[:n]
+
+
+def random_images(folder: Path, n: int, size: int) -> list[Path]:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
     paths = []
     for i in range(n):
-        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        im = Image.fromarray(img).convert("L" if channels == 1 else "RGB")
         paths.append(folder / f"{i:05d}.png")
-        im.save(paths[-1])
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(paths[-1])
     return paths
 
 
-def offline_rate(run: Path, paths: list[Path]) -> tuple[float, float]:
-    """(images/s of predict_files on the files, ms of one forward of a batch of one)."""
-    predictor = load(run, device="cpu")
-    predictor.predict_files([str(p) for p in paths[:64]])  # warm-up
+# ---------------------------------------------------------------- offline predict
+
+def offline_rate(predictor, paths: list[Path]) -> float:
+    """Images/s of predict_files (imgcls predict's path, default batch and workers) on ``paths``."""
     t0 = time.perf_counter()
     predictor.predict_files([str(p) for p in paths])
-    rate = len(paths) / (time.perf_counter() - t0)
-    views = [torch.stack([v]) for v in predictor.preprocess(str(paths[0]))]
-    predictor.probabilities(views)
-    times = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        predictor.probabilities(views)
-        times.append(time.perf_counter() - t0)
-    return rate, statistics.median(times) * 1000
+    return len(paths) / (time.perf_counter() - t0)
 
 
-async def load_test(base: str, bodies: list[bytes], requests: int, concurrency: int) -> dict:
-    """``requests`` POSTs with ``concurrency`` in flight; latencies in ms, throughput in images/s."""
-    latencies, codes, next_i, dropped = [], [], iter(range(requests)), [0]
+# ---------------------------------------------------------------- the server and its metrics
 
-    async def worker(client):
-        for i in next_i:
-            t0 = time.perf_counter()
-            for _ in range(3):  # a kept-alive connection the server closed as it was reused: send again
-                try:
-                    r = await client.post(base + "/predict", content=bodies[i % len(bodies)],
-                                          headers={"content-type": "image/png"})
-                    break
-                except httpx.TransportError:
-                    dropped[0] += 1
-            else:
-                raise SystemExit("three connection failures in a row")
-            latencies.append((time.perf_counter() - t0) * 1000)
-            codes.append(r.status_code)
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        seconds = time.perf_counter() - t0
-    bad = [c for c in codes if c != 200]
-    if bad:
-        raise SystemExit(f"{len(bad)} of {requests} requests failed (status {bad[0]})")
-    latencies.sort()
-    return {"rate": requests / seconds, "p50": statistics.median(latencies), "dropped": dropped[0],
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+def start_server(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port), "--device", "cpu",
+                             "--max-queue", "4096"], stderr=open(log, "w"), cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        try:
+            if httpx.get(base + "/ready").status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the server never became ready; see {log}")
 
 
-def batch_sizes(metrics: str) -> dict[str, float]:
-    """Share of forwards per batch-size bucket, from the cumulative histogram."""
-    cum = {float(m.group(1)): float(m.group(2)) for m in
-           re.finditer(r'imgcls_serve_batch_size_bucket\{le="([^"]+)"\} (\S+)', metrics) if m.group(1) != "+Inf"}
-    total = max(cum.values()) if cum else 0
+def scrape(base: str) -> dict[str, float]:
+    """The /metrics samples this benchmark reads, by name (labels kept in the name)."""
+    out = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith(("imgcls_serve_batch_size_bucket", "imgcls_serve_request_seconds_",
+                            "imgcls_serve_forward_seconds_")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def batch_shares(before: dict, after: dict) -> dict[str, float]:
+    """Share of the forwards between two scrapes per batch-size bucket (the histogram is cumulative)."""
+    cum = {}
+    for name, v in after.items():
+        m = re.fullmatch(r'imgcls_serve_batch_size_bucket\{le="([^"]+)"\}', name)
+        if m and m.group(1) != "+Inf":
+            cum[float(m.group(1))] = v - before.get(name, 0.0)
+    total = max(cum.values()) if cum else 0.0
     out, prev = {}, 0.0
     for le in sorted(cum):
         if cum[le] - prev > 0:
             out[f"<={le:g}"] = (cum[le] - prev) / total
         prev = cum[le]
     return out
+
+
+def mean_ms(before: dict, after: dict, histogram: str) -> float:
+    n = after[histogram + "_count"] - before.get(histogram + "_count", 0.0)
+    return 1000 * (after[histogram + "_sum"] - before.get(histogram + "_sum", 0.0)) / n if n else float("nan")
 
 
 def rss_mb(pid: int) -> float:
@@ -144,95 +170,155 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(run: Path) -> tuple[subprocess.Popen, str]:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port), "--device", "cpu",
-                             "--max-queue", "4096"], stderr=open(run.parent / "server.log", "w"), cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        try:
-            if httpx.get(base + "/ready").status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server never became ready")
+# ---------------------------------------------------------------- load generators
+
+def ab(base: str, image: Path, requests: int, concurrency: int, times: Path) -> dict:
+    """One bounded ab run: POST ``image`` as the raw body ``requests`` times, ``concurrency`` at a time.
+    Percentiles come from the per-request times ab writes with -g (its own -e table misreads the top rows)."""
+    cmd = ["ab", "-q", "-s", "120", "-t", str(AB_TIME_LIMIT_S), "-n", str(requests), "-c", str(concurrency),
+           "-p", str(image), "-T", "image/png", "-g", str(times), base + "/predict"]  # -n after -t: -t resets it
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=AB_TIME_LIMIT_S + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"ab failed ({out.returncode}): {out.stderr.strip() or out.stdout[-500:]}")
+    text = out.stdout
+
+    def field(label: str, default=None) -> float:
+        m = re.search(rf"^{re.escape(label)}:\s+([\d.]+)", text, re.M)
+        if m is None and default is None:
+            raise SystemExit(f"ab's output has no '{label}':\n{text}")
+        return float(m.group(1)) if m else default
+    done, non2xx = int(field("Complete requests")), int(field("Non-2xx responses", 0))
+    m = re.search(r"Failed requests:\s+(\d+)\n\s+\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)",
+                  text)
+    broken = int(m.group(2)) + int(m.group(3)) + int(m.group(5)) if m else int(field("Failed requests"))
+    if non2xx or broken:
+        raise SystemExit(f"{non2xx} non-2xx answers and {broken} failed connections in {done} requests:\n{text}")
+    total_ms = sorted(float(line.split("\t")[4]) for line in times.read_text().splitlines()[1:])  # ttime
+    return {"rate": field("Requests per second"), "requests": done, "mean": statistics.mean(total_ms),
+            "p50": statistics.median(total_ms), "p99": total_ms[min(len(total_ms) - 1, int(0.99 * len(total_ms)))]}
 
 
-def bench_model(name: str, spec: tuple, tmp: Path, requests: int, rss_requests: int) -> dict:
-    arch, size, channels, classes = spec
-    run = write_run(tmp / arch, arch, size, channels, classes)
-    paths = write_images(tmp / f"{arch}-images", 256, size, channels)
-    offline, forward_ms = offline_rate(run, paths)
-    bodies = [p.read_bytes() for p in paths]
-    proc, base = start_server(run)
+async def httpx_check(base: str, paths: list[Path], concurrency: int) -> tuple[list[str], float]:
+    """Every image once over httpx (raw bodies, ``concurrency`` in flight): (served classes in order, img/s)."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(client, p):
+        async with sem:
+            r = await client.post(base + "/predict", content=p.read_bytes(), headers={"content-type": "image/png"})
+            r.raise_for_status()
+            return r.json()["predictions"][0]["pred"]
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        t0 = time.perf_counter()
+        preds = await asyncio.gather(*[one(client, p) for p in paths])
+        return preds, len(paths) / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- one model
+
+def bench_model(name: str, run: Path, paths: list[Path], tmp: Path, requests: int, rss_requests: int) -> dict:
+    predictor = load(run, device="cpu")
+    res = predictor.predict_files([str(p) for p in paths])  # warm-up, and the classes the server must agree with
+    offline_classes = [predictor.classes[i] for i in res.probs.argmax(1).tolist()]
+    load_start = os.getloadavg()[0]
+    offline = [offline_rate(predictor, paths)]
+    proc, base = start_server(run, tmp / f"{run.name}-server.log")
+    rows, shares = {}, {}
     try:
-        asyncio.run(load_test(base, bodies, 64, 8))  # warm-up
-        rows = {c: asyncio.run(load_test(base, bodies, requests if c > 1 else requests // 3, c)) for c in CONCURRENCY}
-        sizes = batch_sizes(httpx.get(base + "/metrics").text)
+        ab(base, paths[0], 64, 8, tmp / "ab.tsv")  # warm-up
+        for c in CONCURRENCY:
+            before = scrape(base)
+            rows[c] = ab(base, paths[0], requests if c > 1 else max(50, requests // 3), c, tmp / "ab.tsv")
+            after = scrape(base)
+            shares[c] = batch_shares(before, after)
+            rows[c]["server_ms"] = mean_ms(before, after, "imgcls_serve_request_seconds")
+            rows[c]["forward_ms"] = mean_ms(before, after, "imgcls_serve_forward_seconds")
+        served, check_rate = asyncio.run(httpx_check(base, paths, 8))
         rss = None
         if rss_requests:
-            asyncio.run(load_test(base, bodies, 100, 32))
-            before = rss_mb(proc.pid)
-            long = asyncio.run(load_test(base, bodies, rss_requests, 32))
-            rss = (before, rss_mb(proc.pid), rss_requests, long["dropped"])
+            ab(base, paths[0], 100, 32, tmp / "ab.tsv")
+            first = rss_mb(proc.pid)
+            ab(base, paths[0], rss_requests, 32, tmp / "ab.tsv")
+            rss = (first, rss_mb(proc.pid), rss_requests)
     finally:
         proc.terminate()
         proc.wait(60)
-    return {"name": name, "offline": offline, "forward_ms": forward_ms, "rows": rows, "sizes": sizes, "rss": rss}
+    offline.append(offline_rate(predictor, paths))
+    agree = sum(a == b for a, b in zip(served, offline_classes))
+    return {"name": name, "offline": offline, "rows": rows, "shares": shares, "rss": rss, "images": len(paths),
+            "agree": agree, "check_rate": check_rate, "load": (load_start, os.getloadavg()[0])}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | offline predict (img/s) | concurrency | serve (img/s) | ratio | p50 (ms) | p99 (ms) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | load avg (start, end) | offline predict (img/s, before / after) | concurrency | serve, ab (img/s) "
+             "| ratio | p50 (ms) | p99 (ms) | forwards by batch size |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
+        off = statistics.mean(r["offline"])
         for c, row in r["rows"].items():
-            lines.append(f"| {r['name']} | {r['offline']:.0f} | {c} | {row['rate']:.0f} | "
-                         f"{row['rate'] / r['offline']:.2f}x | {row['p50']:.1f} | {row['p99']:.1f} |")
+            sizes = ", ".join(f"{k}: {v:.0%}" for k, v in r["shares"][c].items())
+            lines.append(f"| {r['name']} | {r['load'][0]:.1f}, {r['load'][1]:.1f} | {r['offline'][0]:.0f} / "
+                         f"{r['offline'][1]:.0f} | {c} | {row['rate']:.1f} | {off and row['rate'] / off:.2f}x | "
+                         f"{row['p50']:.1f} | {row['p99']:.1f} | {sizes} |")
     lines.append("")
     for r in results:
-        sizes = ", ".join(f"{k}: {v:.0%}" for k, v in r["sizes"].items())
-        overhead = r["rows"][1]["p50"] - r["forward_ms"]
-        said = (f"{overhead:.1f} ms" if overhead > 0 else
-                "not resolvable in this run (the forward, timed in the client's process, was slower than a whole request)")
-        lines.append(f"- {r['name']}: forwards by batch size (all concurrencies) {sizes}; server overhead per "
-                     f"request at concurrency 1: {said} (p50 {r['rows'][1]['p50']:.1f} ms minus one "
-                     f"forward of a batch of one, {r['forward_ms']:.1f} ms)")
+        one = r["rows"][1]
+        lines.append(f"- {r['name']}: overhead per request at concurrency 1: {one['server_ms'] - one['forward_ms']:.1f} "
+                     f"ms inside the server (mean request {one['server_ms']:.1f} ms minus mean forward "
+                     f"{one['forward_ms']:.1f} ms), {one['mean'] - one['forward_ms']:.1f} ms end to end (ab's mean "
+                     f"{one['mean']:.1f} ms, new TCP connection each, minus the forward)")
+        lines.append(f"- {r['name']}: cross-check over httpx (raw bodies, concurrency 8, kept-alive connections): "
+                     f"{r['check_rate']:.1f} img/s; served class equals offline predict's for {r['agree']} of "
+                     f"{r['images']} images")
         if r["rss"]:
-            before, after, n, dropped = r["rss"]
-            lines.append(f"- {r['name']}: server RSS {before:.0f} MB after the first requests (warm-up, the "
-                         f"concurrency levels and 100 more), {after:.0f} MB after {n:,} more ({(after / before - 1):+.1%}; {dropped} connection(s) dropped and resent)")
+            first, after, n = r["rss"]
+            lines.append(f"- {r['name']}: server RSS {first:.0f} MB after the levels above and 100 more requests, "
+                         f"{after:.0f} MB after {n:,} more ({after / first - 1:+.1%})")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=600, help="requests per concurrency level")
+    ap.add_argument("--requests", type=int, default=600, help="ab requests per concurrency level (a third at 1)")
     ap.add_argument("--rss-requests", type=int, default=10_000, help="requests between the two RSS readings (demo)")
+    ap.add_argument("--images", type=int, default=256, help="resnet18: images for offline predict and the cross-check")
+    ap.add_argument("--demo-images", type=int, default=1000, help="demo: validation digits for the same (1,000: all)")
+    ap.add_argument("--demo-run", type=Path, help="a trained demo run folder to serve instead of training one")
+    ap.add_argument("--demo-epochs", type=int, default=3, help="epochs of configs/demo.yaml when training it here")
     ap.add_argument("--no-resnet", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    if shutil.which("ab") is None:
+        raise SystemExit("ab (ApacheBench) is not installed; run `make bench-serve-setup` "
+                         "(apt-get install -y apache2-utils) and rerun.")
+    load_start = os.getloadavg()[0]
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, (name, spec) in enumerate(MODELS.items()):
-            if k and a.no_resnet:
-                continue
-            results.append(bench_model(name, spec, Path(tmp), a.requests, a.rss_requests if k == 0 else 0))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if a.demo_run is not None:
+            demo_run, trained = a.demo_run, f"the run at {a.demo_run}"
+        else:
+            demo_run, trained = train_demo(tmp / "demo", a.demo_epochs)
+            trained = f"trained here: `configs/demo.yaml train.epochs={a.demo_epochs}`, {trained}"
+        print(f"demo model: {trained}", flush=True)
+        results.append(bench_model(DEMO, demo_run, demo_images(a.demo_images), tmp, a.requests, a.rss_requests))
+        print(table(results[-1:]), flush=True)
+        if not a.no_resnet:
+            run = write_resnet_run(tmp / "resnet18")
+            results.append(bench_model(RESNET, run, random_images(tmp / "resnet-images", a.images, 224), tmp,
+                                       a.requests, 0))
             print(table(results[-1:]), flush=True)
-    load1 = os.getloadavg()[0]
-    body = (f"`python bench/bench_serve.py --requests {a.requests} --rss-requests {a.rss_requests}` on "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (load average "
-            f"{load1:.1f} at the end: other work shared the machine), torch {torch.__version__}, one run each. "
-            "Server: `imgcls serve RUN --device cpu` (batches of up to 32 within 5 ms); client: an asyncio httpx "
-            "generator in another process, one PNG per request, on the same cores as the server."
-            + (" The load average was above the core count, so these figures measure the contention as much as "
-               "imgcls (offline predict itself ran far below its quiet-machine rate); rerun on a quiet machine "
-               "before reading the ratios." if load1 > (os.cpu_count() or 1) else "") + "\n\n" + table(results))
+    cmd = " ".join(["python bench/bench_serve.py", *(argv if argv is not None else sys.argv[1:])])
+    body = (f"`{cmd}` on {platform.processor() or platform.machine()}, `nproc` {os.cpu_count()}, load average "
+            f"{load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other engineers' jobs share "
+            f"the cores), torch {torch.__version__}, one run (offline predict measured before and after each "
+            f"model's serve levels; the ratio is to their mean). Demo model: {trained}. Server: `imgcls serve RUN "
+            "--device cpu --max-queue 4096` (batches of up to 32 within 5 ms, 2 torch threads); load: ApacheBench "
+            f"(`ab -p IMAGE.png -T image/png -c C -n N -t {AB_TIME_LIMIT_S}` against 127.0.0.1, one image per request, "
+            f"{a.requests} requests at concurrency 8 and 32, {max(50, a.requests // 3)} at 1), on the same cores as the "
+            "server. Offline: `imgcls predict`'s path (Predictor.predict_files, batch 64) on images of the same "
+            f"kind ({a.demo_images} validation digits; {a.images} random PNGs for resnet18), in the benchmark's "
+            "process; ab posts the first of them every time. Latencies are ab's per-request times (1 ms "
+            "resolution).\n\n" + table(results))
     print(body)
     if not a.no_write:
         from _report import write_section

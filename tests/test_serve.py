@@ -218,6 +218,8 @@ def test_64_concurrent_requests_are_answered_in_batches_above_one(server, runs):
     batches = metric(after, "imgcls_serve_batch_size_count") - metric(before, "imgcls_serve_batch_size_count")
     images = metric(after, "imgcls_serve_batch_size_sum") - metric(before, "imgcls_serve_batch_size_sum")
     assert images == 64 and batches < 64  # some forward held more than one image
+    forwards = metric(after, "imgcls_serve_forward_seconds_count") - metric(before, "imgcls_serve_forward_seconds_count")
+    assert forwards == batches  # each forward timed once
     assert 'imgcls_serve_requests_total{endpoint="/predict",status="200"}' in after
     assert "imgcls_serve_request_seconds_bucket" in after and "imgcls_serve_queue_depth" in after
 
@@ -364,6 +366,61 @@ def test_a_full_queue_is_503_with_retry_after_and_a_slow_answer_times_out(runs):
         assert full and all(r.headers["retry-after"] == "1" for r in full)
         assert late  # queued behind 0.6 s forwards, past the 1 s timeout
         assert 200 in codes and set(codes) <= {200, 503}
+
+
+def wait_for_metric(base: str, name: str, value: float, timeout: float = 20) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        text = httpx.get(base + "/metrics").text
+        if metric(text, name) == value:
+            return text
+        time.sleep(0.02)
+    raise AssertionError(f"{name} never reached {value}: {metric(text, name)}")
+
+
+def test_a_client_that_disconnects_never_reaches_a_forward(runs):
+    """Five clients send an image while the forward is busy, then hang up: their images are dropped from the
+    queue unforwarded, and the server answers the next request."""
+    app = create_app(runs["multiclass"][0], ServeOptions(max_batch_size=1, batch_timeout_ms=0))
+    service, gate, forwarded = app.app.state.service, threading.Event(), []
+    inner = service.batcher.forward
+
+    def held(views):  # the batches the model saw; the first waits for the gate
+        forwarded.append(views[0].shape[0])
+        gate.wait(30)
+        return inner(views)
+    image = png_bytes()
+    request = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: "
+               + str(len(image)).encode() + b"\r\n\r\n" + image)
+    with running(app) as base:
+        service.batcher.forward = held
+        first = []
+        busy = threading.Thread(target=lambda: first.append(httpx.post(
+            base + "/predict", content=image, headers={"content-type": "image/png"}, timeout=30)))
+        busy.start()
+        while not forwarded:
+            time.sleep(0.01)
+        host, port = base.removeprefix("http://").split(":")
+        clients = [socket.create_connection((host, int(port)), timeout=10) for _ in range(5)]
+        for c in clients:
+            c.sendall(request)
+        try:
+            wait_for_metric(base, "imgcls_serve_queue_depth", 5)  # all five decoded and queued behind the forward
+            for c in clients:
+                c.close()
+            wait_for_metric(base, "imgcls_serve_disconnected_total", 5)
+            assert metric(httpx.get(base + "/metrics").text, "imgcls_serve_queue_depth") == 0
+        finally:
+            gate.set()
+        busy.join(30)
+        after = httpx.post(base + "/predict", content=image, headers={"content-type": "image/png"})
+        text = httpx.get(base + "/metrics").text
+    assert first[0].status_code == 200 and after.status_code == 200
+    assert after.json() == first[0].json()
+    assert forwarded == [1, 1]  # the busy request and the next one: none of the five abandoned images
+    assert metric(text, "imgcls_serve_cancelled_total") == 5
+    assert metric(text, "imgcls_serve_batch_size_count") == 2 and metric(text, "imgcls_serve_batch_size_sum") == 2
+    assert metric(text, 'imgcls_serve_requests_total{endpoint="/predict",status="499"}') == 5
 
 
 # ---------------------------------------------------------------- the other endpoints, the token

@@ -21,6 +21,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 
 from ...data.decode import BadImageError, ImageLimits
 from ...io import file_sha256
@@ -31,6 +32,7 @@ from .options import TOKEN_ENV, ServeOptions
 from .page import PAGE
 
 OPEN_PATHS = ("/health", "/ready")  # answered without the token: a load balancer's probes
+CLIENT_GONE = 499  # nginx's 'client closed request': counted in the metrics; nobody is left to read it
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -55,9 +57,16 @@ class Metrics:
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
         self.batch = Histogram("imgcls_serve_batch_size", "images per forward pass", registry=self.registry,
                                buckets=BATCH_BUCKETS)
+        self.forward = Histogram("imgcls_serve_forward_seconds", "one forward pass of a batch (s)",
+                                 registry=self.registry, buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
+                                                                  .5, 1, 2.5, 5, 10))
         self.queue = Gauge("imgcls_serve_queue_depth", "images waiting for a batch", registry=self.registry)
         self.in_flight = Gauge("imgcls_serve_in_flight", "POST /predict requests being answered", registry=self.registry)
         self.images = Counter("imgcls_serve_images", "images predicted", registry=self.registry)
+        self.cancelled = Counter("imgcls_serve_cancelled", "images dropped unforwarded: their client disconnected "
+                                 "or their request timed out", registry=self.registry)
+        self.disconnected = Counter("imgcls_serve_disconnected", "POST /predict requests whose client disconnected "
+                                    "before the answer", registry=self.registry)
 
 
 # ---------------------------------------------------------------- the guard: token, body size, metrics
@@ -137,6 +146,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ServeError(413, body_too_large(limit), {"Connection": "close"})
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns once the client has gone. After the body is read, an ASGI server's receive() blocks until the
+    connection closes and then says 'http.disconnect' (so this waits without polling)."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a server whose receive() fails here cannot tell us: then never abandon the request
+        await asyncio.get_running_loop().create_future()
 
 
 async def images_in(request: Request, body: bytes) -> list[tuple[str, bytes]]:
@@ -235,14 +254,15 @@ class Service:
         self.limits = ImageLimits(info.min_side, options.max_pixels if options.max_pixels else info.max_pixels)
         self.decode_pool = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="imgcls-decode")
         self.batcher = MicroBatcher(self.forward, options.max_batch_size, options.batch_timeout_ms / 1000,
-                                    options.max_queue, self.metrics.batch.observe)
+                                    options.max_queue, self.metrics.batch.observe, self.metrics.cancelled.inc)
         predictor.tta_plan(options.tta)  # a model that forbids flips refuses --tta now, not per request
         self.session = onnx_session(predictor, options.tta) if options.backend == "onnx" else None
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        if self.session is not None:
-            return onnx_probabilities(self.session, self.predictor, views)
-        return self.predictor.probabilities(views, tta=self.options.tta)
+        with self.metrics.forward.time():  # the model's share of a request's latency (bench_serve reads it)
+            if self.session is not None:
+                return onnx_probabilities(self.session, self.predictor, views)
+            return self.predictor.probabilities(views, tta=self.options.tta)
 
     def decode(self, name: str, data: bytes) -> list[torch.Tensor]:
         try:
@@ -261,7 +281,29 @@ class Service:
         self.ready = True
 
     async def predict(self, request: Request, top_k: int) -> list[dict]:
-        body = await read_body(request, self.options.max_body_bytes)
+        """The answer to one POST /predict, abandoned (and its queued images with it) if the client leaves."""
+        try:
+            body = await read_body(request, self.options.max_body_bytes)
+        except ClientDisconnect:
+            raise self.client_gone() from None
+        work = asyncio.ensure_future(self.answer(request, body, top_k))
+        del body  # answer() holds it only until the images are decoded
+        watch = asyncio.ensure_future(until_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the client left, or --timeout-s cancelled us: cancelling work cancels its images' futures
+            watch.cancel()
+            if not work.done():
+                work.cancel()
+        if work not in done:
+            raise self.client_gone()
+        return work.result()
+
+    def client_gone(self) -> ServeError:
+        self.metrics.disconnected.inc()
+        return ServeError(CLIENT_GONE, "the client disconnected before the answer")
+
+    async def answer(self, request: Request, body: bytes, top_k: int) -> list[dict]:
         named = await images_in(request, body)
         names = [n for n, _ in named]
         loop = asyncio.get_running_loop()
