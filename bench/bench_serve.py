@@ -57,6 +57,9 @@ from imgcls.models.modelinfo import save_weights  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 AB_TIME_LIMIT_S = 300  # per ab call, on top of its request count
+CONTENDED = (" The load average was above the core count: other jobs took CPU from the server and from offline "
+             "predict unevenly (compare offline's before and after readings), so one run's ratios are indicative, "
+             "not a measurement of imgcls alone; rerun on a quiet machine.")
 DEMO, RESNET = "demo (digits_cnn, 28 px, gray, trained)", "resnet18, 224 px (random weights)"
 
 
@@ -318,7 +321,8 @@ def main(argv=None) -> None:
             "server. Offline: `imgcls predict`'s path (Predictor.predict_files, batch 64) on images of the same "
             f"kind ({a.demo_images} validation digits; {a.images} random PNGs for resnet18), in the benchmark's "
             "process; ab posts the first of them every time. Latencies are ab's per-request times (1 ms "
-            "resolution).\n\n" + table(results))
+            "resolution)." + (CONTENDED if max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1) else "")
+            + "\n\n" + table(results))
     print(body)
     if not a.no_write:
         from _report import write_section
