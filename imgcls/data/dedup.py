@@ -66,24 +66,28 @@ def phashes(paths: Sequence[str], workers: int = 4) -> tuple[np.ndarray, np.ndar
     return np.array([h or 0 for h in got], dtype=np.uint64), ok
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int = PHASH_MAX_DISTANCE,
-               chunk_elements: int = CHUNK_ELEMENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, distance) of every pair i < j whose hashes differ in at most ``max_distance`` bits,
-    searched one chunk of rows against the later rows at a time (never an N x N matrix)."""
-    h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    n = len(h)
+def _upper_pairs(n: int, block, select, value_type, chunk_elements: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, value) of every pair i < j that ``select`` keeps, where ``block(start, stop)`` gives the values
+    of rows start..stop against columns start..n: one chunk of rows at a time, never an N x N matrix."""
     rows = max(1, chunk_elements // max(n, 1))
-    out_i, out_j, out_d = [], [], []
+    out_i, out_j, out_v = [], [], []
     for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        d = np.bitwise_count(h[start:stop, None] ^ h[None, start:])  # (rows, n - start) uint8
-        ii, jj = np.nonzero(d <= max_distance)
+        values = block(start, min(n, start + rows))  # (rows, n - start)
+        ii, jj = np.nonzero(select(values))
         keep = jj > ii  # column jj is image start + jj; row ii is image start + ii
         out_i.append(ii[keep] + start)
         out_j.append(jj[keep] + start)
-        out_d.append(d[ii[keep], jj[keep]])
+        out_v.append(values[ii[keep], jj[keep]])
     cat = (lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t))
-    return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_d, np.int64)
+    return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_v, value_type)
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int = PHASH_MAX_DISTANCE,
+               chunk_elements: int = CHUNK_ELEMENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) of every pair i < j whose hashes differ in at most ``max_distance`` bits."""
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    return _upper_pairs(len(h), lambda a, b: np.bitwise_count(h[a:b, None] ^ h[None, a:]),
+                        lambda d: d <= max_distance, np.int64, chunk_elements)
 
 
 def unit_embeddings(features: Sequence[np.ndarray], center: bool = True) -> np.ndarray:
@@ -101,22 +105,10 @@ def unit_embeddings(features: Sequence[np.ndarray], center: bool = True) -> np.n
 
 def cosine_pairs(vectors: np.ndarray, min_cosine: float = EMBEDDING_MIN_COSINE,
                  chunk_elements: int = CHUNK_ELEMENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, cosine) of every pair i < j of L2-normalised rows whose dot product is at least ``min_cosine``,
-    one chunk of rows times the later rows at a time (never an N x N matrix)."""
+    """(i, j, cosine) of every pair i < j of L2-normalised rows whose dot product is at least ``min_cosine``."""
     v = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(v)
-    rows = max(1, chunk_elements // max(n, 1))
-    out_i, out_j, out_c = [], [], []
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        sim = v[start:stop] @ v[start:].T  # (rows, n - start) float32
-        ii, jj = np.nonzero(sim >= min_cosine)
-        keep = jj > ii  # column jj is image start + jj; row ii is image start + ii
-        out_i.append(ii[keep] + start)
-        out_j.append(jj[keep] + start)
-        out_c.append(sim[ii[keep], jj[keep]])
-    cat = (lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t))
-    return cat(out_i, np.int64), cat(out_j, np.int64), cat(out_c, np.float64)
+    return _upper_pairs(len(v), lambda a, b: v[a:b] @ v[a:].T, lambda sim: sim >= min_cosine, np.float64,
+                        chunk_elements)
 
 
 def check_min_cosine(value: float) -> float:
