@@ -204,7 +204,8 @@ class Predictor:
         self.device = torch.device(device)
         self.info = first.info
         self.classes: list[str] = [str(c) for c in first.info.classes]
-        # One decoded+cropped image per distinct (channels, image_size, crop_pct, interpolation), shared by the members using it.
+        # One decoded+cropped image per distinct eval_view (channels, image_size, crop_pct, interpolation),
+        # shared by the members using it.
         self.views: list[ModelInfo] = []  # one per distinct eval_view
         for m in self.members:
             keys = [v.eval_view for v in self.views]

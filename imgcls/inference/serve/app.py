@@ -335,7 +335,8 @@ class Service:
         return {
             "task": info.task, "classes": p.classes, "image_size": info.image_size, "channels": info.channels,
             "crop_pct": info.crop_pct, "interpolation": info.interpolation, "mean": list(info.mean),
-            "std": list(info.std), "models": [{"run": m.run_dir.name, "path": str(m.run_dir), "architecture": m.info.architecture,
+            "std": list(info.std),
+            "models": [{"run": m.run_dir.name, "path": str(m.run_dir), "architecture": m.info.architecture,
                         "weights_sha256": sha256(m.run_dir / "best.safetensors")} for m in p.members],
             "imgcls": __version__, "device": str(p.device), "backend": o.backend, "tta": o.tta,
             "batching": {"max_batch_size": o.max_batch_size, "batch_timeout_ms": o.batch_timeout_ms,
